@@ -1,0 +1,37 @@
+"""Command line: `hubtool <command>`. Each command lives in its own module here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hubtool import __version__
+from hubtool.errors import HubtoolError
+
+# One module per command; each defines `register(subparsers)` which sets `func` on its parser.
+COMMANDS = [
+    "hubtool.cli.merge_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hubtool", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hubtool {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HubtoolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; outputs were not written (re-run to resume)", file=sys.stderr)
+        return 130

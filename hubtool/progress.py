@@ -1,0 +1,44 @@
+"""Progress for long work: rich bars on a TTY, plain lines otherwise (CI logs, --json)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+_QUIET = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """--json mode: keep stdout clean for the machine-readable summary; progress goes to stderr only."""
+    global _QUIET
+    _QUIET = quiet
+
+
+def log(message: str) -> None:
+    """One status line on stderr (stdout is reserved for results and --json)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def track(items: Iterable[T], *, total: int | None = None, description: str = "") -> Iterator[T]:
+    """Iterate with progress: a rich bar when stderr is a TTY, else a line every few seconds."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    if sys.stderr.isatty() and not _QUIET:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            for item in items:
+                yield item
+                bar.advance(task)
+        return
+    last = 0.0
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.monotonic()
+        if now - last > 5 or i == total:
+            last = now
+            log(f"{description}: {i}/{total if total is not None else '?'}")
