@@ -15,7 +15,19 @@ COMMANDS = [
 ]
 
 
+_GROUPS: dict[str, argparse._SubParsersAction] = {}
+
+
+def subgroup(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """A nested command group (`hubtool quantize gguf`, `hubtool verify gptq`) shared by several modules."""
+    if name not in _GROUPS:
+        parser = sub.add_parser(name, help=help)
+        _GROUPS[name] = parser.add_subparsers(dest=f"{name}_command", required=True, metavar="KIND")
+    return _GROUPS[name]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _GROUPS.clear()
     parser = argparse.ArgumentParser(prog="hubtool", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hubtool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
