@@ -1,0 +1,122 @@
+"""Quality numbers shared by every verify step: perplexity, KL divergence and top-1 agreement
+against the fp16 model, and the results file that cards read.
+
+Results file (`quality.json`), one row per artifact, so the card and release summary can show
+GPTQ and GGUF side by side:
+
+    {"reference": "fp16", "text": "builtin:heldout", "tokens": 4096, "context": 512,
+     "rows": [{"variant": "Q4_K_M", "kind": "gguf", "perplexity": 11.9, "kl_div": 0.031,
+               "top1": 0.93, "size_bytes": 123, "bits_per_weight": 4.9}]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from hubtool.errors import InputError
+
+RESULTS_FILE = "quality.json"
+
+
+def builtin_text(name: str) -> str:
+    """Packaged prose: 'calibration' or 'heldout' (see hubtool/data/SOURCES.md)."""
+    return resources.files("hubtool.data").joinpath(f"{name}.txt").read_text(encoding="utf-8")
+
+
+def read_text_source(spec: str) -> str:
+    """'builtin' / 'builtin:heldout' / a path to a .txt or .jsonl (field 'text') file."""
+    if spec in ("builtin", "builtin:calibration"):
+        return builtin_text("calibration")
+    if spec == "builtin:heldout":
+        return builtin_text("heldout")
+    path = Path(spec)
+    if not path.is_file():
+        raise InputError(f"{spec}: text file not found; pass a .txt/.jsonl file or 'builtin'")
+    if path.suffix == ".jsonl":
+        texts = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise InputError(f"{path}:{i}: expected a JSON object with a 'text' field per line") from None
+        return "\n\n".join(texts)
+    return path.read_text(encoding="utf-8")
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compare_logits(ref_logits: np.ndarray, test_logits: np.ndarray, token_ids: np.ndarray) -> dict[str, float]:
+    """Next-token metrics over aligned [n, vocab] logits for positions 0..n-1 predicting ids 1..n.
+
+    KL is KL(ref || test) averaged over positions (the llama.cpp `--kl-divergence` convention);
+    top1 is how often both pick the same argmax; perplexity is the test model's on the text.
+    """
+    if ref_logits.shape != test_logits.shape:
+        raise ValueError(f"logit shapes differ: {ref_logits.shape} vs {test_logits.shape}")
+    n = ref_logits.shape[0] - 1
+    ref_lp = _log_softmax(ref_logits[:n])
+    test_lp = _log_softmax(test_logits[:n])
+    kl = (np.exp(ref_lp) * (ref_lp - test_lp)).sum(-1)
+    targets = np.asarray(token_ids[1 : n + 1])
+    nll_test = -test_lp[np.arange(n), targets]
+    nll_ref = -ref_lp[np.arange(n), targets]
+    return {
+        "perplexity": float(math.exp(nll_test.mean())),
+        "ref_perplexity": float(math.exp(nll_ref.mean())),
+        "kl_div": float(kl.mean()),
+        "top1": float((ref_lp.argmax(-1) == test_lp.argmax(-1)).mean()),
+        "tokens": int(n),
+    }
+
+
+def merge_metrics(chunks: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Token-weighted combination of per-window compare_logits results."""
+    chunks = list(chunks)
+    total = sum(c["tokens"] for c in chunks)
+    if not total:
+        raise ValueError("no tokens evaluated")
+    out: dict[str, float] = {"tokens": total}
+    for key in ("kl_div", "top1"):
+        out[key] = sum(c[key] * c["tokens"] for c in chunks) / total
+    for key in ("perplexity", "ref_perplexity"):
+        out[key] = math.exp(sum(math.log(c[key]) * c["tokens"] for c in chunks) / total)
+    return out
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        return {"rows": []}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); delete it and re-run verify") from None
+    data.setdefault("rows", [])
+    return data
+
+
+def write_results(path: Path, rows: list[dict[str, Any]], **header: Any) -> dict[str, Any]:
+    """Add/replace rows (keyed by kind+variant) in a results file, keeping others' rows."""
+    path = Path(path)
+    data = read_results(path)
+    data.update(header)
+    keep = {(r.get("kind"), r.get("variant")): r for r in data["rows"]}
+    for row in rows:
+        keep[(row.get("kind"), row.get("variant"))] = row
+    data["rows"] = list(keep.values())
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return data
