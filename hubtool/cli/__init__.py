@@ -12,6 +12,7 @@ from hubtool.errors import HubtoolError
 # One module per command; each defines `register(subparsers)` which sets `func` on its parser.
 COMMANDS = [
     "hubtool.cli.merge_cmd",
+    "hubtool.cli.gptq_cmd",
 ]
 
 

@@ -1,0 +1,184 @@
+"""GPTQ presets: YAML files in `quant_configs/` (or a user's own), plus CLI overrides, validated.
+
+A preset names every setting that changes the quantized weights, so a release can say exactly
+how each branch was made. Where the presets live: `quant_configs/` at the repository root is the
+source of truth; `hubtool/gptq/quant_configs` is a symlink to it that setuptools ships as package
+data, so an installed hubtool finds the same files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hubtool.errors import InputError
+
+DEFAULT_PRESET = "gptq-4bit-32g-actorder"
+
+# Settings that change the weights; overriding any of them re-derives the branch name.
+QUANT_FIELDS = ("bits", "group_size", "desc_act", "sym")
+FIELDS = QUANT_FIELDS + ("damp_percent", "true_sequential", "static_groups", "samples", "seq_len", "branch")
+FILE_KEYS = set(FIELDS) - {"samples", "seq_len"} | {"calibration", "base", "name"}
+_BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+@dataclass(frozen=True)
+class GPTQPreset:
+    """Everything needed to reproduce a GPTQ quantization (what the card and quantize_config record)."""
+
+    name: str
+    bits: int = 4
+    group_size: int = 32
+    desc_act: bool = True
+    sym: bool = True
+    damp_percent: float = 0.01
+    true_sequential: bool = True
+    static_groups: bool = False
+    samples: int = 128
+    seq_len: int = 2048
+    branch: str = "gptq-4bit-32g-actorder_True"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        """Human name for tables: 'GPTQ 4-bit 32g act-order'."""
+        group = "per-channel" if self.group_size == -1 else f"{self.group_size}g"
+        return f"GPTQ {self.bits}-bit {group}" + (" act-order" if self.desc_act else "")
+
+
+def branch_name(bits: int, group_size: int, desc_act: bool) -> str:
+    """The branch naming maintainers use for GPTQ variants, e.g. `gptq-4bit-32g-actorder_True`."""
+    return f"gptq-{bits}bit-{group_size}g-actorder_{desc_act}"
+
+
+def presets_dir() -> Path:
+    """quant_configs/ beside the package (checkout, editable install) or shipped as package data."""
+    repo = Path(__file__).resolve().parents[2] / "quant_configs"
+    if repo.is_dir():
+        return repo
+    return Path(str(resources.files("hubtool.gptq").joinpath("quant_configs")))
+
+
+def list_presets() -> list[str]:
+    d = presets_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: preset file not found") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise InputError(f"{path}: not valid YAML{line}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of settings (bits: 4, group_size: 32, ...)")
+    return data
+
+
+def _flatten(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """YAML layout -> flat field dict; unknown keys are errors (a typo must not be silently ignored)."""
+    unknown = sorted(set(data) - FILE_KEYS)
+    if unknown:
+        raise InputError(f"{source}: unknown setting {unknown[0]!r}; allowed: {', '.join(sorted(FILE_KEYS))}")
+    flat = {k: v for k, v in data.items() if k in FIELDS}
+    cal = data.get("calibration")
+    if cal is not None:
+        if not isinstance(cal, dict) or set(cal) - {"samples", "seq_len"}:
+            raise InputError(f"{source}: 'calibration' must be a mapping with 'samples' and/or 'seq_len'")
+        flat.update(cal)
+    return flat
+
+
+def _check(values: dict[str, Any], source: str) -> None:
+    def bad(key: str, want: str) -> InputError:
+        return InputError(f"{source}: {key} = {values[key]!r} is invalid; expected {want}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if values["bits"] not in (2, 3, 4, 8) or not is_int(values["bits"]):
+        raise bad("bits", "2, 3, 4 or 8")
+    g = values["group_size"]
+    if not is_int(g) or not (g == -1 or (g >= 16 and g & (g - 1) == 0)):
+        raise bad("group_size", "-1 (per channel) or a power of two >= 16, e.g. 32 or 128")
+    for key in ("desc_act", "sym", "true_sequential", "static_groups"):
+        if not isinstance(values[key], bool):
+            raise bad(key, "true or false")
+    d = values["damp_percent"]
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < 1:
+        raise bad("damp_percent", "a number between 0 and 1 (exclusive), e.g. 0.01")
+    if not is_int(values["samples"]) or values["samples"] < 1:
+        raise bad("samples", "a positive integer (calibration samples)")
+    if not is_int(values["seq_len"]) or values["seq_len"] < 8:
+        raise bad("seq_len", "an integer >= 8 (tokens per calibration sample)")
+    if not isinstance(values["branch"], str) or not _BRANCH_RE.match(values["branch"]):
+        raise bad("branch", "a git branch name of letters, digits, '.', '_' or '-'")
+
+
+def _resolve_file(name_or_path: str) -> tuple[Path, str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in name_or_path:
+        return path, path.stem
+    candidate = presets_dir() / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise InputError(
+            f"{name_or_path}: unknown GPTQ preset; choose one of {', '.join(list_presets()) or '(none found)'} "
+            "or pass a YAML file with --config"
+        )
+    return candidate, name_or_path
+
+
+def load_preset(name_or_path: str, overrides: dict[str, Any] | None = None) -> GPTQPreset:
+    """A built-in preset by name or a user YAML file, with optional overrides, validated.
+
+    A user file may start from another preset with `base: <name>` and change only some fields;
+    without `base` it starts from the default preset. Changing bits/group_size/desc_act/sym
+    without giving a branch re-derives the branch name so variants never share a branch.
+    """
+    path, name = _resolve_file(name_or_path)
+    data = _read_yaml(path)
+    flat = _flatten(data, str(path))
+    builtin = path.resolve().parent == presets_dir().resolve()
+    values: dict[str, Any]
+    if builtin:
+        missing = [k for k in FIELDS if k not in flat]
+        if missing:
+            raise InputError(f"{path}: preset is missing {missing[0]!r}; built-in presets must set every field")
+        values = dict(flat)
+    else:
+        base = data.get("base", DEFAULT_PRESET)
+        if not isinstance(base, str) or Path(base).suffix in (".yaml", ".yml") or "/" in base:
+            raise InputError(f"{path}: base must name a built-in preset ({', '.join(list_presets())})")
+        values = load_preset(base).to_dict()
+        values.pop("name")
+        derived = values["branch"] == branch_name(values["bits"], values["group_size"], values["desc_act"])
+        values.update(flat)
+        if derived and "branch" not in flat and any(k in flat for k in QUANT_FIELDS):
+            values["branch"] = None
+        name = str(data.get("name", name))
+    if overrides:
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(clean) - set(FIELDS))
+        if unknown:
+            raise InputError(f"override {unknown[0]!r} is not a GPTQ setting; allowed: {', '.join(FIELDS)}")
+        if "branch" not in clean and any(k in clean and clean[k] != values[k] for k in QUANT_FIELDS):
+            values["branch"] = None
+        values.update(clean)
+        source = f"{path} with overrides"
+    else:
+        source = str(path)
+    if values.get("branch") is None:
+        values["branch"] = branch_name(values["bits"], values["group_size"], values["desc_act"])
+    _check(values, source)
+    values["damp_percent"] = float(values["damp_percent"])
+    return GPTQPreset(name=name, **values)
