@@ -1,0 +1,194 @@
+"""The local Hub against the real huggingface_hub client, in Xet and classic LFS modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
+
+from hubtool.hub_server import inject_fault, serve_in_thread
+from hubtool.hub_server.storage import LFS_MIN_SIZE
+
+TOKEN = "hf_TESTtokenNEVERshown0123456789"
+
+
+def make_folder(root: Path, seed: int = 0) -> Path:
+    """Small text files, an LFS-by-suffix file and an LFS-by-size (>= 10 MB) file in a subfolder."""
+    import random
+
+    rng = random.Random(seed)
+    (root / "sub").mkdir(parents=True, exist_ok=True)
+    (root / "README.md").write_text("---\nlicense: apache-2.0\n---\n# test model\n")
+    (root / "config.json").write_text(json.dumps({"hidden_size": 8, "seed": seed}))
+    (root / "model.safetensors").write_bytes(rng.randbytes(300_000))
+    (root / "sub" / "large.dat").write_bytes(rng.randbytes(LFS_MIN_SIZE + 123))
+    (root / "sub" / "notes.txt").write_text("hello\n")
+    return root
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts}
+
+
+def test_upload_list_download_roundtrip(local_hub, tmp_path):
+    api = HfApi(endpoint=local_hub.url, token=TOKEN)
+    src = make_folder(tmp_path / "src")
+    assert api.create_repo("acme/tiny", exist_ok=True).endswith("/acme/tiny")
+    assert api.create_repo("acme/tiny", exist_ok=True).endswith("/acme/tiny")  # exist_ok reads the 409 body
+    api.create_branch("acme/tiny", branch="gptq/4bit-32g", exist_ok=True)
+    api.create_branch("acme/tiny", branch="gptq/4bit-32g", exist_ok=True)
+    main_commit = api.upload_folder(folder_path=src, repo_id="acme/tiny", commit_message="main upload")
+    (src / "config.json").write_text('{"variant": "branch"}')
+    branch_commit = api.upload_folder(folder_path=src, repo_id="acme/tiny", revision="gptq/4bit-32g")
+
+    refs = {b.name: b.target_commit for b in api.list_repo_refs("acme/tiny").branches}
+    assert refs == {"main": main_commit.oid, "gptq/4bit-32g": branch_commit.oid}
+    expected = {".gitattributes", *files_of(src)}
+    assert set(api.list_repo_files("acme/tiny")) == expected
+    assert set(api.list_repo_files("acme/tiny", revision="gptq/4bit-32g")) == expected
+    tree = {e.path: e for e in api.list_repo_tree("acme/tiny", recursive=True) if hasattr(e, "blob_id")}
+    assert tree["model.safetensors"].lfs is not None and tree["sub/large.dat"].lfs is not None
+    assert tree["config.json"].lfs is None and tree["sub/notes.txt"].lfs is None
+    if local_hub.mode == "xet":
+        assert tree["sub/large.dat"].xet_hash and len(tree["sub/large.dat"].xet_hash) == 64
+    else:
+        assert tree["sub/large.dat"].xet_hash is None
+    assert [c.title for c in api.list_repo_commits("acme/tiny")] == ["main upload", "initial commit"]
+
+    branch_dir = Path(snapshot_download("acme/tiny", revision="gptq/4bit-32g", endpoint=local_hub.url, token=TOKEN, cache_dir=tmp_path / "dl"))
+    got = files_of(branch_dir)
+    got.pop(".gitattributes")
+    assert got == files_of(src)
+    main_cfg = hf_hub_download("acme/tiny", "config.json", endpoint=local_hub.url, token=TOKEN, cache_dir=tmp_path / "dl")
+    assert json.loads(Path(main_cfg).read_text()) == {"hidden_size": 8, "seed": 0}
+
+    paths = [p for _, p in local_hub.requests]
+    if local_hub.mode == "xet":
+        assert any("/xet-write-token/" in p for p in paths) and any("/xet-read-token/" in p for p in paths)
+        assert not any("/lfs/objects/batch" in p for p in paths)
+    else:
+        assert any(p.endswith("/info/lfs/objects/batch") for p in paths)
+        assert not any("xet-" in p for p in paths)
+
+
+def test_unchanged_reupload_makes_no_commit(local_hub, tmp_path):
+    api = HfApi(endpoint=local_hub.url, token=TOKEN)
+    src = make_folder(tmp_path / "src")
+    api.create_repo("acme/noop")
+    first = api.upload_folder(folder_path=src, repo_id="acme/noop")
+    before = len(local_hub.requests)
+    again = api.upload_folder(folder_path=src, repo_id="acme/noop")
+    assert again.oid == first.oid  # the client skips unchanged files: no new commit at all
+    assert len(api.list_repo_commits("acme/noop")) == 2
+    new_paths = [p for _, p in local_hub.requests[before:]]
+    assert not any("/commit/" in p for p in new_paths)
+    assert not any(p.startswith("/_hubtool/lfs/") for p in new_paths)  # no LFS bytes re-sent
+
+
+def test_overwrite_with_deletes(local_hub, tmp_path):
+    api = HfApi(endpoint=local_hub.url, token=TOKEN)
+    src = make_folder(tmp_path / "src")
+    api.create_repo("acme/overwrite")
+    api.upload_folder(folder_path=src, repo_id="acme/overwrite")
+    (src / "sub" / "notes.txt").unlink()
+    (src / "model.safetensors").write_bytes(os.urandom(1000))
+    api.upload_folder(folder_path=src, repo_id="acme/overwrite", delete_patterns="*")
+    # the client never deletes .gitattributes; everything else missing locally is gone
+    assert set(api.list_repo_files("acme/overwrite")) == {".gitattributes", *files_of(src)}
+    out = hf_hub_download("acme/overwrite", "model.safetensors", endpoint=local_hub.url, cache_dir=tmp_path / "dl")
+    assert Path(out).read_bytes() == (src / "model.safetensors").read_bytes()
+
+
+def test_plain_http_get_with_range(local_hub, tmp_path):
+    """Non-hf clients (curl, llama.cpp) get bytes even for Xet-stored files; Range works."""
+    api = HfApi(endpoint=local_hub.url)
+    src = make_folder(tmp_path / "src")
+    api.create_repo("acme/plain")
+    api.upload_folder(folder_path=src, repo_id="acme/plain")
+    data = (src / "sub" / "large.dat").read_bytes()
+    url = f"{local_hub.url}/acme/plain/resolve/main/sub/large.dat"
+    with urllib.request.urlopen(url) as resp:
+        assert resp.read() == data
+    req = urllib.request.Request(url, headers={"Range": "bytes=100-199"})
+    with urllib.request.urlopen(req) as resp:
+        assert resp.status == 206 and resp.read() == data[100:200]
+
+
+def test_503_on_upload_is_retried(local_hub, tmp_path):
+    api = HfApi(endpoint=local_hub.url)
+    src = make_folder(tmp_path / "src")
+    api.create_repo("acme/flaky")
+    # The endpoint that carries the upload in each mode: the LFS PUT, or preupload before Xet.
+    pattern = r"^/_hubtool/lfs/[0-9a-f]{64}$" if local_hub.mode == "lfs" else r"/preupload/"
+    rule = local_hub.inject_fault("PUT" if local_hub.mode == "lfs" else "POST", pattern, 503, times=2)
+    api.upload_folder(folder_path=src, repo_id="acme/flaky")
+    assert rule.hits == 2 and rule.remaining == 0
+    got = Path(snapshot_download("acme/flaky", endpoint=local_hub.url, cache_dir=tmp_path / "dl"))
+    assert (got / "sub" / "large.dat").read_bytes() == (src / "sub" / "large.dat").read_bytes()
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_stale_parent_commit_is_412(local_hub, tmp_path):
+    from huggingface_hub import CommitOperationAdd
+
+    api = HfApi(endpoint=local_hub.url)
+    api.create_repo("acme/race")
+    first = api.list_repo_commits("acme/race")[0].commit_id
+    api.upload_file(path_or_fileobj=b"one", path_in_repo="a.txt", repo_id="acme/race")
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_commit("acme/race", [CommitOperationAdd("b.txt", b"two")], commit_message="x", parent_commit=first)
+    assert err.value.response.status_code == 412
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_fault_http_api_and_drop(local_hub):
+    rule = inject_fault(local_hub.url, "GET", r"/api/models/acme/missing$", 429, times=1)
+    assert rule["remaining"] == 1
+    with urllib.request.urlopen(f"{local_hub.url}/_hubtool/faults") as resp:
+        assert json.loads(resp.read())["faults"][0]["status"] == 429
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{local_hub.url}/api/models/acme/missing")
+    assert err.value.code == 429 and err.value.headers["X-Error-Code"] == "InjectedFault"
+    with pytest.raises(urllib.error.HTTPError) as err:  # fault used up: the real answer
+        urllib.request.urlopen(f"{local_hub.url}/api/models/acme/missing")
+    assert err.value.code == 404 and err.value.headers["X-Error-Code"] == "RepoNotFound"
+    local_hub.inject_fault("GET", r"/api/whoami-v2", 0, times=1)
+    with pytest.raises((urllib.error.URLError, ConnectionError, http_client_errors())):
+        urllib.request.urlopen(f"{local_hub.url}/api/whoami-v2")
+
+
+def http_client_errors():
+    import http.client
+
+    return http.client.HTTPException
+
+
+def test_auth_401_403_409_and_no_token_stored(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    users = {TOKEN: ("alice", ["acme"])}
+    with serve_in_thread(tmp_path / "hub", users=users) as hub:
+        api = HfApi(endpoint=hub.url, token=TOKEN)
+        assert api.whoami()["name"] == "alice"
+        api.create_repo("acme/secure", private=True)
+        api.upload_folder(folder_path=make_folder(tmp_path / "src"), repo_id="acme/secure")
+        with pytest.raises(HfHubHTTPError) as err:
+            HfApi(endpoint=hub.url, token="hf_wrongwrongwrong").create_repo("alice/x")
+        assert err.value.response.status_code == 401
+        with pytest.raises(HfHubHTTPError) as err:
+            api.create_repo("bigcorp/x")
+        assert err.value.response.status_code == 403
+        with pytest.raises(HfHubHTTPError) as err:
+            api.create_repo("acme/secure")
+        assert err.value.response.status_code == 409
+        with pytest.raises(HfHubHTTPError):  # private repo: invisible without the token
+            HfApi(endpoint=hub.url, token=False).list_repo_files("acme/secure")
+        assert "model.safetensors" in api.list_repo_files("acme/secure")
+    stored = [p for p in (tmp_path / "hub").rglob("*") if p.is_file()]
+    assert stored and not any(TOKEN.encode() in p.read_bytes() for p in stored)
