@@ -1,0 +1,219 @@
+"""The card's YAML header as data: carry-over, merging, Hub rules, and safe serialization.
+
+The header is never assembled as text in a template: values such as dataset ids with colons,
+quotes, newlines or `{{ }}` must reach the Hub exactly as given, and only a YAML emitter gets
+quoting right for all of them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from hubtool.errors import CardError
+
+KINDS = ("merged", "adapter", "gptq", "gguf")
+QUANT_KINDS = ("gptq", "gguf")
+
+# Header fields a derivative inherits from the source model's card: terms of use and provenance.
+CARRY_KEYS = ("license", "license_name", "license_link", "datasets", "language", "tags")
+
+# Keys of a release config that steer rendering but are not header fields.
+RELEASE_KEYS = ("repos", "gptq_variants", "gguf_files", "source_card")
+OPTION_KEYS = ("prompt_format", "system_message", "description", "embed_original", "context_length") + RELEASE_KEYS
+
+# Header keys in the order people read them; unknown keys follow in insertion order.
+KEY_ORDER = (
+    "model_name", "base_model", "base_model_relation", "license", "license_name", "license_link",
+    "datasets", "language", "library_name", "pipeline_tag", "tags", "inference", "quantized_by",
+    "prompt_template",
+)
+LIST_KEYS = ("base_model", "datasets", "language", "tags", "metrics")
+RELATIONS = ("adapter", "merge", "quantized", "finetune")
+
+# License identifiers the Hub accepts (https://huggingface.co/docs/hub/repositories-licenses).
+KNOWN_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
+bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear
+c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0
+cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0
+cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl
+ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0
+odc-by odbl openmdw-1.0 openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3
+llama4 gemma unknown other
+""".split())
+
+_REPO_ID = re.compile(r"^(?:[\w\-.]+/)?[\w\-.]+$")
+_LANG = re.compile(r"^(?:[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*|multilingual)$")
+_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+
+
+def looks_like_local_path(value: str) -> bool:
+    """True for things that name a folder on this machine rather than a Hub repo."""
+    return (
+        value.startswith(("/", "./", "../", "~", "\\"))
+        or value in (".", "..")
+        or "\\" in value
+        or bool(re.match(r"^[A-Za-z]:[\\/]", value))
+        or value.count("/") > 1
+    )
+
+
+def is_repo_id(value: str) -> bool:
+    """A Hub repo id: `name` or `namespace/name`, no `..`/`--`, no leading/trailing separators."""
+    if looks_like_local_path(value) or not _REPO_ID.match(value) or len(value) > 96:
+        return False
+    if ".." in value or "--" in value:
+        return False
+    return all(part and part[0] not in "-." and part[-1] not in "-." for part in value.split("/"))
+
+
+def parse_overrides(items: list[str] | None, *, source: str = "--set") -> dict[str, Any]:
+    """`key=value` pairs from the command line; `[a, b]` is a list, true/false a bool, else text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CardError(f"{source} {item!r}: expected key=value, e.g. --set license=apache-2.0")
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise CardError(f"{source} {key}: {value!r} is not a valid list; write [a, b] or quote items with colons") from None
+            out[key] = parsed
+        elif value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+        elif value.lower() in ("null", "none", ""):
+            out[key] = None
+        else:
+            out[key] = value
+    return out
+
+
+def split_release_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A release.yaml mixes header fields and release facts; return (meta, release)."""
+    meta = {k: v for k, v in config.items() if k not in RELEASE_KEYS}
+    release = {k: v for k, v in config.items() if k in RELEASE_KEYS}
+    return meta, release
+
+
+def carried(source_meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of a source card's header a derivative keeps (license terms, datasets, language, tags)."""
+    out = {k: source_meta[k] for k in CARRY_KEYS if source_meta.get(k) not in (None, "", [])}
+    for key, value in out.items():  # cards in the wild carry stray spaces ("org/ds ") and blank "- " items
+        if isinstance(value, str):
+            out[key] = value.strip()
+        elif isinstance(value, list):
+            out[key] = [v.strip() if isinstance(v, str) else v for v in value if v not in (None, "")]
+    return out
+
+
+def merge_metadata(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win key by key; an explicit None removes a key (so `--set tags=null` drops tags)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = value
+    return out
+
+
+def header_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """Drop rendering options, then order keys the way readers expect."""
+    fields = {k: v for k, v in meta.items() if k not in OPTION_KEYS}
+    ordered = {k: fields[k] for k in KEY_ORDER if k in fields}
+    ordered.update((k, v) for k, v in fields.items() if k not in ordered)
+    return ordered
+
+
+class _CardDumper(yaml.SafeDumper):
+    """safe_dump with readable multi-line strings (literal blocks where YAML allows them)."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # A literal block ending in a newline loses it when it is the header's last value: the Hub's
+    # header regex eats the newlines before the closing '---'. Such strings are double-quoted.
+    style = None
+    if "\n" in value:
+        style = '"' if value.endswith("\n") else "|"
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_CardDumper.add_representer(str, _str_representer)
+
+
+def dump_header(meta: dict[str, Any], *, source: str = "README.md") -> str:
+    """`---\\n<yaml>---\\n` for a header dict, through the YAML emitter only."""
+    try:
+        text = yaml.dump(meta, Dumper=_CardDumper, sort_keys=False, allow_unicode=True, width=4096, default_flow_style=False)
+    except yaml.YAMLError as exc:
+        raise CardError(f"{source}: metadata cannot be written as YAML ({exc}); use plain strings, numbers, lists and mappings") from None
+    return f"---\n{text}---\n"
+
+
+def validate_metadata(meta: dict[str, Any], *, source: str = "README.md") -> None:
+    """Our Hub rules on top of ModelCardData: raise CardError naming the field and the fix."""
+    for key in LIST_KEYS:
+        if key not in meta:
+            continue
+        value = meta[key]
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if item is None:
+                raise CardError(f"{source}: {key}[{i}] is empty (null); remove the blank '- ' entry from {key}")
+            if not isinstance(item, str) or not item.strip():
+                raise CardError(f"{source}: {key}[{i}] must be a non-empty string, got {item!r}")
+    license_ = meta.get("license")
+    if license_ is not None:
+        if not isinstance(license_, str):
+            raise CardError(f"{source}: license must be one identifier string, got {license_!r}")
+        if license_ not in KNOWN_LICENSES:
+            raise CardError(f"{source}: license {license_!r} is not a Hub license id; use license: other with license_name and license_link")
+        if license_ == "other":
+            missing = [k for k in ("license_name", "license_link") if not meta.get(k)]
+            if missing:
+                raise CardError(f"{source}: license 'other' needs {' and '.join(missing)}; add them (e.g. license_name: my-license, license_link: LICENSE)")
+    name = meta.get("license_name")
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name)):
+        raise CardError(f"{source}: license_name {name!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. yi-license)")
+    link = meta.get("license_link")
+    if link is not None and (not isinstance(link, str) or not link.strip() or "\n" in link):
+        raise CardError(f"{source}: license_link must be a URL or a file in the repo (e.g. LICENSE), got {link!r}")
+    bases = meta.get("base_model")
+    for base in bases if isinstance(bases, list) else ([bases] if bases is not None else []):
+        if looks_like_local_path(base):
+            raise CardError(f"{source}: base_model {base!r} is a local path; set base_model to the Hub repo id (e.g. --set base_model=org/name)")
+        if not is_repo_id(base):
+            raise CardError(f"{source}: base_model {base!r} is not a Hub repo id; use namespace/name")
+    relation = meta.get("base_model_relation")
+    if relation is not None:
+        if relation not in RELATIONS:
+            raise CardError(f"{source}: base_model_relation {relation!r} must be one of {', '.join(RELATIONS)}")
+        if not bases:
+            raise CardError(f"{source}: base_model_relation is set but base_model is missing; add base_model: org/name")
+    langs = meta.get("language")
+    for lang in langs if isinstance(langs, list) else ([langs] if langs is not None else []):
+        if not _LANG.match(lang):
+            raise CardError(f"{source}: language {lang!r} is not an ISO 639 code (e.g. en, fr, zh)")
+    for key in ("model_name", "library_name", "pipeline_tag", "quantized_by", "prompt_template"):
+        if key in meta and not isinstance(meta[key], str):
+            raise CardError(f"{source}: {key} must be a string, got {meta[key]!r}")
+    for key in ("library_name", "pipeline_tag"):
+        if key in meta and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", meta[key]):
+            raise CardError(f"{source}: {key} {meta[key]!r} must be a lowercase identifier (e.g. transformers, text-generation)")
+    if "inference" in meta and not isinstance(meta["inference"], (bool, dict)):
+        raise CardError(f"{source}: inference must be true or false, got {meta['inference']!r}")
+
+
+def check_no_token(text: str, *, source: str = "README.md") -> None:
+    """A Hub token must never be published in a card."""
+    if _TOKEN.search(text):
+        raise CardError(f"{source}: contains what looks like a Hugging Face token (hf_...); remove it before publishing")

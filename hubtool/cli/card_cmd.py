@@ -1,0 +1,82 @@
+"""`hubtool card render KIND MODEL_DIR -o README.md` and `hubtool card check README.md`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import CardError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from hubtool.cli import subgroup
+
+    group = subgroup(sub, "card", "render and check model cards")
+    render = group.add_parser("render", help="render README.md for a release artifact")
+    render.add_argument("kind", choices=["merged", "adapter", "gptq", "gguf"], help="artifact the card describes")
+    render.add_argument("model_dir", type=Path, help="folder of the artifact (config, weights, tokenizer, *.gguf)")
+    render.add_argument("--meta", type=Path, help="release config YAML: header fields (license, datasets, ...) plus repos / gptq_variants / gguf_files")
+    render.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a header field or option (repeatable; [a, b] for lists, null to drop)")
+    render.add_argument("--source-card", type=Path, help="card of the source model to carry metadata from and embed (default: MODEL_DIR/README.md)")
+    render.add_argument("--template-dir", type=Path, help="folder with your own <kind>.md.j2 / partials (built-ins fill the gaps)")
+    render.add_argument("--results", type=Path, help="quality.json from the verify step, for the measured-quality table")
+    render.add_argument("-o", "--output", type=Path, required=True, help="where to write the card (e.g. MODEL_DIR/README.md)")
+    render.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    render.set_defaults(func=run_render)
+
+    check = group.add_parser("check", help="validate a README.md against the Hub's metadata rules (offline)")
+    check.add_argument("card", type=Path, help="README.md to check")
+    check.set_defaults(func=run_check)
+
+
+def load_release_config(path: Path) -> dict[str, Any]:
+    """The --meta YAML file as a mapping, with one-line errors naming the file."""
+    import yaml
+
+    if not path.is_file():
+        raise CardError(f"{path}: release config not found; pass an existing YAML file to --meta")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise CardError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)}); quote values containing ':' or '#'") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CardError(f"{path}: expected a mapping of fields (license: ..., repos: ...), got {type(data).__name__}")
+    return data
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from hubtool.atomic import check_output_free, staged_file
+    from hubtool.card import parse_overrides, render_card, split_release_config
+    from hubtool.quality import read_results
+
+    check_output_free(args.output, overwrite=args.overwrite)
+    meta, release = split_release_config(load_release_config(args.meta)) if args.meta else ({}, {})
+    overrides = parse_overrides(args.overrides)
+    if args.source_card is not None:
+        release["source_card"] = str(args.source_card)
+    results = None
+    if args.results is not None:
+        if not args.results.is_file():
+            raise CardError(f"{args.results}: results file not found; run the verify step first or drop --results")
+        results = read_results(args.results)
+    text = render_card(args.kind, args.model_dir, meta=meta, overrides=overrides, results=results,
+                       release=release, template_dir=args.template_dir)
+    with staged_file(args.output, overwrite=args.overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    print(args.output)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from hubtool.card import check_card_file
+
+    meta = check_card_file(args.card)
+    fields = ", ".join(f"{k}={meta[k]}" for k in ("license", "base_model", "base_model_relation") if k in meta)
+    print(f"{args.card}: ok ({fields or 'no license/base_model'})")
+    return 0
