@@ -1,0 +1,155 @@
+"""A PEFT LoRA adapter folder, indexed by the base-model tensor each piece modifies.
+
+PEFT saves keys like `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`; we map
+them back to the base tensor `model.layers.0.self_attn.q_proj.weight` with the scale PEFT would
+use (alpha/r, rsLoRA alpha/sqrt(r), per-module rank_pattern / alpha_pattern), so the merge can
+walk the *base* checkpoint and look up what to add to each tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from hubtool.errors import InputError, MergeError
+from hubtool.model_dir import read_json
+
+PREFIX = "base_model.model."
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+?)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(?:\.weight)?)$"
+)
+
+
+@dataclass
+class LoraModule:
+    """One adapted module: delta = scale * B @ A (transposed for embeddings / fan_in_fan_out)."""
+
+    module: str
+    a_key: str | None = None
+    b_key: str | None = None
+    magnitude_key: str | None = None
+    embedding: bool = False
+    scale: float = 0.0
+    rank: int = 0
+    alpha: float = 0.0
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.module}.weight"
+
+
+@dataclass
+class Adapter:
+    path: Path
+    config: dict[str, Any]
+    modules: dict[str, LoraModule]  # base weight name -> module
+    replacements: dict[str, str]  # base tensor name -> adapter key (modules_to_save, resized embeddings)
+    fan_in_fan_out: bool = False
+    use_dora: bool = False
+    _handle: Any = field(default=None, repr=False)
+
+    def get(self, key: str) -> torch.Tensor:
+        try:
+            return self._handle.get_tensor(key)
+        except SafetensorError as exc:
+            raise InputError(f"{self.path / 'adapter_model.safetensors'}: cannot read {key!r} ({exc}); the file is corrupt") from None
+
+    def shape(self, key: str) -> list[int]:
+        return list(self._handle.get_slice(key).get_shape())
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's own rank_pattern/alpha_pattern matching, so we agree with merge_and_unload."""
+    if not patterns:
+        return default
+    from peft.utils.other import get_pattern_key
+
+    key = get_pattern_key(list(patterns), module)
+    return patterns.get(key, default) if key in patterns else default
+
+
+def load_adapter(path: Path | str) -> Adapter:
+    """Open a PEFT LoRA/DoRA adapter folder with clear errors for what we can't merge."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: adapter directory not found")
+    cfg_path = path / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise InputError(f"{path}: no adapter_config.json; point at a PEFT adapter folder (PeftModel.save_pretrained output)")
+    config = read_json(cfg_path)
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise InputError(f"{cfg_path}: peft_type {peft_type} is not supported; hubtool merges LoRA, rsLoRA and DoRA adapters")
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (path / "adapter_model.bin").is_file():
+            raise InputError(
+                f"{path / 'adapter_model.bin'}: pickle adapter weights are not read; re-save with "
+                "`PeftModel.save_pretrained(dir, safe_serialization=True)`"
+            )
+        raise InputError(f"{path}: no adapter_model.safetensors found")
+    try:
+        handle = safe_open(str(weights), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{weights}: not a valid safetensors file ({exc}); re-save the adapter") from None
+
+    r_default = int(config.get("r", 8))
+    alpha_default = float(config.get("lora_alpha", r_default))
+    rslora = bool(config.get("use_rslora", False))
+    modules: dict[str, LoraModule] = {}
+    replacements: dict[str, str] = {}
+    for key in handle.keys():
+        if not key.startswith(PREFIX):
+            raise InputError(f"{weights}: unexpected tensor {key!r} (PEFT keys start with {PREFIX!r}); is this a PEFT adapter?")
+        inner = key[len(PREFIX) :]
+        if ".lora_" in inner and ".lora_B.bias" in inner:
+            raise MergeError(f"{weights}: {key} is a LoRA bias (lora_bias=True), which hubtool does not merge yet")
+        match = _LORA_KEY.match(inner)
+        if match is None:
+            # modules_to_save (full replacement) or an embedding layer saved whole (resized vocab).
+            # With a resized vocab PEFT also saves its wrapper's internals: the frozen original_module
+            # (never merged) and a modules_to_save copy (used only when the plain key is absent).
+            if ".original_module." in inner:
+                continue
+            target = inner.replace(".base_layer.", ".").replace(".modules_to_save.", ".")
+            if target not in replacements or ".modules_to_save." not in inner:
+                replacements[target] = key
+            continue
+        module, part = match["module"], match["part"]
+        entry = modules.setdefault(f"{module}.weight", LoraModule(module=module))
+        if part in ("lora_A.weight", "lora_embedding_A"):
+            entry.a_key = key
+            entry.embedding = part == "lora_embedding_A"
+        elif part in ("lora_B.weight", "lora_embedding_B"):
+            entry.b_key = key
+        else:
+            entry.magnitude_key = key
+    for name, entry in modules.items():
+        if entry.a_key is None or entry.b_key is None:
+            raise InputError(f"{weights}: {entry.module} has lora_{'A' if entry.a_key is None else 'B'} missing; the adapter file is incomplete")
+        r = _pattern_value(config.get("rank_pattern") or {}, entry.module, r_default)
+        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, entry.module, alpha_default))
+        a_shape = list(handle.get_slice(entry.a_key).get_shape())
+        b_shape = list(handle.get_slice(entry.b_key).get_shape())
+        actual = a_shape[0]
+        if actual != int(r):
+            raise MergeError(f"{weights}: {entry.a_key} has rank {actual} but adapter_config.json says r={r} for {entry.module}; fix r/rank_pattern")
+        if b_shape[-1] != actual:
+            raise MergeError(f"{weights}: rank mismatch in {entry.module}: lora_A is {a_shape}, lora_B is {b_shape}")
+        entry.rank, entry.alpha = actual, alpha
+        entry.scale = alpha / math.sqrt(actual) if rslora else alpha / actual
+    return Adapter(
+        path=path,
+        config=config,
+        modules=modules,
+        replacements=replacements,
+        fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
+        use_dora=bool(config.get("use_dora", False)),
+        _handle=handle,
+    )

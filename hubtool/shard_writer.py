@@ -1,0 +1,71 @@
+"""Write a safetensors file one tensor at a time.
+
+safetensors' own `save_file` needs every tensor of a file in memory at once; for a 10 GB shard
+that defeats a streaming merge. The format is a JSON header (names, dtypes, shapes, offsets)
+followed by raw little-endian bytes, so when shapes and dtypes are known up front we can write
+the header first and then stream each tensor's bytes. Files are read back by safetensors itself.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+DTYPE_NAMES = {
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.bool: "BOOL",
+}
+
+
+class ShardWriter:
+    """Streams tensors into one safetensors file in the order they were planned."""
+
+    def __init__(self, path: Path, plan: list[tuple[str, torch.dtype, list[int]]], metadata: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self._order = [name for name, _, _ in plan]
+        self._expect = {name: (dtype, list(shape)) for name, dtype, shape in plan}
+        header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+        offset = 0
+        for name, dtype, shape in plan:
+            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        self.data_bytes = offset
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned, as safetensors does
+        self._file: BinaryIO = open(self.path, "wb")
+        self._file.write(struct.pack("<Q", len(blob)))
+        self._file.write(blob)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._next >= len(self._order) or self._order[self._next] != name:
+            expected = self._order[self._next] if self._next < len(self._order) else "nothing"
+            raise RuntimeError(f"{self.path.name}: wrote {name!r} out of plan order (expected {expected!r})")
+        dtype, shape = self._expect[name]
+        if tensor.dtype != dtype or list(tensor.shape) != shape:
+            raise RuntimeError(f"{self.path.name}: {name} is {tensor.dtype}{list(tensor.shape)}, planned {dtype}{shape}")
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._file.write(memoryview(data))
+        self._next += 1
+
+    def close(self) -> None:
+        if self._next != len(self._order):
+            self._file.close()
+            raise RuntimeError(f"{self.path.name}: closed after {self._next} of {len(self._order)} tensors")
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
