@@ -1,0 +1,184 @@
+"""`hubtool push` / push_folder against the local Hub: idempotence, resume, clear token-free errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+
+from hubtool.cli import main
+from hubtool.errors import PushError
+from hubtool.hub_server import serve_in_thread
+from hubtool.push import push_folder, scrub
+from tests.test_hub_server import TOKEN, make_folder
+
+
+def remote_state(url: str, repo_id: str, revision: str = "main") -> dict[str, str]:
+    """path -> content id (sha256 for LFS, git sha1 otherwise) at a revision."""
+    api = HfApi(endpoint=url)
+    return {
+        e.path: (e.lfs.sha256 if e.lfs else e.blob_id)
+        for e in api.list_repo_tree(repo_id, revision=revision, recursive=True)
+        if hasattr(e, "blob_id")
+    }
+
+
+def assert_no_token(*texts: str, root: Path | None = None) -> None:
+    for text in texts:
+        assert TOKEN not in text
+    if root is not None:
+        assert not any(TOKEN.encode() in p.read_bytes() for p in root.rglob("*") if p.is_file())
+
+
+def test_push_main_and_branch_then_noop(local_hub, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    src = make_folder(tmp_path / "src")
+    first = push_folder(src, "acme/model", message="first")
+    assert first.changed and first.files_uploaded == 5 and first.files_deleted == 0
+    assert first.repo_url == f"{local_hub.url}/acme/model" and first.commit_sha in first.commit_url
+
+    again = push_folder(src, "acme/model")
+    assert not again.changed and again.files_uploaded == 0 and again.commit_sha == first.commit_sha
+    assert len(HfApi(endpoint=local_hub.url).list_repo_commits("acme/model")) == 2  # initial + first
+
+    (src / "config.json").write_text('{"changed": true}')
+    branch = push_folder(src, "acme/model", branch="gptq/4bit-32g-actorder")
+    # the branch starts from main, so only the changed file counts as uploaded
+    assert branch.changed and branch.branch == "gptq/4bit-32g-actorder" and branch.files_uploaded == 1
+    assert remote_state(local_hub.url, "acme/model", "gptq/4bit-32g-actorder")["config.json"] != remote_state(local_hub.url, "acme/model")["config.json"]
+    (src / "sub" / "notes.txt").unlink()
+    pruned = push_folder(src, "acme/model", branch="gptq/4bit-32g-actorder", delete_missing=True)
+    assert pruned.files_uploaded == 0 and pruned.files_deleted == 1
+    out, err = capfd.readouterr()
+    assert_no_token(out, err, root=local_hub.root)
+
+
+def test_interrupted_push_resumes_to_identical_content(local_hub, tmp_path):
+    src = make_folder(tmp_path / "src", seed=1)
+    # 507 is not retried by the client: the push stops after the file bytes were sent.
+    rule = local_hub.inject_fault("POST", r"/api/models/acme/resume/commit/", 507, times=1)
+    with pytest.raises(PushError, match="507.*re-run"):
+        push_folder(src, "acme/resume", token=TOKEN)
+    assert rule.hits == 1
+    assert set(remote_state(local_hub.url, "acme/resume")) == {".gitattributes"}  # nothing committed
+    mark = len(local_hub.requests)
+    resumed = push_folder(src, "acme/resume", token=TOKEN)
+    assert resumed.changed and resumed.files_uploaded == 5
+    if local_hub.mode == "lfs":  # the blobs were stored before the failure: not sent again
+        assert not any(p.startswith("/_hubtool/lfs/") for _, p in local_hub.requests[mark:])
+    clean = push_folder(src, "acme/clean", token=TOKEN)
+    assert remote_state(local_hub.url, "acme/resume") == remote_state(local_hub.url, "acme/clean")
+    assert clean.files_uploaded == resumed.files_uploaded
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+@pytest.mark.parametrize(
+    ("method", "pattern", "status", "expected"),
+    [
+        ("POST", r"/preupload/", 404, "not found on .* \\(404"),
+        ("POST", r"/commit/", 409, "conflict \\(409"),
+        ("POST", r"/commit/", 412, "branch moved during the push \\(412"),
+        ("POST", r"/commit/", 413, "too large \\(413"),
+    ],
+)
+def test_http_errors_are_one_clear_line(local_hub, tmp_path, method, pattern, status, expected, capfd):
+    src = make_folder(tmp_path / "src")
+    local_hub.inject_fault(method, pattern, status, times=1)
+    with pytest.raises(PushError, match=expected) as err:
+        push_folder(src, "acme/errs", branch="dev", token=TOKEN)
+    message = str(err.value)
+    assert "\n" not in message and err.value.exit_code == 6
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained client error to leak
+    out, errout = capfd.readouterr()
+    assert_no_token(message, out, errout)
+
+
+@pytest.mark.parametrize("hub_mode", ["xet"], indirect=True)
+def test_auth_errors_with_real_checks(tmp_path, hub_mode, capfd):
+    users = {TOKEN: ("alice", ["acme"])}
+    src = make_folder(tmp_path / "src")
+    with serve_in_thread(tmp_path / "hub", users=users) as hub:
+        bad = "hf_BADbadBADbadBAD0000000000"
+        with pytest.raises(PushError, match=r"rejected the token \(401") as e401:
+            push_folder(src, "alice/m", endpoint=hub.url, token=bad)
+        assert bad not in str(e401.value)
+        with pytest.raises(PushError, match=r"no write access to namespace 'bigcorp' \(403"):
+            push_folder(src, "bigcorp/m", endpoint=hub.url, token=TOKEN)
+        # a failure inside the Xet transfer: the write token is refused -> builtin ConnectionError
+        hub.inject_fault("GET", r"/xet-write-token/", 403, times=10)
+        with pytest.raises(PushError, match=r"\(403") as exet:
+            push_folder(src, "acme/m", endpoint=hub.url, token=TOKEN)
+        assert "Xet" in str(exet.value)
+        hub.clear_faults()
+        ok = push_folder(src, "acme/m", endpoint=hub.url, token=TOKEN)
+        assert ok.changed
+        out, err = capfd.readouterr()
+        assert_no_token(str(e401.value), str(exet.value), out, err, root=tmp_path / "hub")
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_network_failure(tmp_path, hub_mode):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(PushError, match="network failure.*re-run"):
+        push_folder(make_folder(tmp_path / "src"), "acme/m", endpoint=f"http://127.0.0.1:{port}", token=TOKEN)
+
+
+def test_scrub_removes_tokens():
+    text = f"Authorization: Bearer {TOKEN} and hf_abcdefghijkl and {TOKEN}"
+    cleaned = scrub(text, TOKEN)
+    assert TOKEN not in cleaned and "hf_abcdefghijkl" not in cleaned
+
+
+def test_input_errors(tmp_path):
+    from hubtool.errors import InputError
+
+    with pytest.raises(InputError, match="not a directory"):
+        push_folder(tmp_path / "nope", "acme/m")
+    with pytest.raises(InputError, match="NAMESPACE/NAME"):
+        push_folder(tmp_path, "just-a-name")
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_cli_push_json_and_exit_codes(local_hub, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    src = make_folder(tmp_path / "src")
+    assert main(["push", str(src), "acme/cli", "--branch", "v1", "--revision-message", "release v1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["changed"] and summary["branch"] == "v1" and summary["files_uploaded"] == 5
+    assert HfApi(endpoint=local_hub.url).list_repo_commits("acme/cli", revision="v1")[0].title == "release v1"
+    assert main(["push", str(src), "acme/cli", "--branch", "v1"]) == 0
+    assert "nothing changed" in capsys.readouterr().out
+    local_hub.inject_fault("POST", r"/commit/", 413, times=1)
+    (src / "config.json").write_text("{}")
+    assert main(["push", str(src), "acme/cli", "--endpoint", local_hub.url]) == 6
+    captured = capsys.readouterr()
+    assert "\nerror: acme/cli: the Hub refused the upload as too large (413" in "\n" + captured.err
+    assert_no_token(captured.out, captured.err)
+
+
+def test_hub_serve_command(tmp_path, monkeypatch):
+    """`hubtool hub serve` prints its URL first; the real client pushes to it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "root"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        result = push_folder(make_folder(tmp_path / "src"), "acme/served", endpoint=url)
+        assert result.files_uploaded == 5
+        assert (tmp_path / "root" / "repos" / "model" / "acme" / "served" / "refs.json").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
