@@ -1,6 +1,7 @@
 """Card bodies from jinja2 templates, in a sandbox, failing loudly on anything undefined.
 
-Templates may come from the user (--template-dir), so they run in jinja2's SandboxedEnvironment;
+Templates may come from the user (--template-dir), so they run in jinja2's immutable sandbox (no
+attribute escapes, no mutating the header they are shown);
 values are passed as data and never re-parsed as template code, so `{{ }}` inside a dataset id
 is printed, not executed. StrictUndefined turns a typo into an error naming template and line.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from hubtool.errors import CardError
 
@@ -26,7 +27,7 @@ def builtin_template_dir() -> Path:
     return Path(str(resources.files("hubtool").joinpath("card_templates")))
 
 
-def make_env(template_dir: Path | None = None) -> SandboxedEnvironment:
+def make_env(template_dir: Path | None = None) -> ImmutableSandboxedEnvironment:
     """User templates first, built-ins behind them, so a user can override one partial only."""
     dirs = [str(builtin_template_dir())]
     if template_dir is not None:
@@ -34,7 +35,7 @@ def make_env(template_dir: Path | None = None) -> SandboxedEnvironment:
         if not template_dir.is_dir():
             raise CardError(f"{template_dir}: template directory not found; pass a folder holding <kind>{TEMPLATE_SUFFIX} files")
         dirs.insert(0, str(template_dir))
-    env = SandboxedEnvironment(
+    env = ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader(dirs),
         undefined=jinja2.StrictUndefined,
         autoescape=False,

@@ -1,0 +1,89 @@
+"""User template directories, sandboxing, and errors that name template, line and variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubtool.card import render_card
+from hubtool.card.render import builtin_template_dir, code_block
+from hubtool.errors import CardError
+from tests.cardkit import RELEASE, gguf_dir
+
+
+def write(d, name, text):
+    path = d / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_builtin_templates_exist_for_every_kind():
+    names = sorted(p.name for p in builtin_template_dir().glob("*.md.j2"))
+    assert names == ["adapter.md.j2", "gguf.md.j2", "gptq.md.j2", "merged.md.j2"]
+
+
+def test_user_template_overrides_one_partial(tmp_path):
+    tdir = tmp_path / "tpl"
+    write(tdir, "partials/_title.md.j2", "# Custom title for {{ model_name }} ({{ gguf_files | length }} files)\n")
+    text = render_card("gguf", gguf_dir(tmp_path), release=RELEASE, template_dir=tdir)
+    assert "# Custom title for bagel-8k (3 files)" in text
+    assert "## Provided files" in text  # the rest still comes from the built-ins
+
+
+def test_missing_variable_names_template_line_and_variable(tmp_path):
+    tdir = tmp_path / "tpl"
+    path = write(tdir, "gguf.md.j2", "# {{ model_name }}\n\nfine line\n{{ licence_url }}\n")
+    with pytest.raises(CardError) as err:
+        render_card("gguf", gguf_dir(tmp_path), release=RELEASE, template_dir=tdir)
+    msg = str(err.value)
+    assert f"{path}:4" in msg and "'licence_url' is undefined" in msg and "\n" not in msg
+
+
+def test_missing_attribute_in_partial_names_the_partial(tmp_path):
+    tdir = tmp_path / "tpl"
+    path = write(tdir, "partials/_rope.md.j2", "{% if rope %}\nscaled by {{ rope.scale_factor }}\n{% endif %}\n")
+    with pytest.raises(CardError) as err:
+        render_card("gguf", gguf_dir(tmp_path), release=RELEASE, template_dir=tdir)
+    assert f"{path}:2" in str(err.value) and "scale_factor" in str(err.value)
+
+
+def test_syntax_error_names_template_and_line(tmp_path):
+    tdir = tmp_path / "tpl"
+    path = write(tdir, "gguf.md.j2", "ok\n{% if model_name %}\nno endif\n")
+    with pytest.raises(CardError, match="template syntax error") as err:
+        render_card("gguf", gguf_dir(tmp_path), release=RELEASE, template_dir=tdir)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("expr", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.system('echo pwned') }}",
+    "{{ header.__class__.__init__.__globals__ }}",
+    "{{ header.update({'license': 'mit'}) }}",
+    "{{ gguf_files.append({}) }}",
+])
+def test_sandbox_blocks_escapes(expr, tmp_path):
+    tdir = tmp_path / "tpl"
+    write(tdir, "gguf.md.j2", f"# x\n{expr}\n")
+    with pytest.raises(CardError) as err:
+        render_card("gguf", gguf_dir(tmp_path), release=RELEASE, template_dir=tdir)
+    assert "gguf.md.j2:2" in str(err.value) and "unsafe operation" in str(err.value)
+
+
+def test_missing_template_dir_and_unknown_kind(tmp_path):
+    with pytest.raises(CardError, match="template directory not found"):
+        render_card("gguf", gguf_dir(tmp_path), release=RELEASE, template_dir=tmp_path / "nope")
+    with pytest.raises(CardError, match="use one of merged, adapter, gptq, gguf"):
+        render_card("awq", gguf_dir(tmp_path))
+
+
+def test_gguf_card_needs_files(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CardError, match="no .gguf files"):
+        render_card("gguf", empty)
+
+
+def test_code_block_cannot_be_closed_by_content():
+    block = code_block("a\n```\nb ````")
+    assert block.startswith("`````\n") and block.endswith("\n`````")
