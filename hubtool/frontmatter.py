@@ -22,7 +22,7 @@ def split_front_matter(text: str, *, source: str = "README.md") -> tuple[dict[st
         if line.strip() != "---":
             continue
         for end in range(start + 1, len(lines)):
-            if lines[end].strip() in ("---", "..."):
+            if lines[end].rstrip() in ("---", "..."):  # at column 0: an indented '---' is inside a YAML string
                 block = "".join(lines[start + 1 : end])
                 try:
                     meta = yaml.safe_load(block) if block.strip() else {}
