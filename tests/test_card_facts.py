@@ -1,0 +1,56 @@
+"""Facts read from real artifact files: a GGUF written with the gguf library, a saved tiny Llama."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hubtool.card import render_card
+from hubtool.card.facts import model_facts
+from hubtool.frontmatter import split_front_matter
+
+
+def write_gguf(path, *, chat_template: str) -> None:
+    gguf = pytest.importorskip("gguf", reason="gguf ships with the hubtool[gguf] extra")
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(8192)
+    w.add_block_count(2)
+    w.add_embedding_length(64)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    w.add_rope_scaling_factor(4.0)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_chat_template(chat_template)
+    w.add_tensor("token_embd.weight", np.zeros((32, 64), dtype=np.float16))
+    w.add_tensor("output.weight", np.zeros((32, 64), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_only_folder(tmp_path):
+    d = tmp_path / "tiny-GGUF"
+    d.mkdir()
+    write_gguf(d / "tiny.gguf", chat_template="{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}")
+    facts = model_facts(d)
+    (f,) = facts["gguf_files"]
+    assert f["type"] == "F16"  # from general.file_type: the file name says nothing
+    size = (d / "tiny.gguf").stat().st_size
+    assert f["bits_per_weight"] == round(size * 8 / (2 * 32 * 64), 2) and f["bits_per_weight"] > 16
+    assert facts["config"]["max_position_embeddings"] == 8192 and facts["config"]["num_key_value_heads"] == 2
+    text = render_card("gguf", d, release={"repos": {"fp16": "acme/tiny", "gguf": "acme/tiny-GGUF"}})
+    meta, body = split_front_matter(text)
+    assert meta["prompt_template"].startswith("<|im_start|>system")  # chat template read from GGUF metadata
+    assert "**linear** RoPE scaling with factor **4**: the effective context is **8192 tokens**" in body
+    kv = 2 * 2 * 8192 * 2 * 16 * 2  # K+V, layers, ctx, kv heads, head dim, f16
+    assert f"| tiny.gguf | F16 |" in body and f"{(size + kv) / 1e6:.2f} MB" in body
+
+
+def test_tiny_llama_merged_card(tiny_llama):
+    text = render_card("merged", tiny_llama, meta={"base_model": "acme/tiny-base", "license": "apache-2.0"})
+    meta, body = split_front_matter(text)
+    assert meta["prompt_template"].startswith("<|im_start|>system")  # from chat_template.jinja saved by transformers
+    assert meta["base_model_relation"] == "finetune" and meta["library_name"] == "transformers"
+    assert "## Context length and RoPE scaling" not in body and "--max-model-len 256" in body
