@@ -54,3 +54,39 @@ def test_tiny_llama_merged_card(tiny_llama):
     assert meta["prompt_template"].startswith("<|im_start|>system")  # from chat_template.jinja saved by transformers
     assert meta["base_model_relation"] == "finetune" and meta["library_name"] == "transformers"
     assert "## Context length and RoPE scaling" not in body and "--max-model-len 256" in body
+
+
+def test_split_and_imatrix_gguf_files(tmp_path):
+    from tests.cardkit import LLAMA_CONFIG, model_folder
+
+    files = {f"m.Q4_K_M-0000{i}-of-00003.gguf": b"\0" * 100 * i for i in (1, 2, 3)}
+    files.update({"m.Q8_0.gguf": b"\0" * 50, "m.imatrix.gguf": b"\0" * 10})
+    d = model_folder(tmp_path, "m-GGUF", config=LLAMA_CONFIG, files=files)
+    rows = model_facts(d)["gguf_files"]
+    assert [(r["file"], r["type"], r["size_bytes"], r["parts"]) for r in rows] == [
+        ("m.Q4_K_M-00001-of-00003.gguf", "Q4_K_M", 600, 3), ("m.Q8_0.gguf", "Q8_0", 50, 1)]
+    body = split_front_matter(render_card("gguf", d, release={"repos": {"gguf": "acme/m-GGUF"}}))[1]
+    assert "| m.Q4_K_M-00001-of-00003.gguf (+2 parts) | Q4_K_M |" in body and "imatrix" not in body
+    assert "hf download acme/m-GGUF --include 'm.Q4_K_M-*-of-00003.gguf' --local-dir ." in body
+    assert "llama-cli -m m.Q4_K_M-00001-of-00003.gguf -c 8192" in body
+    assert "Split models: download every part" in body
+
+
+def test_gptq_folder_from_hubtool_quantize(tmp_path):
+    """hubtool's quantize step records branch and calibration in quantize_config.json; the card uses them."""
+    from tests.cardkit import gptq_dir, write_json
+
+    d = gptq_dir(tmp_path)
+    write_json(d / "quantize_config.json", {
+        "bits": 4, "group_size": 32, "desc_act": True, "damp_percent": 0.05, "quant_method": "gptq",
+        "meta": {"branch": "gptq-4bit-32g-actorder_True", "calibration": {
+            "source": "builtin", "description": "hubtool built-in calibration text", "samples": 128, "seq_len": 1024}},
+    })
+    facts = model_facts(d)["gptq"]
+    assert facts["branch"] == "gptq-4bit-32g-actorder_True" and facts["seq_len"] == 1024
+    release = {"repos": {"gptq": "acme/x-GPTQ"}, "gptq_variants": [
+        {"branch": "main", "bits": 8, "group_size": 128, "desc_act": False},
+        {"branch": "gptq-4bit-32g-actorder_True", "bits": 4}]}
+    body = split_front_matter(render_card("gptq", d, release=release))[1]
+    assert "| gptq-4bit-32g-actorder_True | 4 | 32 | Yes | 0.05 | hubtool built-in calibration text | 1024 | 4.10 KB |" in body
+    assert "| main | 8 | 128 | No | - | - | - | - |" in body

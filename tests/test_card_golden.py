@@ -98,7 +98,7 @@ def test_gptq_facts_from_checkpoint_must_match_release(tmp_path):
     from hubtool.errors import CardError
 
     bad = {**RELEASE, "gptq_variants": [dict(RELEASE["gptq_variants"][0], bits=8)]}
-    with pytest.raises(CardError, match="bits=8 but the checkpoint's quantization_config says 4"):
+    with pytest.raises(CardError, match="main bits=8 but the checkpoint's quantization_config says 4"):
         render_card("gptq", gptq_dir(tmp_path), release=bad)
     # without a release list the checkpoint alone fills the table
     text = render_card("gptq", gptq_dir(tmp_path / "x"))

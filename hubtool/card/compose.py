@@ -106,8 +106,9 @@ def render_card(
         "local_name": shlex.quote((this_repo or model_dir.name).split("/")[-1]),
         "gptq_variants": gptq_variants,
         "gguf_files": gguf_files,
-        "gguf_pick": gguf_pick,
-        "gguf_pick_sh": shlex.quote(gguf_pick) if gguf_pick else "",
+        "gguf_pick": gguf_pick["file"] if gguf_pick else None,
+        "gguf_pick_sh": shlex.quote(gguf_pick["file"]) if gguf_pick else "",
+        "gguf_download_sh": shlex.quote(gguf_pick["download"]) if gguf_pick else "",
         "quality": _quality(results, kind),
         "original": source_body if options.get("embed_original", True) else None,
         "generated_mark": GENERATED_MARK,
@@ -141,12 +142,9 @@ def _adapter_summary(adapter: dict | None) -> str:
     return ", ".join(parts)
 
 
-def _recommended_gguf(rows: list[dict[str, Any]]) -> str | None:
-    """The file usage snippets use: Q4_K_M when provided, else the first listed."""
-    for row in rows:
-        if row.get("type") == "Q4_K_M":
-            return row["file"]
-    return rows[0]["file"] if rows else None
+def _recommended_gguf(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The model usage snippets use: Q4_K_M when provided, else the first listed."""
+    return next((row for row in rows if row.get("type") == "Q4_K_M"), rows[0] if rows else None)
 
 
 def _source_card(model_dir: Path, meta: dict, overrides: dict, release: dict) -> tuple[dict[str, Any], str | None]:
@@ -213,18 +211,24 @@ def _gptq_variants(release: dict, facts: dict, model_dir: Path) -> list[dict[str
     variants = [dict(v) for v in release.get("gptq_variants") or []]
     own = facts["gptq"]
     if own is not None:
-        main = next((v for v in variants if v.get("branch", "main") == "main"), None)
+        # the folder is the variant on its recorded branch if the release lists it, else the one on main
+        main = next((v for v in variants if own.get("branch") and v.get("branch") == own["branch"]), None)
+        main = main or next((v for v in variants if v.get("branch", "main") == "main"), None)
         if main is None:
             main = {"branch": "main"}
             variants.insert(0, main)
+        branch = main.get("branch", "main")
         for key in ("bits", "group_size", "desc_act", "damp_percent"):
             if own.get(key) is None:
                 continue
             if main.get(key) is not None and main[key] != own[key]:
                 raise CardError(
-                    f"{model_dir}: release gptq_variants main {key}={main[key]!r} but the checkpoint's quantization_config says {own[key]!r}; fix the release config"
+                    f"{model_dir}: release gptq_variants {branch} {key}={main[key]!r} but the checkpoint's quantization_config says {own[key]!r}; fix the release config"
                 )
             main[key] = own[key]
+        for key in ("dataset", "seq_len"):
+            if main.get(key) is None:
+                main[key] = own.get(key)
         if main.get("size_bytes") is None:
             main["size_bytes"] = facts["weights_size"]
     keys = ("branch", "bits", "group_size", "desc_act", "damp_percent", "dataset", "seq_len", "size_bytes", "loaders")
@@ -269,6 +273,8 @@ def _gguf_files(release: dict, facts: dict, rope: dict | None) -> list[dict[str,
         row.setdefault("use_case", facts_mod.GGUF_USE_CASE.get(row["type"] or "", ""))
         if row.get("max_ram_bytes") is None and row.get("size_bytes") and kv:
             row["max_ram_bytes"] = int(row["size_bytes"]) + kv
+        row.setdefault("parts", disk.get("parts", 1))
+        row.setdefault("download", disk.get("download", row["file"]))
         for key in ("type", "bits_per_weight", "size_bytes", "max_ram_bytes", "use_case"):
             row.setdefault(key, None)
     return rows

@@ -93,11 +93,16 @@ def rope_facts(config: dict[str, Any], context_length: int | None = None) -> dic
 
 def gptq_facts(model_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The GPTQ settings saved with the checkpoint (config.json quantization_config or quantize_config.json)."""
+    side = _read_json(Path(model_dir) / "quantize_config.json")
+    side = side if isinstance(side, dict) else {}
     qc = config.get("quantization_config")
     if not isinstance(qc, dict) or str(qc.get("quant_method", "gptq")).lower() != "gptq":
-        qc = _read_json(Path(model_dir) / "quantize_config.json")
+        qc = side or None
     if not isinstance(qc, dict):
         return None
+    # hubtool's quantize step records branch and calibration in quantize_config.json "meta"
+    meta = side.get("meta") if isinstance(side.get("meta"), dict) else {}
+    cal = meta.get("calibration") if isinstance(meta.get("calibration"), dict) else {}
     return {
         "bits": qc.get("bits"),
         "group_size": qc.get("group_size"),
@@ -105,6 +110,9 @@ def gptq_facts(model_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None
         "damp_percent": qc.get("damp_percent"),
         "sym": qc.get("sym"),
         "checkpoint_format": qc.get("checkpoint_format"),
+        "branch": meta.get("branch"),
+        "dataset": cal.get("description") or cal.get("name"),
+        "seq_len": cal.get("seq_len"),
     }
 
 
@@ -131,12 +139,37 @@ def gguf_type_from_name(filename: str) -> str | None:
     return m.group(1).upper() if m else None
 
 
-def gguf_file_facts(path: Path) -> dict[str, Any]:
-    """Type, size and (when the gguf package can read it) exact bits per weight of one GGUF file."""
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+
+
+def gguf_models(model_dir: Path) -> list[list[Path]]:
+    """The GGUF models in a folder, each as its list of files (split models have several); no imatrix files."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(Path(model_dir).glob("*.gguf")):
+        if path.name.endswith(".imatrix.gguf"):
+            continue
+        m = _SHARD.match(path.name)
+        key = f"{m.group('stem')}-of-{m.group('n')}" if m else path.name
+        groups.setdefault(key, []).append(path)
+    return list(groups.values())
+
+
+def gguf_file_facts(path: Path, parts: list[Path] | None = None) -> dict[str, Any]:
+    """Type, size and (when the gguf package can read it) exact bits per weight of one GGUF model.
+
+    For a split model PATH is the first part and PARTS all of them: sizes and tensor counts add up.
+    """
     path = Path(path)
-    size = path.stat().st_size
-    facts: dict[str, Any] = {"file": path.name, "type": gguf_type_from_name(path.name), "size_bytes": size}
+    parts = [Path(p) for p in parts] if parts else [path]
+    size = sum(p.stat().st_size for p in parts)
+    m = _SHARD.match(path.name)
+    name_for_type = f"{m.group('stem')}.gguf" if m else path.name
+    pattern = f"{m.group('stem')}-*-of-{m.group('n')}.gguf" if m else path.name
+    facts: dict[str, Any] = {"file": path.name, "type": gguf_type_from_name(name_for_type), "size_bytes": size,
+                             "parts": len(parts), "download": pattern}
     info = _read_gguf(path)
+    if len(parts) > 1 and info.get("n_elements"):
+        info["n_elements"] = sum(_read_gguf(p).get("n_elements") or 0 for p in parts)
     if info.get("n_elements"):
         facts["bits_per_weight"] = round(size * 8 / info["n_elements"], 2)
     for key in ("chat_template", "context_length", "config"):
@@ -234,7 +267,7 @@ def model_facts(model_dir: Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CardError(f"{model_dir}: model directory not found; pass the folder the card describes")
-    ggufs = [gguf_file_facts(p) for p in sorted(model_dir.glob("*.gguf"))]
+    ggufs = [gguf_file_facts(group[0], group) for group in gguf_models(model_dir)]
     config = read_config(model_dir) or gguf_config(ggufs)
     chat_template = read_chat_template(model_dir)
     if chat_template is None:
