@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import struct
 import time
@@ -44,21 +45,23 @@ class MergeSummary:
     config_changes: dict[str, Any] = field(default_factory=dict)
 
 
-def _delta(adapter: Adapter, mod: LoraModule) -> torch.Tensor:
-    """scale · B·A in float32, laid out like the base tensor (shapes were checked by _plan)."""
+def _lora_factors(adapter: Adapter, mod: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
     a = adapter.get(mod.a_key).float()  # type: ignore[arg-type]
     b = adapter.get(mod.b_key).float()  # type: ignore[arg-type]
     for key, t in ((mod.a_key, a), (mod.b_key, b)):
         if not torch.isfinite(t).all():
             raise MergeError(f"{adapter.path}: adapter tensor {key} contains NaN/Inf; the adapter is corrupt or training diverged")
-    delta = (b @ a) * mod.scale
-    return delta.T if (mod.embedding or adapter.fan_in_fan_out) else delta
+    return a, b
 
 
 def _merge_tensor(adapter: Adapter, mod: LoraModule, weight: torch.Tensor) -> torch.Tensor:
+    """W + scale·B·A in float32 (shapes were checked by _plan); DoRA rescales rows after."""
+    a, b = _lora_factors(adapter, mod)
     w = weight.float()
-    delta = _delta(adapter, mod)
-    w += delta
+    if mod.embedding or adapter.fan_in_fan_out:  # stored transposed: add (B·A)ᵀ = Aᵀ·Bᵀ
+        w.addmm_(a.T, b.T, alpha=mod.scale)
+    else:
+        w.addmm_(b, a, alpha=mod.scale)  # in place: no [out, in] temporary for the delta
     if mod.magnitude_key is not None:
         # DoRA: rescale each output row of the merged weight to the learned magnitude.
         if mod.embedding:
@@ -66,23 +69,20 @@ def _merge_tensor(adapter: Adapter, mod: LoraModule, weight: torch.Tensor) -> to
         magnitude = adapter.get(mod.magnitude_key).float()
         rows = w.T if adapter.fan_in_fan_out else w
         norm = torch.linalg.vector_norm(rows, dim=1)
-        factor = (magnitude / norm).unsqueeze(1)
-        rows.mul_(factor)
+        rows.mul_((magnitude / norm).unsqueeze(1))
     return w
 
 
 def _check_and_cast(name: str, t: torch.Tensor, dtype: torch.dtype, source: str) -> torch.Tensor:
-    if not t.is_floating_point():
-        return t
-    out = t.to(dtype)
-    if not torch.isfinite(out).all():
-        if not torch.isfinite(t).all():
-            raise MergeError(f"{source}: tensor {name} has NaN/Inf values; the input is corrupt")
-        peak = float(t.float().abs().max())
+    """Refuse NaN/Inf and values float16 can't hold, then cast. aminmax is one fast pass and propagates NaN."""
+    lo, hi = (float(v) for v in torch.aminmax(t))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise MergeError(f"{source}: tensor {name} has NaN/Inf values; the input is corrupt or training diverged")
+    if dtype == torch.float16 and max(hi, -lo) > FP16_MAX:
         raise MergeError(
-            f"{source}: tensor {name} has values up to {peak:.4g}, beyond float16's ±{FP16_MAX:.0f}; merge with --dtype bfloat16"
+            f"{source}: tensor {name} has values up to {max(hi, -lo):.4g}, beyond float16's ±{FP16_MAX:.0f}; merge with --dtype bfloat16"
         )
-    return out
+    return t.to(dtype)
 
 
 def _plan(base: ModelDir, adapter: Adapter, dtype: torch.dtype) -> tuple[dict[str, list[tuple[str, torch.dtype, list[int]]]], dict[str, Any]]:
@@ -252,7 +252,6 @@ def merge_adapter(
                 if writer is not None:
                     writer.close()
                     written += writer.data_bytes
-                    base.close()  # unmap the finished shard so its pages leave our RSS
                 writer = ShardWriter(tmp / shard, plan[shard])
             source = str(base.path / shard)
             if name in adapter.replacements:
@@ -260,6 +259,7 @@ def merge_adapter(
                 source = str(adapter.path / "adapter_model.safetensors")
             else:
                 tensor = base.get_tensor(name)
+                base.close()  # drop the mmap: its touched pages would otherwise pile up in RSS
             if name in adapter.modules:
                 tensor = _merge_tensor(adapter, adapter.modules[name], tensor)
             writer.write(name, _check_and_cast(name, tensor, out_dtype, source))
@@ -268,7 +268,6 @@ def merge_adapter(
         assert writer is not None
         writer.close()
         written += writer.data_bytes
-        base.close()
         if not single:
             index = {"metadata": {"total_size": written}, "weight_map": weight_map}
             (tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
