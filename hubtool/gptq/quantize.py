@@ -102,19 +102,22 @@ def quantize_gptq(
     examples, cal_desc = calibration_dataset(calibration, tokenizer, preset.samples, preset.seq_len)
     log(f"gptq: {preset.label} on {dev}, {cal_desc['samples']}x{preset.seq_len} calibration tokens ({cal_desc['source']})")
 
-    qcfg = gptqmodel.QuantizeConfig(
-        bits=preset.bits,
-        group_size=preset.group_size,
-        desc_act=preset.desc_act,
-        act_group_aware=False,  # GAR reorders groups: not the standard format; incompatible with desc_act
-        sym=preset.sym,
-        damp_percent=preset.damp_percent,
-        true_sequential=preset.true_sequential,
-        static_groups=preset.static_groups,
-    )
     start = time.monotonic()
     with staged_dir(out_dir, overwrite=overwrite) as tmp:
         raw = tmp / ".gptqmodel-raw"
+        qcfg = gptqmodel.QuantizeConfig(
+            bits=preset.bits,
+            group_size=preset.group_size,
+            desc_act=preset.desc_act,
+            act_group_aware=False,  # GAR reorders groups: not the standard format; incompatible with desc_act
+            sym=preset.sym,
+            damp_percent=preset.damp_percent,
+            true_sequential=preset.true_sequential,
+            static_groups=preset.static_groups,
+            # finished layers spill to disk beside the output (not /tmp, often a small tmpfs); removed with it
+            offload_to_disk=True,
+            offload_to_disk_path=str(tmp / ".gptqmodel-offload"),
+        )
         try:
             model = gptqmodel.GPTQModel.load(str(model_dir), qcfg, dtype=torch.float16, device=dev)
             model.quantize(examples, batch_size=1, tokenizer=tokenizer)
@@ -125,6 +128,8 @@ def quantize_gptq(
         seconds = time.monotonic() - start
         _write_clean(raw, tmp, source, preset, cal_desc)
         shutil.rmtree(raw)
+        shutil.rmtree(tmp / ".gptqmodel-offload", ignore_errors=True)
+        _publishable_modes(tmp)
         size = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
     log(f"gptq: wrote {out_dir} ({size / 1e6:.1f} MB) in {seconds:.0f} s")
     return {
@@ -177,6 +182,15 @@ def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc
         dest = out / f.relative_to(source.path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, dest)
+
+
+def _publishable_modes(folder: Path) -> None:
+    """Temp dirs/files are created private (0700/0600); a model folder should be readable like any other."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for p in folder.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def read_gptq_info(quant_dir: Path) -> dict[str, Any]:
