@@ -151,3 +151,8 @@ def test_rope_facts_none_for_plain_rope():
     assert rope_facts({"max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}) is None
     assert rope_facts({"max_position_embeddings": 4096}) is None
     assert rope_facts({"rope_scaling": {"type": "linear", "factor": 1.0}}) is None
+
+
+def test_python_callers_may_pass_tuples(tmp_path):
+    meta = split_front_matter(render_card("gguf", gguf_dir(tmp_path), meta={"datasets": ("a/b", "c/d")}, release=RELEASE))[0]
+    assert meta["datasets"] == ["a/b", "c/d"]

@@ -42,6 +42,7 @@ def _hub_parse(text: str, meta: dict[str, Any], *, source: str) -> None:
         card = ModelCard(text, ignore_metadata_errors=False)
     except Exception as exc:  # ValueError for bad model-index / non-mapping headers
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(" Pass `ignore_metadata_errors")[0].rstrip(".")
         raise CardError(f"{source}: huggingface_hub rejects the header ({first}); fix the field it names") from None
     parsed = card.data.to_dict()
     lost = sorted(k for k in meta if k not in parsed and k not in ("model-index", "eval_results"))

@@ -126,9 +126,18 @@ def merge_metadata(*layers: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """Tuples (from Python callers) as lists, so the YAML emitter and the Hub see plain sequences."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def header_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """Drop rendering options, then order keys the way readers expect."""
-    fields = {k: v for k, v in meta.items() if k not in OPTION_KEYS}
+    fields = {k: _plain(v) for k, v in meta.items() if k not in OPTION_KEYS}
     ordered = {k: fields[k] for k in KEY_ORDER if k in fields}
     ordered.update((k, v) for k, v in fields.items() if k not in ordered)
     return ordered
