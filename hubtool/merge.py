@@ -45,18 +45,18 @@ class MergeSummary:
     config_changes: dict[str, Any] = field(default_factory=dict)
 
 
-def _lora_factors(adapter: Adapter, mod: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
-    a = adapter.get(mod.a_key).float()  # type: ignore[arg-type]
-    b = adapter.get(mod.b_key).float()  # type: ignore[arg-type]
-    for key, t in ((mod.a_key, a), (mod.b_key, b)):
-        if not torch.isfinite(t).all():
-            raise MergeError(f"{adapter.path}: adapter tensor {key} contains NaN/Inf; the adapter is corrupt or training diverged")
-    return a, b
+def _nonfinite_factor(adapter: Adapter, mod: LoraModule) -> str | None:
+    """Which adapter tensor carries NaN/Inf (checked only after a merged tensor came out non-finite)."""
+    for key in (mod.a_key, mod.b_key, mod.magnitude_key):
+        if key is not None and not torch.isfinite(adapter.get(key)).all():
+            return key
+    return None
 
 
 def _merge_tensor(adapter: Adapter, mod: LoraModule, weight: torch.Tensor) -> torch.Tensor:
     """W + scale·B·A in float32 (shapes were checked by _plan); DoRA rescales rows after."""
-    a, b = _lora_factors(adapter, mod)
+    a = adapter.get(mod.a_key).float()  # type: ignore[arg-type]
+    b = adapter.get(mod.b_key).float()  # type: ignore[arg-type]
     w = weight.float()
     if mod.embedding or adapter.fan_in_fan_out:  # stored transposed: add (B·A)ᵀ = Aᵀ·Bᵀ
         w.addmm_(a.T, b.T, alpha=mod.scale)
@@ -73,10 +73,15 @@ def _merge_tensor(adapter: Adapter, mod: LoraModule, weight: torch.Tensor) -> to
     return w
 
 
-def _check_and_cast(name: str, t: torch.Tensor, dtype: torch.dtype, source: str) -> torch.Tensor:
+def _check_and_cast(
+    name: str, t: torch.Tensor, dtype: torch.dtype, source: str, *, adapter: Adapter, mod: LoraModule | None
+) -> torch.Tensor:
     """Refuse NaN/Inf and values float16 can't hold, then cast. aminmax is one fast pass and propagates NaN."""
     lo, hi = (float(v) for v in torch.aminmax(t))
     if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = _nonfinite_factor(adapter, mod) if mod is not None else None
+        if bad:
+            raise MergeError(f"{adapter.path}: adapter tensor {bad} contains NaN/Inf; the adapter is corrupt or training diverged")
         raise MergeError(f"{source}: tensor {name} has NaN/Inf values; the input is corrupt or training diverged")
     if dtype == torch.float16 and max(hi, -lo) > FP16_MAX:
         raise MergeError(
@@ -209,6 +214,42 @@ def resolve_rope(base_config: dict[str, Any], adapter_dir: Path, rope: RopeScali
     return None
 
 
+def _write_shards(base: ModelDir, adapter: Adapter, plan: dict[str, list[tuple[str, torch.dtype, list[int]]]], tmp: Path) -> tuple[dict[str, str], int]:
+    """Compute and stream every output tensor; returns (weight_map, bytes written)."""
+    weight_map: dict[str, str] = {}
+    written = 0
+    items = [(shard, entry) for shard, entries in plan.items() for entry in entries]
+    writer: ShardWriter | None = None
+    try:
+        for shard, (name, out_dtype, _shape) in track(items, description="merging"):
+            if writer is None or writer.path.name != shard:
+                if writer is not None:
+                    writer.close()
+                    written += writer.data_bytes
+                writer = ShardWriter(tmp / shard, plan[shard])
+            source = str(base.path / shard)
+            if name in adapter.replacements:
+                tensor = adapter.get(adapter.replacements[name])
+                source = str(adapter.path / "adapter_model.safetensors")
+            else:
+                tensor = base.get_tensor(name)
+                base.close()  # drop the mmap: its touched pages would otherwise pile up in RSS
+            mod = adapter.modules.get(name)
+            if mod is not None:
+                tensor = _merge_tensor(adapter, mod, tensor)
+            writer.write(name, _check_and_cast(name, tensor, out_dtype, source, adapter=adapter, mod=mod))
+            weight_map[name] = shard
+            del tensor
+        assert writer is not None
+        writer.close()
+        written += writer.data_bytes
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return weight_map, written
+
+
 def merge_adapter(
     base_dir: Path | str,
     adapter_dir: Path | str,
@@ -241,33 +282,9 @@ def merge_adapter(
         config = apply_to_config(config, scaling, max_position_embeddings=max_position_embeddings)
 
     total = sum(len(v) for v in plan.values())
-    written = 0
     single = list(plan) == [SAFE_SINGLE]
     with staged_dir(out_dir, overwrite=overwrite) as tmp:
-        weight_map: dict[str, str] = {}
-        items = ((shard, entry) for shard, entries in plan.items() for entry in entries)
-        writer: ShardWriter | None = None
-        for shard, (name, out_dtype, _shape) in track(items, total=total, description="merging"):
-            if writer is None or writer.path.name != shard:
-                if writer is not None:
-                    writer.close()
-                    written += writer.data_bytes
-                writer = ShardWriter(tmp / shard, plan[shard])
-            source = str(base.path / shard)
-            if name in adapter.replacements:
-                tensor = adapter.get(adapter.replacements[name])
-                source = str(adapter.path / "adapter_model.safetensors")
-            else:
-                tensor = base.get_tensor(name)
-                base.close()  # drop the mmap: its touched pages would otherwise pile up in RSS
-            if name in adapter.modules:
-                tensor = _merge_tensor(adapter, adapter.modules[name], tensor)
-            writer.write(name, _check_and_cast(name, tensor, out_dtype, source))
-            weight_map[name] = shard
-            del tensor
-        assert writer is not None
-        writer.close()
-        written += writer.data_bytes
+        weight_map, written = _write_shards(base, adapter, plan, tmp)
         if not single:
             index = {"metadata": {"total_size": written}, "weight_map": weight_map}
             (tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")

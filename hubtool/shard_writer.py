@@ -9,7 +9,9 @@ the header first and then stream each tensor's bytes. Files are read back by saf
 from __future__ import annotations
 
 import json
+import queue
 import struct
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,7 +32,11 @@ DTYPE_NAMES = {
 
 
 class ShardWriter:
-    """Streams tensors into one safetensors file in the order they were planned."""
+    """Streams tensors into one safetensors file in the order they were planned.
+
+    Bytes are written by a background thread (file writes release the GIL), so disk I/O of one
+    tensor overlaps the compute of the next; at most one tensor waits in the queue.
+    """
 
     def __init__(self, path: Path, plan: list[tuple[str, torch.dtype, list[int]]], metadata: dict[str, str] | None = None) -> None:
         self.path = Path(path)
@@ -49,6 +55,25 @@ class ShardWriter:
         self._file.write(struct.pack("<Q", len(blob)))
         self._file.write(blob)
         self._next = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name=f"write-{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._file.write(item)
+                except BaseException as exc:  # surfaced on the next write()/close()
+                    self._error = exc
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._order) or self._order[self._next] != name:
@@ -57,15 +82,21 @@ class ShardWriter:
         dtype, shape = self._expect[name]
         if tensor.dtype != dtype or list(tensor.shape) != shape:
             raise RuntimeError(f"{self.path.name}: {name} is {tensor.dtype}{list(tensor.shape)}, planned {dtype}{shape}")
+        self._raise_pending()
         data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.write(memoryview(data))
+        self._queue.put(memoryview(data))
         self._next += 1
 
-    def close(self) -> None:
-        if self._next != len(self._order):
-            self._file.close()
-            raise RuntimeError(f"{self.path.name}: closed after {self._next} of {len(self._order)} tensors")
+    def _finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
         self._file.close()
 
+    def close(self) -> None:
+        self._finish()
+        self._raise_pending()
+        if self._next != len(self._order):
+            raise RuntimeError(f"{self.path.name}: closed after {self._next} of {len(self._order)} tensors")
+
     def abort(self) -> None:
-        self._file.close()
+        self._finish()
