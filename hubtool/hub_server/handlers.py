@@ -60,6 +60,9 @@ class HubHandler(BaseHTTPRequestHandler):
     """One request; `self.server.hub` (HubState) holds storage, faults and auth."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK
+    # add ~40 ms to every keep-alive request.
+    disable_nagle_algorithm = True
     server_version = "hubtool-local-hub/0.1"
     hub: "HubState"
 
