@@ -76,6 +76,25 @@ def test_interrupted_push_resumes_to_identical_content(local_hub, tmp_path):
 
 
 @pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_push_failing_mid_transfer_resends_only_the_missing_blob(local_hub, tmp_path):
+    import hashlib
+
+    src = make_folder(tmp_path / "src", seed=2)
+    big_sha = hashlib.sha256((src / "sub" / "large.dat").read_bytes()).hexdigest()
+    small_sha = hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+    local_hub.inject_fault("PUT", rf"^/_hubtool/lfs/{big_sha}$", 507, times=1)  # 507: not retried
+    with pytest.raises(PushError, match="507"):
+        push_folder(src, "acme/midway", token=TOKEN)
+    mark = len(local_hub.requests)
+    resumed = push_folder(src, "acme/midway", token=TOKEN)
+    puts = [p for m, p in local_hub.requests[mark:] if m == "PUT"]
+    assert puts == [f"/_hubtool/lfs/{big_sha}"]  # model.safetensors was kept from the first try
+    state = remote_state(local_hub.url, "acme/midway")
+    assert state["sub/large.dat"] == big_sha and state["model.safetensors"] == small_sha
+    assert resumed.files_uploaded == 5
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
 @pytest.mark.parametrize(
     ("method", "pattern", "status", "expected"),
     [
