@@ -14,6 +14,8 @@ COMMANDS = [
     "hubtool.cli.merge_cmd",
     "hubtool.cli.gptq_cmd",
     "hubtool.cli.card_cmd",
+    "hubtool.cli.push_cmd",
+    "hubtool.cli.hub_cmd",
 ]
 
 
