@@ -143,6 +143,9 @@ def test_stale_parent_commit_is_412(local_hub, tmp_path):
     with pytest.raises(HfHubHTTPError) as err:
         api.create_commit("acme/race", [CommitOperationAdd("b.txt", b"two")], commit_message="x", parent_commit=first)
     assert err.value.response.status_code == 412
+    api.create_tag("acme/race", tag="v1.0", revision=first)
+    assert [(t.name, t.target_commit) for t in api.list_repo_refs("acme/race").tags] == [("v1.0", first)]
+    assert api.list_repo_files("acme/race", revision="v1.0") == [".gitattributes"]
 
 
 @pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)

@@ -229,6 +229,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 ("GET", "refs"): lambda: self.list_refs(ref),
                 ("POST", "branch"): lambda: self.create_branch(ref, "/".join(rest[1:])),
                 ("DELETE", "branch"): lambda: self.delete_branch(ref, "/".join(rest[1:])),
+                ("POST", "tag"): lambda: self.create_tag(ref, rev),
                 ("POST", "preupload"): lambda: self.preupload(ref, rev),
                 ("POST", "commit"): lambda: self.commit(ref, rev),
                 ("GET", "tree"): lambda: self.tree(ref, rev, "/".join(rest[2:])),
@@ -345,6 +346,12 @@ class HubHandler(BaseHTTPRequestHandler):
         spec = self.body_json()
         self._require_write(ref)
         self.hub.storage.create_branch(ref, branch, spec.get("startingPoint"))
+        self._json(200, {})
+
+    def create_tag(self, ref: RepoRef, rev: str) -> None:
+        spec = self.body_json()
+        self._require_write(ref)
+        self.hub.storage.create_tag(ref, spec["tag"], rev)
         self._json(200, {})
 
     def delete_branch(self, ref: RepoRef, branch: str) -> None:

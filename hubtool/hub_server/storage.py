@@ -210,6 +210,16 @@ class Storage:
             refs["branches"][branch] = self.resolve(ref, starting_point or "main")
             write_json_atomic(self.repo_dir(ref) / "refs.json", refs)
 
+    def create_tag(self, ref: RepoRef, tag: str, revision: str) -> None:
+        if not tag or tag.startswith(("/", "refs/")) or ".." in tag:
+            raise StorageError(400, "BadRequest", f"invalid tag name {tag!r}")
+        with self._lock:
+            refs = self.refs(ref)
+            if tag in refs.setdefault("tags", {}):
+                raise StorageError(409, "Conflict", f"Reference already exists: refs/tags/{tag}")
+            refs["tags"][tag] = self.resolve(ref, revision)
+            write_json_atomic(self.repo_dir(ref) / "refs.json", refs)
+
     def delete_branch(self, ref: RepoRef, branch: str) -> None:
         with self._lock:
             refs = self.refs(ref)
