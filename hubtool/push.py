@@ -66,11 +66,13 @@ def push_folder(
     token: str | None = None,
     repo_type: str = "model",
     delete_missing: bool = False,
+    ignore_patterns: list[str] | None = None,
 ) -> PushResult:
     """Create REPO_ID (and BRANCH) if needed and upload FOLDER to it; re-run to resume.
 
     The token comes from `token`, else HF_TOKEN / the huggingface_hub login. With
-    `delete_missing`, remote files absent from FOLDER are deleted in the same commit.
+    `delete_missing`, remote files absent from FOLDER are deleted in the same commit;
+    `ignore_patterns` (globs) leaves matching local files out.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -96,6 +98,7 @@ def push_folder(
             revision=target,
             commit_message=message or f"Upload {folder.name} with hubtool",
             delete_patterns="*" if delete_missing else None,
+            ignore_patterns=ignore_patterns,
         )
         after_sha = info.oid
         after = before if after_sha == before_sha else _remote_files(api, repo_id, after_sha, repo_type)[1]
@@ -165,8 +168,9 @@ def explain(exc: BaseException, *, repo_id: str, branch: str, endpoint: str, tok
         return _push_error(f"{repo_id}: push failed ({type(exc).__name__}: {short}); re-run to resume", token)
     detail = f": {_one_line(detail)}" if detail else ""
     ns = repo_id.split("/", 1)[0]
+    rejected = "the Hub rejected the token" if token else "no token found and the Hub requires one"
     messages = {
-        401: f"{endpoint}: the Hub rejected the token (401{detail}); set HF_TOKEN or run `hf auth login` with a valid token",
+        401: f"{endpoint}: {rejected} (401{detail}); set HF_TOKEN or run `hf auth login` with a valid token",
         403: f"{repo_id}: no write access to namespace '{ns}' (403{detail}); use a namespace your token can write to, or a token with write permission",
         404: f"{repo_id}: not found on {endpoint} (404{detail}); check the repo id, --branch and --endpoint",
         409: f"{repo_id}@{branch}: conflict (409{detail}); the repo or branch is in a state the push cannot apply to, check it on the Hub",

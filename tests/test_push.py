@@ -125,6 +125,13 @@ def test_auth_errors_with_real_checks(tmp_path, hub_mode, capfd):
         with pytest.raises(PushError, match=r"rejected the token \(401") as e401:
             push_folder(src, "alice/m", endpoint=hub.url, token=bad)
         assert bad not in str(e401.value)
+        with pytest.MonkeyPatch.context() as mp:  # no HF_TOKEN and no login
+            from huggingface_hub import constants
+
+            mp.delenv("HF_TOKEN", raising=False)
+            mp.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+            with pytest.raises(PushError, match=r"no token found .*\(401"):
+                push_folder(src, "alice/m", endpoint=hub.url)
         with pytest.raises(PushError, match=r"no write access to namespace 'bigcorp' \(403"):
             push_folder(src, "bigcorp/m", endpoint=hub.url, token=TOKEN)
         # a failure inside the Xet transfer: the write token is refused -> builtin ConnectionError

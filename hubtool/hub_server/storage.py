@@ -288,7 +288,12 @@ class Storage:
             if not self.has_blob(oid):
                 found = self.xet.lookup(oid)
                 if found is None:
-                    raise StorageError(400, "BadRequest", f"LFS object {oid} for {path} was never uploaded")
+                    raise StorageError(
+                        400, "BadRequest",
+                        f"LFS object {oid} for {path} was never uploaded (no LFS upload, and no hf-xet shard under "
+                        f"{self.xet.cas_dir} records it: if this was a Xet upload, this hf-xet's local CAS layout "
+                        "is not the one xet.py reads)",
+                    )
                 xet_hash, size = found
             files[path] = {"size": size, "sha256": oid, "lfs": True, "xet": xet_hash, "oid": git_blob_sha1(lfs_pointer(oid, size))}
         elif key == "deletedFile":
