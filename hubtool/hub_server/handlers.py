@@ -97,6 +97,15 @@ class HubHandler(BaseHTTPRequestHandler):
             self._error(400, "BadRequest", f"malformed request: {exc.__class__.__name__}: {exc}")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as exc:  # a server bug: answer 500 (the client retries) and say why on stderr
+            import traceback
+
+            traceback.print_exc()
+            self.close_connection = True
+            try:
+                self._error(500, "InternalError", f"{exc.__class__.__name__}: {exc}")
+            except OSError:
+                pass
         finally:
             if not self._consumed and not self.close_connection:
                 try:
