@@ -16,6 +16,8 @@ COMMANDS = [
     "hubtool.cli.card_cmd",
     "hubtool.cli.push_cmd",
     "hubtool.cli.hub_cmd",
+    "hubtool.cli.release_cmd",
+    "hubtool.cli.demo_cmd",
 ]
 
 

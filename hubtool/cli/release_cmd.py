@@ -1,0 +1,104 @@
+"""`hubtool release SOURCE --quants gptq,gguf`: plan, print, then merge -> quantize -> verify -> cards -> push."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import HubtoolError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("release", help="one-command release: merge, quantize (GPTQ/GGUF), verify, cards, push every repo")
+    p.add_argument("source", nargs="?", type=Path, help="merged fp16 model folder (or use --base/--adapter to merge first)")
+    p.add_argument("--base", type=Path, help="base model folder to merge --adapter into")
+    p.add_argument("--adapter", type=Path, help="PEFT LoRA adapter folder; also published as {name}-peft")
+    p.add_argument("--rope", help="RoPE scaling for the merge, e.g. linear:4 (as in `hubtool merge`)")
+    p.add_argument("--max-position-embeddings", type=int, help="context length to record with --rope")
+    p.add_argument("--quants", help="comma list of gptq,gguf (default: both, or release.yaml quants)")
+    p.add_argument("--name", help="repo name stem (default: release.yaml name, else the source/adapter folder name)")
+    p.add_argument("--namespace", help="Hub user or org to publish under")
+    p.add_argument("--config", type=Path, help="release.yaml: names, presets, GGUF types, card metadata (see examples/release.yaml)")
+    p.add_argument("--gptq-presets", help="comma list of GPTQ presets (quant_configs/); the default preset goes to main")
+    p.add_argument("--gguf-types", help="comma list of GGUF types, e.g. q4_k_m,q8_0")
+    p.add_argument("--work-dir", type=Path, help="cache of stage outputs (default: ./release-work/NAME); re-run to resume")
+    p.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
+    p.add_argument("--private", action="store_true", default=None, help="create the repos private")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hubtool import progress
+
+    if args.json:
+        progress.set_quiet(True)
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    try:
+        summary = release(args)
+    except HubtoolError as exc:
+        if args.json:
+            from hubtool.push import scrub
+
+            print(json.dumps({"ok": False, "error": scrub(str(exc), None), "exit_code": exc.exit_code}, indent=2))
+        raise
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    elif not args.dry_run:
+        print(format_summary(summary))
+    return 0
+
+
+def release(args: argparse.Namespace) -> dict[str, Any]:
+    """Plan (printed to stderr, or stdout for a plain --dry-run) and, unless --dry-run, run."""
+    from hubtool.release import build_config, check_inputs, load_yaml, make_plan, run_release
+
+    inputs = check_inputs(args.source, args.base, args.adapter)
+    file_data = load_yaml(args.config) if args.config else {}
+    default_name = (inputs.source or inputs.adapter).resolve().name  # type: ignore[union-attr]
+    flags = {"name": args.name, "namespace": args.namespace, "quants": args.quants, "gptq_presets": args.gptq_presets,
+             "gguf_types": args.gguf_types, "private": args.private, "rope": args.rope,
+             "max_position_embeddings": args.max_position_embeddings}
+    cfg = build_config(file_data, flags, default_name=default_name, source=str(args.config or "release options"))
+    plan = make_plan(cfg, source=inputs.source, base=inputs.base, adapter=inputs.adapter)
+    text = plan.render()
+    if args.dry_run:
+        if not args.json:
+            print(text)
+        return {"ok": True, "dry_run": True, "plan": plan.as_dict()}
+    print(text, file=sys.stderr, flush=True)
+    work_dir = args.work_dir or Path("release-work") / cfg.name
+    summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint)
+    summary["plan"] = plan.as_dict()
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human summary: quality table, then one line per repo/branch pushed."""
+    lines = []
+    if summary.get("quality"):
+        lines += [quality_table(summary["quality"]), ""]
+    for r in summary["repos"]:
+        state = f"{r['files_uploaded']} file(s) uploaded" if r["changed"] else "unchanged"
+        lines.append(f"{r['url']} @ {r['branch']}: {state}, commit {r['commit'][:12]}")
+    return "\n".join(lines)
+
+
+def quality_table(rows: list[dict[str, Any]]) -> str:
+    """Perplexity / KL / top-1 vs fp16 for every verified artifact, as a fixed-width table."""
+    head = f"{'variant':<34} {'kind':<5} {'size MB':>8} {'ppl':>8} {'fp16 ppl':>9} {'d ppl %':>8} {'KL':>8} {'top-1':>6}"
+    out = [head, "-" * len(head)]
+    for r in rows:
+        size = f"{r['size_bytes'] / 1e6:.1f}" if r.get("size_bytes") else "-"
+        ref = r.get("ref_perplexity")
+        ppl = r.get("perplexity")
+        delta = f"{(ppl / ref - 1) * 100:+.1f}" if ppl and ref else "-"
+        out.append(f"{str(r.get('variant')):<34} {str(r.get('kind')):<5} {size:>8} {ppl or float('nan'):>8.3f} "
+                   f"{ref or float('nan'):>9.3f} {delta:>8} {r.get('kl_div', float('nan')):>8.4f} {r.get('top1', float('nan')):>6.3f}")
+    return "\n".join(out)

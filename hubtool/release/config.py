@@ -1,0 +1,196 @@
+"""release.yaml: what to publish (name, namespace, quants, presets, GGUF types, repo names, card
+metadata), merged with command-line flags and validated before any work starts.
+
+Layout (every key optional; flags win over the file):
+
+    name: my-model                 # repo name stem
+    namespace: my-org              # user or org on the Hub
+    private: false
+    quants: [gptq, gguf]
+    gptq: {presets: [gptq-4bit-32g-actorder], samples: 128, seq_len: 2048, calibration: builtin}
+    gguf: {types: [q4_k_m, q8_0]}
+    repos: {fp16: "{name}", adapter: "{name}-peft", gptq: "{name}-GPTQ", gguf: "{name}-GGUF"}
+    verify: {enabled: true, text: "builtin:heldout", max_tokens: 2048, context: 512}
+    card: {license: apache-2.0, base_model: org/original, datasets: [...], ...}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import InputError
+
+QUANTS = ("gptq", "gguf")
+DEFAULT_GGUF_TYPES = ("Q4_K_M", "Q8_0")
+DEFAULT_REPOS = {"fp16": "{name}", "adapter": "{name}-peft", "gptq": "{name}-GPTQ", "gguf": "{name}-GGUF"}
+TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "verify", "card", "rope", "max_position_embeddings", "dtype"}
+GPTQ_KEYS = {"presets", "samples", "seq_len", "calibration", "damp_percent", "device"}
+GGUF_KEYS = {"types", "split_max_size"}
+VERIFY_KEYS = {"enabled", "text", "max_tokens", "context", "rtn"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+@dataclass
+class ReleaseConfig:
+    """A validated release: everything that decides which repos get which files."""
+
+    name: str
+    namespace: str
+    quants: list[str]
+    gptq_presets: list[str] = field(default_factory=list)
+    gptq_overrides: dict[str, Any] = field(default_factory=dict)
+    gptq_calibration: str = "builtin"
+    gptq_device: str | None = None
+    gguf_types: list[str] = field(default_factory=lambda: list(DEFAULT_GGUF_TYPES))
+    gguf_split_max_size: str | None = None
+    repo_templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_REPOS))
+    private: bool = False
+    verify: bool = True
+    verify_text: str = "builtin:heldout"
+    verify_max_tokens: int = 2048
+    verify_context: int = 512
+    verify_rtn: bool = True
+    card: dict[str, Any] = field(default_factory=dict)
+    rope: str | None = None
+    max_position_embeddings: int | None = None
+    dtype: str = "float16"
+
+    def repo_id(self, key: str) -> str:
+        """`{namespace}/{name}-GPTQ` etc. from the (configurable) template for repo KEY."""
+        return f"{self.namespace}/{self.repo_templates[key].format(name=self.name)}"
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A release.yaml as a mapping; one-line errors naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: release config not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{where}: invalid YAML; fix the syntax (quote values containing ':' or '#')") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping (name: ..., quants: [...]), got {type(data).__name__}")
+    return data
+
+
+def _list(value: Any, what: str, source: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v for v in (s.strip() for s in value.split(",")) if v]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InputError(f"{source}: {what} must be a list of names (or a comma-separated string)")
+    return list(dict.fromkeys(value))
+
+
+def _section(data: dict[str, Any], key: str, allowed: set[str], source: str) -> dict[str, Any]:
+    sec = data.get(key) or {}
+    if not isinstance(sec, dict):
+        raise InputError(f"{source}: '{key}' must be a mapping")
+    unknown = sorted(set(sec) - allowed)
+    if unknown:
+        raise InputError(f"{source}: unknown key '{key}.{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
+    return sec
+
+
+def _int(value: Any, what: str, source: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{source}: {what} = {value!r} must be an integer >= {minimum}")
+    return value
+
+
+def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_name: str | None, source: str = "release.yaml") -> ReleaseConfig:
+    """File values, then flags (None = not given), validated into a ReleaseConfig."""
+    unknown = sorted(set(file_data) - TOP_KEYS)
+    if unknown:
+        raise InputError(f"{source}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(TOP_KEYS))}")
+    gptq = _section(file_data, "gptq", GPTQ_KEYS, source)
+    gguf = _section(file_data, "gguf", GGUF_KEYS, source)
+    verify = _section(file_data, "verify", VERIFY_KEYS, source)
+    repos = _section(file_data, "repos", set(DEFAULT_REPOS), source)
+    card = file_data.get("card") or {}
+    if not isinstance(card, dict):
+        raise InputError(f"{source}: 'card' must be a mapping of model card fields (license, datasets, ...)")
+
+    def pick(flag: str, value: Any) -> Any:
+        return flags[flag] if flags.get(flag) is not None else value
+
+    name = pick("name", file_data.get("name")) or default_name
+    if not name or not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InputError(f"{source}: name {name!r} is not a valid repo name; pass --name (letters, digits, '.', '_', '-')")
+    namespace = pick("namespace", file_data.get("namespace"))
+    if not namespace:
+        raise InputError("no namespace: pass --namespace ORG or set `namespace:` in release.yaml")
+    if not isinstance(namespace, str) or not _NAME_RE.match(namespace):
+        raise InputError(f"{source}: namespace {namespace!r} is not a valid user/org name")
+
+    quants = _list(pick("quants", file_data.get("quants", list(QUANTS))), "quants", source)
+    bad = [q for q in quants if q not in QUANTS]
+    if bad:
+        raise InputError(f"--quants {bad[0]!r}: choose from {', '.join(QUANTS)}")
+
+    from hubtool.gptq import DEFAULT_PRESET
+
+    presets = _list(pick("gptq_presets", gptq.get("presets", [DEFAULT_PRESET])), "gptq.presets", source)
+    overrides = {k: gptq[k] for k in ("samples", "seq_len", "damp_percent") if k in gptq}
+    for k in ("samples", "seq_len"):
+        if k in overrides:
+            _int(overrides[k], f"gptq.{k}", source)
+
+    from hubtool.gguf.types import parse_types
+
+    types = parse_types(pick("gguf_types", gguf.get("types", list(DEFAULT_GGUF_TYPES))))
+
+    templates = dict(DEFAULT_REPOS)
+    for key, tmpl in repos.items():
+        if not isinstance(tmpl, str) or "/" in tmpl:
+            raise InputError(f"{source}: repos.{key} must be a repo name template like '{{name}}-GGUF' (no namespace)")
+        try:
+            tmpl.format(name=name)
+        except (KeyError, IndexError, ValueError):
+            raise InputError(f"{source}: repos.{key} {tmpl!r}: only the {{name}} placeholder is supported") from None
+        templates[key] = tmpl
+    repo_names = [t.format(name=name) for t in templates.values()]
+    for rn in repo_names:
+        if not _NAME_RE.match(rn):
+            raise InputError(f"{source}: repo name {rn!r} is not valid; fix `repos:` or --name")
+    if len(set(repo_names)) != len(repo_names):
+        raise InputError(f"{source}: two repos would share a name ({', '.join(repo_names)}); make `repos:` templates distinct")
+
+    private = pick("private", file_data.get("private", False))
+    if not isinstance(private, bool):
+        raise InputError(f"{source}: private must be true or false")
+    enabled = verify.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InputError(f"{source}: verify.enabled must be true or false")
+    mpe = pick("max_position_embeddings", file_data.get("max_position_embeddings"))
+    return ReleaseConfig(
+        name=name,
+        namespace=namespace,
+        quants=quants,
+        gptq_presets=presets if "gptq" in quants else [],
+        gptq_overrides=overrides,
+        gptq_calibration=str(gptq.get("calibration", "builtin")),
+        gptq_device=gptq.get("device"),
+        gguf_types=types if "gguf" in quants else [],
+        gguf_split_max_size=gguf.get("split_max_size"),
+        repo_templates=templates,
+        private=private,
+        verify=enabled,
+        verify_text=str(verify.get("text", "builtin:heldout")),
+        verify_max_tokens=_int(verify.get("max_tokens", 2048), "verify.max_tokens", source, 16),
+        verify_context=_int(verify.get("context", 512), "verify.context", source, 8),
+        verify_rtn=bool(verify.get("rtn", True)),
+        card=dict(card),
+        rope=pick("rope", file_data.get("rope")),
+        max_position_embeddings=None if mpe is None else _int(mpe, "max_position_embeddings", source),
+        dtype=str(file_data.get("dtype", "float16")),
+    )

@@ -1,0 +1,153 @@
+"""The release plan: which repos and branches get which files, and roughly how big, computed from
+the inputs' headers alone so it can be printed (and reviewed with --dry-run) before any work runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import InputError
+from hubtool.release.config import ReleaseConfig
+
+SMALL_FILES = "config + tokenizer files"
+
+
+@dataclass
+class PlannedFile:
+    path: str
+    size_bytes: int
+    estimated: bool = False  # sizes of files a stage has not produced yet are estimates
+
+
+@dataclass
+class Target:
+    """One push: a folder's content to REPO_ID@BRANCH."""
+
+    key: str  # fp16 | adapter | gptq | gguf
+    repo_id: str
+    branch: str
+    what: str
+    files: list[PlannedFile] = field(default_factory=list)
+    preset: str | None = None  # gptq targets
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files)
+
+
+@dataclass
+class Plan:
+    """Inputs plus targets; `stages` lists the work in the order it runs."""
+
+    source: str | None
+    base: str | None
+    adapter: str | None
+    rope: str | None
+    targets: list[Target]
+    stages: list[str]
+    params: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def render(self) -> str:
+        """The plan as plain text for the terminal / CI log."""
+        lines = ["release plan:"]
+        if self.adapter:
+            lines.append(f"  merge    {self.base} + {self.adapter}" + (f" (RoPE {self.rope})" if self.rope else ""))
+        else:
+            lines.append(f"  source   {self.source}")
+        lines.append(f"  stages   {' -> '.join(self.stages)}")
+        for t in self.targets:
+            lines.append(f"  {t.repo_id}@{t.branch}  [{t.what}]  {_size(t.size_bytes, any(f.estimated for f in t.files))}")
+            for f in t.files:
+                lines.append(f"      {f.path:<44} {_size(f.size_bytes, f.estimated)}")
+        return "\n".join(lines)
+
+
+def _size(n: int, estimated: bool) -> str:
+    text = f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+    return ("~" if estimated else "") + text
+
+
+def _weights(folder: Path) -> tuple[int, int, int, int]:
+    """(total params, params in 2-D layer matrices GPTQ quantizes, bytes of weight files, bytes of other files)."""
+    from safetensors import safe_open
+
+    total = linear = weight_bytes = 0
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise InputError(f"{folder}: no *.safetensors weights; pass a model folder saved with save_pretrained")
+    for shard in shards:
+        weight_bytes += shard.stat().st_size
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():
+                shape = f.get_slice(name).get_shape()
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                total += n
+                if len(shape) == 2 and ".layers." in name:
+                    linear += n
+    other = sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix != ".safetensors" and not p.name.startswith("."))
+    return total, linear, weight_bytes, other
+
+
+def _listing(folder: Path, *, skip_readme: bool = True) -> list[PlannedFile]:
+    return [
+        PlannedFile(p.name, p.stat().st_size)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and not (skip_readme and p.name == "README.md")
+    ]
+
+
+def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, adapter: Path | None) -> Plan:
+    """Targets for every repo/branch the release writes, from the inputs' headers (no weights read)."""
+    from hubtool.card.facts import GGUF_NOMINAL_BPW
+    from hubtool.gptq import DEFAULT_PRESET, load_preset
+
+    weights_dir = Path(base if adapter is not None else source)  # type: ignore[arg-type]
+    total, linear, weight_bytes, other = _weights(weights_dir)
+    readme = PlannedFile("README.md", 8_000, estimated=True)
+    targets: list[Target] = []
+    stages: list[str] = []
+
+    if adapter is not None:
+        stages.append("merge")
+        scale = 2 * total / weight_bytes  # merged shards follow the base's, written as 16-bit
+        fp16_files = [PlannedFile(p.name, int(p.stat().st_size * scale), True) for p in sorted(weights_dir.glob("*.safetensors"))]
+        fp16_files += [PlannedFile(SMALL_FILES + ", hubtool.json", other, True)]
+    else:
+        fp16_files = _listing(weights_dir)
+    targets.append(Target("fp16", cfg.repo_id("fp16"), "main", "fp16 (merged)" if adapter is not None else "fp16", fp16_files + [readme]))
+    if adapter is not None:
+        targets.append(Target("adapter", cfg.repo_id("adapter"), "main", "PEFT adapter", _listing(adapter) + [readme]))
+
+    presets = [load_preset(name, cfg.gptq_overrides) for name in cfg.gptq_presets]
+    if presets:
+        main_index = next((i for i, p in enumerate(presets) if p.name == DEFAULT_PRESET), 0)
+        ordered = [presets[main_index]] + [p for i, p in enumerate(presets) if i != main_index]
+        for i, p in enumerate(ordered):
+            stages.append(f"gptq:{p.name}")
+            group = p.group_size if p.group_size > 0 else 4096
+            q_bytes = int(linear * p.bits / 8 + linear / group * 2 * 1.25 + (total - linear) * 2)
+            files = [PlannedFile("model.safetensors", q_bytes, True), PlannedFile(SMALL_FILES + ", quantize_config.json", other, True), readme]
+            targets.append(Target("gptq", cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=p.name))
+    if cfg.gguf_types:
+        files = [PlannedFile(f"{cfg.name}.{t}.gguf", int(total * GGUF_NOMINAL_BPW.get(t, 8.0) / 8), True) for t in cfg.gguf_types]
+        stages += [f"gguf:{t}" for t in cfg.gguf_types]
+        targets.append(Target("gguf", cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme]))
+    if cfg.verify and (presets or cfg.gguf_types):
+        stages.append("verify")
+    stages += ["cards", "push"]
+    return Plan(
+        source=str(source) if source is not None else None,
+        base=str(base) if base is not None else None,
+        adapter=str(adapter) if adapter is not None else None,
+        rope=cfg.rope,
+        targets=targets,
+        stages=stages,
+        params=total,
+    )
