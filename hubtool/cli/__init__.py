@@ -13,6 +13,7 @@ from hubtool.errors import HubtoolError
 COMMANDS = [
     "hubtool.cli.merge_cmd",
     "hubtool.cli.gptq_cmd",
+    "hubtool.cli.gguf_cmd",
     "hubtool.cli.card_cmd",
     "hubtool.cli.push_cmd",
     "hubtool.cli.hub_cmd",

@@ -1,0 +1,153 @@
+"""`export_gguf`: HF folder -> named GGUF files of every requested type, split for the Hub.
+
+Flow: convert once to the source's 16-bit type (llama.cpp converter, lazy), then quantize one
+type at a time from that file with llama.cpp's C quantizer, publishing each finished file by an
+atomic rename and deleting intermediates unless asked to keep them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import InputError
+from hubtool.gguf.convert import base_type, check_architecture, convert_to_gguf, require_converter
+from hubtool.gguf.quantize import quantize_gguf, require_llama_cpp
+from hubtool.gguf.split import split_gguf
+from hubtool.gguf.types import needs_imatrix, parse_size, parse_types
+from hubtool.progress import log, track
+
+# Under the Hub's 50 GB per-file limit with room for the header.
+DEFAULT_SPLIT_MAX_SIZE = "48G"
+
+
+def output_name(name: str, gguf_type: str) -> str:
+    return f"{name}.{gguf_type}.gguf"
+
+
+def existing_outputs(out_dir: Path, name: str, gguf_type: str) -> list[Path]:
+    """The file or shards a previous run wrote for this type."""
+    single = out_dir / output_name(name, gguf_type)
+    shards = sorted(out_dir.glob(f"{name}.{gguf_type}-?????-of-?????.gguf"))
+    return ([single] if single.exists() else []) + shards
+
+
+def gguf_size_info(path: Path) -> tuple[int, float]:
+    """(parameter count, bits per weight over tensor data) of a single-file GGUF."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    return n_params, (8.0 * n_bytes / n_params if n_params else 0.0)
+
+
+def _publish(src: Path, out_dir: Path, name: str, gguf_type: str, split_bytes: int, work: Path) -> list[dict[str, Any]]:
+    """Move a finished GGUF (split if too big) into OUT_DIR; return its output rows."""
+    _, bpw = gguf_size_info(src)
+    target = out_dir / output_name(name, gguf_type)
+    if split_bytes and src.stat().st_size > split_bytes:
+        shard_dir = Path(tempfile.mkdtemp(prefix="split-", dir=work))
+        log(f"splitting {target.name} ({src.stat().st_size / 1e9:.1f} GB) at {split_bytes / 1e9:g} GB")
+        staged = split_gguf(src, shard_dir / target.name, split_bytes)
+        src.unlink()
+    else:
+        staged = [src]
+    for old in existing_outputs(out_dir, name, gguf_type):
+        old.unlink()
+    rows = []
+    for i, path in enumerate(staged):
+        final = out_dir / (path.name if len(staged) > 1 else target.name)
+        os.replace(path, final)
+        rows.append({"file": str(final), "type": gguf_type, "size_bytes": final.stat().st_size,
+                     "bits_per_weight": round(bpw, 4), "shard": i + 1, "shards": len(staged)})
+    log(f"wrote {', '.join(Path(r['file']).name for r in rows)} ({bpw:.2f} bits/weight)")
+    return rows
+
+
+def export_gguf(
+    model_dir: Path,
+    out_dir: Path,
+    types: list[str],
+    *,
+    name: str | None = None,
+    imatrix: Path | None = None,
+    calibration: str | None = None,
+    split_max_size: str | None = None,
+    keep_f16: bool = False,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Export MODEL_DIR to `{name}.{TYPE}.gguf` files in OUT_DIR; one dict per file written.
+
+    `split_max_size` None means the Hub-safe default (48G); "0" disables splitting.
+    `keep_f16` keeps the 16-bit base GGUF even when it was not requested.
+    """
+    from hubtool.model_dir import load_model_dir  # imports torch; keep the CLI start fast
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    gguf_types = parse_types(types)
+    model = load_model_dir(model_dir)
+    arch = check_architecture(model.config, source=model_dir)
+    front_matter, _ = model.card()
+    model.close()
+    if imatrix is not None and calibration is not None:
+        raise InputError("--imatrix and --calibration: give one, not both")
+    iq = [t for t in gguf_types if needs_imatrix(t)]
+    if iq and imatrix is None and calibration is None:
+        raise InputError(
+            f"{', '.join(iq)}: these types need an importance matrix; pass --imatrix FILE or --calibration TEXT "
+            "(e.g. --calibration builtin), or choose K-quants such as Q4_K_M"
+        )
+    require_converter()
+    require_llama_cpp()
+    if name is None:  # card names may hold spaces; file names on the Hub should not
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(front_matter.get("model_name") or model_dir.resolve().name)).strip("-.")
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"--name: {name!r} must be a plain file-name stem (no '/', not starting with '.')")
+    split_bytes = parse_size(split_max_size if split_max_size is not None else DEFAULT_SPLIT_MAX_SIZE)
+    base = base_type(model.config)
+    wanted = list(gguf_types) + ([base] if keep_f16 and base not in gguf_types else [])
+    if not overwrite:
+        for t in wanted:
+            clash = existing_outputs(out_dir, name, t)
+            if clash:
+                raise InputError(f"{clash[0]}: already exists; choose another -o folder or pass --overwrite to replace it")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".hubtool-gguf-", dir=out_dir))
+    rows: list[dict[str, Any]] = []
+    try:
+        base_file = convert_to_gguf(model_dir, work / output_name(name, base), base, work=work, front_matter=front_matter, name=name)
+        matrix = _importance(model_dir, arch, imatrix, calibration, out_dir, name, overwrite) if iq or imatrix or calibration else None
+        quant_types = [t for t in gguf_types if t != base]
+        for t in track(quant_types, description="quantize"):
+            log(f"quantizing {t} from {base_file.name}")
+            dst = quantize_gguf(base_file, work / output_name(name, t), t, imatrix=matrix)
+            rows += _publish(dst, out_dir, name, t, split_bytes, work)
+        if base in wanted:
+            rows = _publish(base_file, out_dir, name, base, split_bytes, work) + rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    order = {t: i for i, t in enumerate(wanted)}
+    return sorted(rows, key=lambda r: (order.get(r["type"], 99), r["shard"]))
+
+
+def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: str | None, out_dir: Path, name: str, overwrite: bool):
+    """Load --imatrix, or compute one from --calibration text and keep it beside the outputs for reuse."""
+    from hubtool.atomic import staged_file
+    from hubtool.gguf.imatrix import compute_imatrix, imatrix_means, load_imatrix, save_imatrix
+    from hubtool.quality import read_text_source
+
+    if imatrix is not None:
+        return load_imatrix(Path(imatrix))
+    assert calibration is not None
+    text = read_text_source(calibration)
+    log(f"computing importance matrix from {calibration}")
+    sums, counts = compute_imatrix(model_dir, text, arch_name=arch)
+    with staged_file(out_dir / f"{name}.imatrix.gguf", overwrite=overwrite) as tmp:
+        save_imatrix(tmp, sums, counts, dataset=calibration, context=512)
+    return imatrix_means(sums, counts)

@@ -1,0 +1,125 @@
+"""Importance matrix for IQ/low-bit GGUF types, in llama.cpp's imatrix GGUF format.
+
+llama.cpp's `llama-imatrix` tool is not reachable through llama-cpp-python (it is a CLI built on
+the eval callback of the C++ graph), so hubtool computes the same statistic with the fp16 HF
+model: for every weight matrix W (a `nn.Linear`), the sum over calibration tokens of the squared
+input activation per input column, and the token count. llama.cpp's quantizer uses
+sum/count per column to weight rounding error, exactly as with a `llama-imatrix` file. The file
+we write (`general.type = imatrix`, tensors `<gguf name>.in_sum2` and `<gguf name>.counts`) is
+the format `llama-imatrix` writes and `llama-quantize --imatrix` reads, so files are
+interchangeable in both directions. MoE expert tensors are not covered (refused).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hubtool.errors import InputError
+from hubtool.progress import track
+
+
+def _gguf_arch(arch_name: str):
+    import gguf
+
+    by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
+    if arch_name not in by_name:
+        raise InputError(f"{arch_name}: unknown llama.cpp architecture for the imatrix")
+    return by_name[arch_name]
+
+
+def compute_imatrix(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 8192) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """(sum of squared inputs per column, token counts) keyed by GGUF tensor name, from calibration TEXT."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config_archs = []
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config_archs = model.config.architectures or []
+    if any("Mixtral" in a or "Moe" in a for a in config_archs):
+        raise InputError(f"{model_dir}: computing an importance matrix for MoE models is not supported; pass a llama-imatrix file with --imatrix")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    if len(ids) < 16:
+        raise InputError("--calibration: the text is too short for an importance matrix; give at least a few paragraphs")
+    tmap = gguf.get_tensor_name_map(_gguf_arch(arch_name), model.config.num_hidden_layers)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook_for(gguf_name: str):
+        def hook(_module, inputs):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+            sums[gguf_name] = sums.get(gguf_name, 0) + (x * x).sum(0)
+            counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
+        return hook
+
+    for mod_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            gguf_name = tmap.get_name(mod_name + ".weight", try_suffixes=(".weight",))
+            if gguf_name:
+                hooks.append(module.register_forward_pre_hook(hook_for(gguf_name)))
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    step = max(1, context - len(bos))
+    windows = [ids[i : i + step] for i in range(0, len(ids), step)]
+    try:
+        with torch.inference_mode():
+            for window in track(windows, description="imatrix"):
+                model(torch.tensor([bos + window]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v.numpy().astype(np.float32) for k, v in sums.items()}, {k: float(c) for k, c in counts.items()}
+
+
+def save_imatrix(path: Path, sums: dict[str, np.ndarray], counts: dict[str, float], *, dataset: str, context: int) -> Path:
+    """Write llama.cpp's imatrix GGUF (readable by `llama-quantize --imatrix`)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch="imatrix")
+    # llama-imatrix files carry general.type = imatrix; GGUFWriter always adds general.architecture.
+    writer.add_type("imatrix")
+    writer.add_array("imatrix.datasets", [dataset])
+    writer.add_uint32("imatrix.chunk_count", int(max(counts.values(), default=0) // max(context, 1)))
+    writer.add_uint32("imatrix.chunk_size", context)
+    for name in sorted(sums):
+        writer.add_tensor(f"{name}.in_sum2", np.asarray(sums[name], dtype=np.float32).reshape(1, -1))
+        writer.add_tensor(f"{name}.counts", np.array([[counts[name]]], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def load_imatrix(path: Path) -> dict[str, np.ndarray]:
+    """Per-tensor importance (sum/count per column, experts concatenated) from a GGUF imatrix file."""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: imatrix file not found")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # the reader raises ValueError/struct errors on junk
+        raise InputError(f"{path}: not a GGUF imatrix ({exc}); make one with `hubtool quantize gguf --calibration` or llama-imatrix") from None
+    tensors = {t.name: np.asarray(t.data, dtype=np.float32) for t in reader.tensors}
+    out: dict[str, np.ndarray] = {}
+    for name, sums in tensors.items():
+        if not name.endswith(".in_sum2"):
+            continue
+        base = name[: -len(".in_sum2")]
+        if base + ".counts" not in tensors:
+            raise InputError(f"{path}: {base} has in_sum2 but no counts; the imatrix file is incomplete")
+        sums = sums.reshape(tensors[base + ".counts"].size, -1)
+        cnt = tensors[base + ".counts"].reshape(-1, 1)
+        out[base] = (sums / np.maximum(cnt, 1)).reshape(-1).astype(np.float32)
+    if not out:
+        raise InputError(f"{path}: no imatrix entries (*.in_sum2); legacy .dat files are not supported — convert with llama-imatrix --output-format gguf")
+    return out
+
+
+def imatrix_means(sums: dict[str, np.ndarray], counts: dict[str, float]) -> dict[str, np.ndarray]:
+    return {k: (v / max(counts[k], 1.0)).astype(np.float32) for k, v in sums.items()}

@@ -1,0 +1,275 @@
+"""`verify_gguf`: load each GGUF in llama.cpp and hold it against the fp16 HF model.
+
+Hard failures (QuantizeError): a tokenizer that splits a test string differently, a chat
+template that did not survive, or RoPE settings (scaling type/factor/original context, base
+frequency) that differ from the source config. Then next-token logits on held-out text give
+KL divergence and top-1 agreement vs fp16 plus perplexity, written as "gguf" rows in quality.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from hubtool.errors import InputError, QuantizeError
+from hubtool.gguf.types import ALL_TYPES
+from hubtool.progress import log, track
+
+TEST_STRING = (
+    "Hello world! GGUF tokenizers must agree: 3.14159, naïve café, Straße, 日本語 — tabs\tand  spaces.\n"
+    "def f(x):\n    return x ** 2  # comment"
+)
+_NAME_RE = re.compile(r"^(?P<stem>.+)\.(?P<type>[A-Z0-9_]+?)(?:-(?P<i>\d{5})-of-(?P<n>\d{5}))?\.gguf$")
+
+
+# ---- files and metadata ---------------------------------------------------------------------
+
+def find_gguf_files(paths: list[Path]) -> list[Path]:
+    """Model GGUFs to verify: files as given, folders expanded; for split models only shard 1; imatrix files skipped."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            candidates = sorted(p.glob("*.gguf"))
+        elif p.is_file():
+            candidates = [p]
+        else:
+            raise InputError(f"{p}: not found; pass GGUF files or a folder holding them")
+        for c in candidates:
+            m = _NAME_RE.match(c.name)
+            if c.name.endswith(".imatrix.gguf") or (m and m.group("i") and m.group("i") != "00001"):
+                continue
+            found.append(c)
+    if not found:
+        raise InputError(f"{', '.join(map(str, paths))}: no .gguf files found")
+    return found
+
+
+def shard_paths(first: Path) -> list[Path]:
+    m = _NAME_RE.match(first.name)
+    if not m or not m.group("n"):
+        return [first]
+    n = int(m.group("n"))
+    stem = first.name[: -len(f"-00001-of-{n:05d}.gguf")]
+    paths = [first.with_name(f"{stem}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: shard missing; download all {n} shards next to {first.name}")
+    return paths
+
+
+def read_gguf(path: Path):
+    """GGUFReader with a one-line error for a file that is not GGUF."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as exc:  # the reader raises ValueError/struct/IndexError on junk
+        raise InputError(f"{path}: not a valid GGUF file ({exc}); re-export it with `hubtool quantize gguf`") from None
+
+
+def gguf_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """(key -> value for every KV field, tensor names) of one GGUF file."""
+    reader = read_gguf(path)
+    meta = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    return meta, [t.name for t in reader.tensors]
+
+
+def variant_of(path: Path, meta: dict[str, Any]) -> str:
+    m = _NAME_RE.match(path.name)
+    if m and m.group("type") in ALL_TYPES:
+        return m.group("type")
+    ftype = meta.get("general.file_type")
+    if ftype is not None:
+        import llama_cpp
+
+        for t in ALL_TYPES:
+            if getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{t}", None) == ftype:
+                return t
+    return path.stem
+
+
+def size_info(first: Path) -> tuple[int, float]:
+    """(bytes on disk over all shards, bits per weight over tensor data)."""
+    paths = shard_paths(first)
+    n_el = n_bytes = 0
+    for p in paths:
+        for t in read_gguf(p).tensors:
+            n_el += int(t.n_elements)
+            n_bytes += int(t.n_bytes)
+    return sum(p.stat().st_size for p in paths), (8.0 * n_bytes / n_el if n_el else 0.0)
+
+
+# ---- checks ---------------------------------------------------------------------------------
+
+def source_rope(config: dict[str, Any]) -> dict[str, Any]:
+    """RoPE as the HF config declares it (transformers 5 `rope_parameters` or legacy `rope_scaling`/`rope_theta`)."""
+    rp = config.get("rope_parameters") or {}
+    rs = config.get("rope_scaling") or {}
+    rtype = rp.get("rope_type") or rs.get("rope_type") or rs.get("type") or "default"
+    return {
+        "type": rtype,
+        "factor": rp.get("factor", rs.get("factor")),
+        "original": rp.get("original_max_position_embeddings", rs.get("original_max_position_embeddings")),
+        "theta": float(rp.get("rope_theta", config.get("rope_theta", 10000.0))),
+    }
+
+
+def check_rope(path: Path, meta: dict[str, Any], tensors: list[str], config: dict[str, Any]) -> None:
+    """Fail when the GGUF would run RoPE differently from the source model."""
+    arch = meta.get("general.architecture", "llama")
+    src = source_rope(config)
+    g_type = meta.get(f"{arch}.rope.scaling.type")
+    g_factor = meta.get(f"{arch}.rope.scaling.factor")
+    g_orig = meta.get(f"{arch}.rope.scaling.original_context_length")
+    g_base = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+
+    def fail(what: str) -> None:
+        raise QuantizeError(f"{path}: RoPE mismatch — {what}; re-export from a config whose rope settings llama.cpp supports")
+
+    if not math.isclose(g_base, src["theta"], rel_tol=1e-5):
+        fail(f"freq_base {g_base:g} in GGUF vs rope_theta {src['theta']:g} in config.json")
+    if src["type"] in ("linear", "yarn"):
+        if g_type != src["type"]:
+            fail(f"scaling type {g_type!r} in GGUF vs {src['type']!r} in config.json")
+        if g_factor is None or not math.isclose(float(g_factor), float(src["factor"]), rel_tol=1e-5):
+            fail(f"scaling factor {g_factor} in GGUF vs {src['factor']} in config.json")
+        if src["type"] == "yarn" and src["original"] and g_orig != src["original"]:
+            fail(f"original_context_length {g_orig} in GGUF vs {src['original']} in config.json")
+    elif src["type"] == "llama3":
+        if "rope_freqs.weight" not in tensors:
+            fail("llama3 scaling in config.json but no rope_freqs.weight tensor in GGUF")
+    elif src["type"] == "default":
+        if g_type not in (None, "none"):
+            fail(f"scaling type {g_type!r} in GGUF but no scaling in config.json")
+    else:
+        fail(f"config.json uses {src['type']!r} scaling, which llama.cpp does not implement")
+
+
+def check_tokenizer(path: Path, llm: Any, hf_tok: Any, meta: dict[str, Any]) -> None:
+    """Token ids of a test string (and of a rendered chat turn) must be identical; the chat template must survive."""
+    want = hf_tok(TEST_STRING, add_special_tokens=True)["input_ids"]
+    got = llm.tokenize(TEST_STRING.encode("utf-8"), add_bos=True, special=False)
+    if list(got) != list(want):
+        raise QuantizeError(f"{path}: tokenizer mismatch — llama.cpp ids {list(got)[:12]}… vs HF {list(want)[:12]}…; re-export with the model's own tokenizer files")
+    template = getattr(hf_tok, "chat_template", None)
+    if template:
+        if meta.get("tokenizer.chat_template") != template:
+            raise QuantizeError(f"{path}: chat template missing or changed in GGUF; re-export with chat_template.jinja / tokenizer_config.json present")
+        chat = hf_tok.apply_chat_template([{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True)
+        want = hf_tok(chat, add_special_tokens=False)["input_ids"]
+        got = llm.tokenize(chat.encode("utf-8"), add_bos=False, special=True)
+        if list(got) != list(want):
+            raise QuantizeError(f"{path}: special tokens of the chat template tokenize differently in llama.cpp ({list(got)[:8]}… vs {list(want)[:8]}…)")
+
+
+# ---- logits ---------------------------------------------------------------------------------
+
+def text_windows(hf_tok: Any, text: str, *, max_tokens: int, context: int) -> list[list[int]]:
+    """Held-out text as windows of CONTEXT tokens, each starting with BOS like llama.cpp's perplexity."""
+    ids = hf_tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    bos = [hf_tok.bos_token_id] if hf_tok.bos_token_id is not None else []
+    step = context - len(bos)
+    windows = [bos + ids[i : i + step] for i in range(0, len(ids), step)]
+    windows = [w for w in windows if len(w) > len(bos) + 1]
+    if not windows:
+        raise InputError("--text: the held-out text is empty after tokenization; pass more text")
+    return windows
+
+
+@contextlib.contextmanager
+def open_llama(path: Path, *, context: int) -> Iterator[Any]:
+    """llama_cpp.Llama with every position's logits kept, quiet, freed on exit."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
+                          logits_all=True, n_threads=os.cpu_count() or 1, verbose=False)
+    try:
+        yield llm
+    finally:
+        with contextlib.suppress(Exception):
+            llm.close()
+
+
+def llama_logits(llm: Any, ids: list[int]) -> np.ndarray:
+    """[len(ids), n_vocab] next-token logits from llama.cpp."""
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def hf_logits(model: Any, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def load_reference(reference_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(fp16 HF model computed in fp32, tokenizer, config) of the source folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubtool.model_dir import load_model_dir
+
+    ref = load_model_dir(reference_dir, kind="reference model")
+    config = ref.config
+    ref.close()
+    tok = AutoTokenizer.from_pretrained(reference_dir)
+    model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32).eval()
+    return model, tok, config
+
+
+def verify_gguf(
+    files: list[Path],
+    reference_dir: Path,
+    *,
+    text: str = "builtin:heldout",
+    max_tokens: int = 2048,
+    context: int = 512,
+    results_path: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Check every GGUF (tokenizer, chat template, RoPE) and measure it against REFERENCE_DIR; rows in quality.json format."""
+    from hubtool.gguf.quantize import require_llama_cpp
+    from hubtool.quality import compare_logits, merge_metrics, read_text_source, write_results
+
+    require_llama_cpp()
+    paths = find_gguf_files(list(files))
+    body = read_text_source(text)
+    model, tok, config = load_reference(Path(reference_dir))
+    windows = text_windows(tok, body, max_tokens=max_tokens, context=context)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
+        ref_files = []
+        for i, w in enumerate(track(windows, description="fp16 reference logits")):
+            ref_files.append(Path(tmp) / f"ref{i}.npy")
+            np.save(ref_files[-1], hf_logits(model, w))
+        del model
+        for path in paths:
+            meta, tensor_names = gguf_metadata(path)
+            check_rope(path, meta, tensor_names, config)
+            variant = variant_of(path, meta)
+            chunks = []
+            with open_llama(path, context=context) as llm:
+                check_tokenizer(path, llm, tok, meta)
+                for w, ref_file in zip(track(windows, description=f"{variant} logits"), ref_files):
+                    ref = np.load(ref_file)
+                    got = llama_logits(llm, w)
+                    width = min(ref.shape[1], got.shape[1])
+                    chunks.append(compare_logits(ref[:, :width], got[:, :width], np.asarray(w)))
+            m = merge_metrics(chunks)
+            size, bpw = size_info(path)
+            rows.append({"variant": variant, "kind": "gguf", "file": path.name, "perplexity": round(m["perplexity"], 4),
+                         "ref_perplexity": round(m["ref_perplexity"], 4), "kl_div": round(m["kl_div"], 6),
+                         "top1": round(m["top1"], 4), "tokens": int(m["tokens"]), "size_bytes": size,
+                         "bits_per_weight": round(bpw, 4)})
+            log(f"{variant}: ppl {m['perplexity']:.3f} (fp16 {m['ref_perplexity']:.3f}), KL {m['kl_div']:.5f}, top-1 {m['top1']:.3f}")
+    if results_path is not None:
+        write_results(Path(results_path), rows, reference="fp16", text=text, tokens=int(rows[0]["tokens"]), context=context)
+    return rows
