@@ -107,6 +107,8 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path) -> tuple[float, fl
     print(f"  {mode}: median hubtool push {statistics.median(rates['hubtool']):.1f} MB/s,"
           f" bare upload_folder {statistics.median(rates['bare']):.1f} MB/s,"
           f" ratio {statistics.median(rates['hubtool']) / statistics.median(rates['bare']):.3f}")
+    bare_s = args.size_mb * 1.048576 / statistics.median(rates["bare"])
+    print(f"  {mode}: ratio implied by hubtool's own overhead alone: {bare_s / (bare_s + statistics.median(overheads)):.3f}")
     return max(rates["hubtool"]), max(rates["bare"])
 
 
