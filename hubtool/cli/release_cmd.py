@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hubtool.errors import HubtoolError
 
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
         disable_progress_bars()
     try:
-        summary = release(args)
+        with stdout_to_stderr():
+            summary = release(args)
     except HubtoolError as exc:
         if args.json:
             from hubtool.push import scrub
@@ -49,10 +52,30 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"ok": False, "error": scrub(str(exc), None), "exit_code": exc.exit_code}, indent=2))
         raise
     if args.json:
+        summary.pop("plan_text", None)
         print(json.dumps(summary, indent=2, default=str))
-    elif not args.dry_run:
+    elif args.dry_run:
+        print(summary["plan_text"])
+    else:
         print(format_summary(summary))
     return 0
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Keep stdout for the result alone: libraries (gptqmodel's logger, llama.cpp) print to stdout,
+    which would corrupt `--json` in CI. Redirects both the Python object and file descriptor 1."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def release(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,9 +92,7 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
     plan = make_plan(cfg, source=inputs.source, base=inputs.base, adapter=inputs.adapter)
     text = plan.render()
     if args.dry_run:
-        if not args.json:
-            print(text)
-        return {"ok": True, "dry_run": True, "plan": plan.as_dict()}
+        return {"ok": True, "dry_run": True, "plan": plan.as_dict(), "plan_text": text}
     print(text, file=sys.stderr, flush=True)
     work_dir = args.work_dir or Path("release-work") / cfg.name
     summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint)

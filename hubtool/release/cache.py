@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 HASH_CACHE = "hashes.json"
+MEMO_MIN_BYTES = 1 << 20
 
 
 class Hasher:
@@ -39,8 +40,9 @@ class Hasher:
                 for chunk in iter(lambda: f.read(1 << 22), b""):
                     h.update(chunk)
             digest = h.hexdigest()
-            self._memo[key] = digest
-            self._dirty = True
+            if st.st_size >= MEMO_MIN_BYTES:  # small files are cheaper to hash than to remember
+                self._memo[key] = digest
+                self._dirty = True
         return digest
 
     def files(self, folder: Path) -> dict[str, str]:

@@ -95,12 +95,23 @@ def _weights(folder: Path) -> tuple[int, int, int, int]:
     return total, linear, weight_bytes, other
 
 
-def _listing(folder: Path, *, skip_readme: bool = True) -> list[PlannedFile]:
-    return [
-        PlannedFile(p.name, p.stat().st_size)
-        for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".") and not (skip_readme and p.name == "README.md")
-    ]
+# Trainer checkpoint state that sits beside adapters/models but must not be published.
+TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin", "stage.json"}
+
+
+def publishable(rel: Path) -> bool:
+    """Files a release uploads from an input folder: not hidden, not trainer state, not the old README (we write the card)."""
+    name = rel.name
+    return not (
+        any(part.startswith(".") for part in rel.parts)
+        or name == "README.md"
+        or name in TRAINING_STATE
+        or (name.startswith("rng_state") and name.endswith(".pth"))
+    )
+
+
+def _listing(folder: Path) -> list[PlannedFile]:
+    return [PlannedFile(p.name, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file() and publishable(Path(p.name))]
 
 
 def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, adapter: Path | None) -> Plan:

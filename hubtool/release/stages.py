@@ -86,7 +86,11 @@ def _jsonable(obj: Any) -> Any:
 
 def _text_id(spec: str, hasher: Hasher) -> str:
     """A text source's identity: the builtin name, or the file's content hash."""
-    return spec if spec.startswith("builtin") else hasher.file(Path(spec))
+    if spec.startswith("builtin"):
+        return spec
+    if not Path(spec).is_file():
+        raise InputError(f"{spec}: text file not found; fix gptq.calibration / verify.text in release.yaml or use 'builtin'")
+    return hasher.file(Path(spec))
 
 
 def run_release(
@@ -255,9 +259,11 @@ class PublishFolder:
 
 def _link_into(src_dir: Path, dst: Path, files: dict[str, Path]) -> None:
     """Hard-link (copy across filesystems) the artifact's files into the publish folder; README.md is ours."""
+    from hubtool.release.plan import publishable
+
     for p in sorted(src_dir.rglob("*")):
         rel = p.relative_to(src_dir)
-        if not p.is_file() or any(part.startswith(".") for part in rel.parts) or rel.as_posix() in ("README.md", "stage.json"):
+        if not p.is_file() or not publishable(rel):
             continue
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,338 @@
+"""`hubtool release` end to end against the local Hub with the real huggingface_hub client.
+
+One tiny release (base + LoRA adapter + RoPE linear x4 -> fp16, peft, GPTQ, GGUF Q8_0) runs once
+(Xet uploads); every other test re-uses its stage cache, so the LFS-mode release, re-runs,
+interrupted pushes and Hub errors cost only the push.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import HfApi, snapshot_download
+
+from hubtool.cli import main
+from hubtool.hub_server import serve_in_thread
+from tests.peft_helpers import make_adapter
+from tests.test_hub_server import TOKEN
+from tests.tiny import make_tiny_llama
+
+NAME = "tiny-chat"
+REPOS = {"fp16": "acme/tiny-chat", "adapter": "acme/tiny-chat-peft", "gptq": "acme/tiny-chat-GPTQ", "gguf": "acme/tiny-chat-GGUF"}
+RELEASE_YAML = """\
+name: tiny-chat
+namespace: acme
+quants: [gptq, gguf]
+gptq: {presets: [gptq-4bit-32g-actorder], samples: 8, seq_len: 64}
+gguf: {types: [q8_0]}
+verify: {max_tokens: 256, context: 64}
+card:
+  license: apache-2.0
+  base_model: acme/tiny-base
+  datasets: [acme/chat-data]
+"""
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("release-inputs")
+    base = make_tiny_llama(root / "base", tokenizer_dir, max_shard_size="60KB")
+    (base / "README.md").write_text("---\nlicense: apache-2.0\nlanguage: [en]\n---\n# tiny base\n\nA tiny test model.\n")
+    adapter = make_adapter(base, root / "adapter", r=4, lora_alpha=8)
+    config = root / "release.yaml"
+    config.write_text(RELEASE_YAML)
+    return {"base": base, "adapter": adapter, "config": config, "work": root / "work"}
+
+
+def release_args(inputs: dict[str, Path], *extra: str) -> list[str]:
+    return ["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--rope", "linear:4",
+            "--config", str(inputs["config"]), "--work-dir", str(inputs["work"]), "--json", *extra]
+
+
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(args)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@contextlib.contextmanager
+def hub_env(root: Path, mode: str, users=None):
+    """A local Hub in MODE (xet/lfs) with a private download cache; HF_TOKEN set to the test token."""
+    from huggingface_hub import constants
+
+    with pytest.MonkeyPatch.context() as mp, serve_in_thread(root / "hub", users=users) as hub:
+        mp.setattr(constants, "HF_HUB_DISABLE_XET", mode == "lfs")
+        mp.setattr(constants, "HF_HUB_CACHE", str(root / "hf-cache"))
+        mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        mp.setenv("HF_TOKEN", TOKEN)
+        mp.delenv("HF_ENDPOINT", raising=False)
+        hub.mode = mode
+        yield hub
+
+
+def remote_state(url: str, repo_id: str, revision: str = "main") -> dict[str, str]:
+    return {e.path: (e.lfs.sha256 if e.lfs else e.blob_id)
+            for e in HfApi(endpoint=url).list_repo_tree(repo_id, revision=revision, recursive=True) if hasattr(e, "blob_id")}
+
+
+def all_state(url: str, summary: dict) -> dict[str, dict[str, str]]:
+    return {f"{r['repo_id']}@{r['branch']}": remote_state(url, r["repo_id"], r["branch"]) for r in summary["repos"]}
+
+
+@pytest.fixture(scope="module")
+def released(inputs, tmp_path_factory):
+    """The release, run once (Xet uploads); yields what it printed and the Hub it pushed to."""
+    root = tmp_path_factory.mktemp("release-xet")
+    with hub_env(root, "xet") as hub:
+        rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
+        assert rc == 0, err[-3000:]
+        yield {"hub": hub, "summary": json.loads(out), "stdout": out, "stderr": err, "root": root}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- the release itself -----------------------------------------------------------------------
+
+def test_release_layout_and_summary(released, inputs):
+    s = released["summary"]
+    assert s["ok"] and [(r["repo_id"], r["branch"]) for r in s["repos"]] == [(REPOS[k], "main") for k in ("fp16", "adapter", "gptq", "gguf")]
+    assert all(r["changed"] and r["files_uploaded"] == len(r["files"]) for r in s["repos"])
+    files = {r["key"]: set(r["files"]) for r in s["repos"]}
+    assert {"README.md", "config.json", "hubtool.json", "model.safetensors.index.json"} <= files["fp16"]
+    assert files["adapter"] == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+    assert {"README.md", "model.safetensors", "quantize_config.json", "tokenizer.json"} <= files["gptq"]
+    assert files["gguf"] == {"README.md", f"{NAME}.Q8_0.gguf"}
+    kinds = {(q["kind"], q["variant"]) for q in s["quality"]}
+    assert {("gptq", "gptq-4bit-32g-actorder_True"), ("rtn", "rtn-4bit-32g-sym"), ("gguf", "Q8_0")} <= kinds
+    # the plan printed to stderr before the work, and the stages ran in order
+    err = released["stderr"]
+    assert err.index("release plan:") < err.index("merge: running") < err.index("push: uploading")
+    assert [st["name"] for st in s["stages"]][:3] == ["merge", "gptq:gptq-4bit-32g-actorder", "gguf:Q8_0"]
+    assert not any(st["cached"] for st in s["stages"])
+
+
+def test_lfs_mode_release_has_identical_content(released, inputs, tmp_path):
+    with hub_env(tmp_path, "lfs") as hub:
+        rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
+        assert rc == 0, err[-2000:]
+        s = json.loads(out)
+        assert all(st["cached"] for st in s["stages"])  # only the push ran
+        assert any("/_hubtool/lfs/" in p for _, p in hub.requests) and not any("xet" in p for _, p in hub.requests)
+        assert all_state(hub.url, s) == all_state(released["hub"].url, released["summary"])
+        assert [r["files"] for r in s["repos"]] == [r["files"] for r in released["summary"]["repos"]]
+
+
+def test_every_repo_downloads_back_identical(released):
+    hub, s = released["hub"], released["summary"]
+    for r in s["repos"]:
+        local = Path(snapshot_download(r["repo_id"], revision=r["branch"], endpoint=hub.url, cache_dir=released["root"] / "dl"))
+        got = {p.relative_to(local).as_posix(): sha256(p) for p in local.rglob("*") if p.is_file() and p.name != ".gitattributes"}
+        assert got == r["files"], r["repo_id"]
+
+
+def test_cards_link_the_release(released):
+    from hubtool.card import check_card
+
+    hub = released["hub"]
+    api = HfApi(endpoint=hub.url)
+    gguf_card = Path(api.hf_hub_download(REPOS["gguf"], "README.md", cache_dir=released["root"] / "dl")).read_text()
+    meta = check_card(gguf_card)
+    assert meta["base_model"] == REPOS["fp16"] and meta["base_model_relation"] == "quantized" and meta["license"] == "apache-2.0"
+    assert f"{NAME}.Q8_0.gguf" in gguf_card and REPOS["gptq"] in gguf_card
+    adapter_card = Path(api.hf_hub_download(REPOS["adapter"], "README.md", cache_dir=released["root"] / "dl")).read_text()
+    assert check_card(adapter_card)["base_model"] == "acme/tiny-base"
+
+
+def _ref_model(base: Path, adapter: Path):
+    """PEFT's own merge of the adapter into the base with RoPE linear x4, in float32: the reference."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base)
+    theta = float(config.rope_parameters.get("rope_theta", 10000.0))
+    config.rope_parameters = {"rope_type": "linear", "factor": 4.0, "rope_theta": theta}
+    model = AutoModelForCausalLM.from_pretrained(base, config=config, dtype=torch.float32)
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+
+
+def _logits(model, ids: list[int]) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def test_downloaded_artifacts_load_and_match_reference(released, inputs):
+    """fp16 + peft (transformers/PEFT), GPTQ (transformers + optimum + gptqmodel), GGUF (llama.cpp) vs the reference."""
+    import llama_cpp
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubtool.quality import builtin_text, compare_logits
+
+    hub = released["hub"]
+    dl = {k: Path(snapshot_download(repo, endpoint=hub.url, cache_dir=released["root"] / "dl")) for k, repo in REPOS.items()}
+    tok = AutoTokenizer.from_pretrained(dl["fp16"])
+    ids = [tok.bos_token_id] + tok(builtin_text("heldout"), add_special_tokens=False)["input_ids"][:127]
+    ref = _logits(_ref_model(inputs["base"], inputs["adapter"]), ids)
+
+    fp16 = AutoModelForCausalLM.from_pretrained(dl["fp16"], dtype=torch.float32).eval()
+    assert fp16.config.rope_parameters["rope_type"] == "linear" and fp16.config.rope_parameters["factor"] == 4.0
+    np.testing.assert_allclose(_logits(fp16, ids), ref, atol=2e-2)  # fp16 rounding of the merged weights only
+    peft_dl = _ref_model(inputs["base"], dl["adapter"])  # the published adapter reproduces the published merge
+    np.testing.assert_allclose(_logits(peft_dl, ids), ref, atol=1e-5)
+
+    gptq = AutoModelForCausalLM.from_pretrained(dl["gptq"], device_map="cpu", dtype=torch.float16).eval()
+    assert gptq.config.quantization_config.bits == 4
+    m = compare_logits(ref, _logits(gptq, ids), np.asarray(ids))
+    assert m["kl_div"] < 0.01 and m["top1"] > 0.6, m
+
+    gguf = next(dl["gguf"].glob("*.Q8_0.gguf"))
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=256, n_batch=256, logits_all=True, verbose=False)
+    try:
+        llm.eval(ids)
+        test = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+    m = compare_logits(ref, test, np.asarray(ids))
+    assert m["kl_div"] < 1e-3 and m["top1"] > 0.9, m
+
+
+def test_rerun_is_noop(released, inputs):
+    hub = released["hub"]
+    api = HfApi(endpoint=hub.url)
+    commits = {r: len(api.list_repo_commits(r)) for r in REPOS.values()}
+    mark = len(hub.requests)
+    rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
+    assert rc == 0, err[-2000:]
+    s = json.loads(out)
+    assert all(st["cached"] for st in s["stages"]) and len(s["stages"]) == len(released["summary"]["stages"])
+    assert not any(r["changed"] or r["files_uploaded"] for r in s["repos"])
+    assert [r["commit"] for r in s["repos"]] == [r["commit"] for r in released["summary"]["repos"]]
+    assert {r: len(api.list_repo_commits(r)) for r in REPOS.values()} == commits
+    sent = [(m, p) for m, p in hub.requests[mark:] if m in ("PUT", "POST") and ("/commit/" in p or "/_hubtool/lfs/" in p or "xorb" in p)]
+    assert sent == []
+
+
+@pytest.mark.parametrize("mode", ["xet", "lfs"])
+def test_interrupted_release_resumes_to_identical_content(released, inputs, tmp_path, mode):
+    with hub_env(tmp_path, mode) as hub:
+        rule = hub.inject_fault("POST", r"/api/models/acme/tiny-chat-GPTQ/commit/", 507, times=1)  # not retried
+        rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
+        assert rc == 6 and rule.hits == 1
+        assert json.loads(out) == {"ok": False, "error": json.loads(out)["error"], "exit_code": 6}
+        assert "507" in err and "re-run" in err
+        assert set(remote_state(hub.url, REPOS["fp16"])) > {"README.md"}  # pushed before the failure
+        assert set(remote_state(hub.url, REPOS["gptq"])) == {".gitattributes"}  # nothing committed
+        rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
+        assert rc == 0, err[-2000:]
+        s = json.loads(out)
+        assert [r["changed"] for r in s["repos"]] == [False, False, True, True]
+        assert all_state(hub.url, s) == all_state(released["hub"].url, released["summary"])
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("401", r"rejected the token \(401"),
+        ("403", r"no write access to namespace 'bigcorp' \(403"),
+        ("409", r"conflict \(409"),
+        ("503", r"failed with 503"),
+    ],
+)
+def test_hub_errors_are_clear_with_exit_code(released, inputs, tmp_path, case, expected):
+    import re
+
+    with hub_env(tmp_path, "lfs", users={TOKEN: ("alice", ["acme"])}) as hub:
+        extra = ["--endpoint", hub.url]
+        bad = "hf_BADbadBADbadBAD0000000000"
+        if case == "401":
+            os.environ["HF_TOKEN"] = bad
+        elif case == "403":
+            extra += ["--namespace", "bigcorp"]
+        elif case == "409":
+            hub.inject_fault("POST", r"/commit/", 409, times=1)
+        else:
+            hub.inject_fault("POST", r"/preupload/", 503, times=100)
+        rc, out, err = run_cli(release_args(inputs, *extra))
+        assert rc == 6
+        assert re.search(expected, err) and re.search(expected, json.loads(out)["error"])
+        last = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(last) == 1 and re.search(expected, last[0])
+        assert TOKEN not in out + err and bad not in out + err
+
+
+def test_token_never_in_output_or_uploaded_files(released, inputs):
+    assert TOKEN not in released["stdout"] + released["stderr"]
+    for root in (released["hub"].root, inputs["work"]):
+        for p in Path(root).rglob("*"):
+            if p.is_file():
+                assert TOKEN.encode() not in p.read_bytes(), p
+
+
+# ---- planning and input errors (no Hub needed) -------------------------------------------------
+
+def test_dry_run_plans_without_work(inputs, tmp_path):
+    work = tmp_path / "never"
+    rc, out, err = run_cli(["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--config", str(inputs["config"]),
+                            "--gptq-presets", "gptq-4bit-32g-actorder,gptq-8bit-128g-actorder", "--gguf-types", "q4_k_m,q8_0",
+                            "--work-dir", str(work), "--endpoint", "http://127.0.0.1:9", "--dry-run", "--json"])
+    assert rc == 0, err
+    plan = json.loads(out)["plan"]
+    targets = [(t["repo_id"], t["branch"]) for t in plan["targets"]]
+    assert targets == [(REPOS["fp16"], "main"), (REPOS["adapter"], "main"), (REPOS["gptq"], "main"),
+                       (REPOS["gptq"], "gptq-8bit-128g-actorder_True"), (REPOS["gguf"], "main")]
+    gguf = plan["targets"][-1]
+    assert [f["path"] for f in gguf["files"]] == [f"{NAME}.Q4_K_M.gguf", f"{NAME}.Q8_0.gguf", "README.md"]
+    q4, q8 = gguf["files"][0]["size_bytes"], gguf["files"][1]["size_bytes"]
+    assert 0.5 < q4 / q8 < 0.65 and plan["targets"][2]["files"][0]["size_bytes"] < plan["targets"][3]["files"][0]["size_bytes"]
+    assert not work.exists()
+    rc, text, _ = run_cli(["release", str(inputs["base"]), "--namespace", "me", "--quants", "gguf", "--dry-run"])
+    assert rc == 0 and "me/base-GGUF@main" in text and "GPTQ" not in text and "merge " not in text
+
+
+def test_custom_repo_names_from_config(inputs, tmp_path):
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(RELEASE_YAML + "repos: {fp16: '{name}-fp16', gguf: 'gguf-{name}'}\nprivate: true\n")
+    rc, out, _ = run_cli(["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--config", str(cfg), "--dry-run", "--json"])
+    assert rc == 0
+    ids = [t["repo_id"] for t in json.loads(out)["plan"]["targets"]]
+    assert ids == ["acme/tiny-chat-fp16", "acme/tiny-chat-peft", "acme/tiny-chat-GPTQ", "acme/gguf-tiny-chat"]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "args", "code", "message"),
+    [
+        ("namse: x\n", [], 2, "unknown key 'namse'"),
+        ("name: x\n", ["--quants", "gptq,awq"], 2, "--quants 'awq'"),
+        ("name: x\ngguf: {types: [q9_9]}\n", [], 2, "unknown GGUF type"),
+        ("name: x\nrepos: {gguf: '{name}', fp16: '{name}'}\n", [], 2, "share a name"),
+        ("name: x\ngptq: {presets: [nope]}\n", [], 2, "unknown GPTQ preset"),
+        ("name: x\ncard: {license: not-a-license}\n", [], 5, "license"),
+    ],
+)
+def test_config_errors_fail_before_work(inputs, tmp_path, yaml_text, args, code, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text + "namespace: acme\n")
+    work = tmp_path / "work"
+    rc, out, err = run_cli(["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--config", str(cfg),
+                            "--work-dir", str(work), "--endpoint", "http://127.0.0.1:9", *args])
+    assert rc == code and message in err, err
+    assert not (work / "stages").exists()
+
+
+def test_source_or_base_adapter(inputs, tmp_path):
+    rc, _, err = run_cli(["release", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--namespace", "a", "--dry-run"])
+    assert rc == 2 and "not both" in err
+    rc, _, err = run_cli(["release", "--base", str(inputs["base"]), "--namespace", "a", "--dry-run"])
+    assert rc == 2 and "--adapter" in err
+    rc, _, err = run_cli(["release", str(inputs["base"]), "--dry-run"])
+    assert rc == 2 and "--namespace" in err
