@@ -261,7 +261,7 @@ def test_hub_errors_are_clear_with_exit_code(released, inputs, tmp_path, case, e
         elif case == "409":
             hub.inject_fault("POST", r"/commit/", 409, times=1)
         else:
-            hub.inject_fault("POST", r"/preupload/", 503, times=100)
+            hub.inject_fault("POST", r"/api/repos/create", 503, times=5)  # the Hub is down from the first call
         rc, out, err = run_cli(release_args(inputs, *extra))
         assert rc == 6
         assert re.search(expected, err) and re.search(expected, json.loads(out)["error"])
@@ -336,3 +336,34 @@ def test_source_or_base_adapter(inputs, tmp_path):
     assert rc == 2 and "--adapter" in err
     rc, _, err = run_cli(["release", str(inputs["base"]), "--dry-run"])
     assert rc == 2 and "--namespace" in err
+
+
+def test_card_only_change_recomputes_nothing_and_uploads_only_readmes(released, inputs, tmp_path):
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(RELEASE_YAML.replace("license: apache-2.0", "license: mit"))
+    with hub_env(tmp_path, "lfs") as hub:
+        args = release_args(inputs, "--endpoint", hub.url)
+        rc, out, err = run_cli(args)
+        assert rc == 0, err[-2000:]
+        args[args.index("--config") + 1] = str(cfg)
+        rc, out, err = run_cli(args)
+        assert rc == 0, err[-2000:]
+        s = json.loads(out)
+        assert all(st["cached"] for st in s["stages"])
+        assert all(r["changed"] and r["files_uploaded"] == 1 for r in s["repos"])
+        card = HfApi(endpoint=hub.url).hf_hub_download(REPOS["gguf"], "README.md", cache_dir=tmp_path / "dl")
+        assert "license: mit" in Path(card).read_text()
+
+
+def test_source_mode_release_gguf_only(inputs, tmp_path):
+    with hub_env(tmp_path, "lfs") as hub:
+        rc, out, err = run_cli(["release", str(inputs["base"]), "--namespace", "me", "--quants", "gguf", "--gguf-types", "q8_0",
+                                "--config", str(inputs["config"]), "--work-dir", str(tmp_path / "work"), "--endpoint", hub.url, "--json"])
+        assert rc == 0, err[-2000:]
+        s = json.loads(out)
+        assert [(r["repo_id"], r["branch"]) for r in s["repos"]] == [("me/tiny-chat", "main"), ("me/tiny-chat-GGUF", "main")]
+        assert [st["name"] for st in s["stages"]] == ["gguf:Q8_0", "verify:gguf:Q8_0"]
+        base_files = {p.name for p in inputs["base"].iterdir() if p.is_file()}
+        assert set(s["repos"][0]["files"]) == base_files  # the source as is, with our card as README.md
+        assert s["repos"][0]["files"]["config.json"] == sha256(inputs["base"] / "config.json")
+        assert set(remote_state(hub.url, "me/tiny-chat")) == base_files | {".gitattributes"}
