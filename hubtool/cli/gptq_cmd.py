@@ -85,7 +85,7 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        print(f"{'variant':32} {'ppl':>9} {'fp16 ppl':>9} {'KL':>8} {'top-1':>6}")
+        print(f"{'variant':32} {'ppl':>9} {'fp16 ppl':>9} {'KL':>9} {'top-1':>6}")
         for r in rows:
-            print(f"{r['variant']:32} {r['perplexity']:9.3f} {r['ref_perplexity']:9.3f} {r['kl_div']:8.4f} {r['top1']:6.3f}")
+            print(f"{r['variant']:32} {r['perplexity']:9.3f} {r['ref_perplexity']:9.3f} {r['kl_div']:9.5f} {r['top1']:6.3f}")
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hubtool.errors import InputError, QuantizeError
-from hubtool.gptq.quantize import _gptqmodel, read_gptq_info
+from hubtool.gptq.quantize import _gptqmodel, read_gptq_info, stdout_to_stderr
 from hubtool.gptq.rtn import apply_rtn
 from hubtool.model_dir import load_model_dir
 from hubtool.progress import log, track
@@ -129,8 +129,10 @@ def _load_gptq(quant_dir: Path) -> Any:
     except ImportError:
         raise InputError('loading GPTQ in transformers needs optimum: pip install "hubtool[gptq]"') from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32  # CPU fp16 matmuls are very slow
     try:
-        return AutoModelForCausalLM.from_pretrained(quant_dir, device_map=device, dtype=torch.float16).eval()
+        with stdout_to_stderr():
+            return AutoModelForCausalLM.from_pretrained(quant_dir, device_map=device, dtype=dtype).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise QuantizeError(f"{quant_dir}: transformers could not load the GPTQ checkpoint ({str(exc).splitlines()[0][:300]})") from None
 
