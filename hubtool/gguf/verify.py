@@ -184,11 +184,11 @@ def text_windows(hf_tok: Any, text: str, *, max_tokens: int, context: int) -> li
 
 
 @contextlib.contextmanager
-def open_llama(path: Path, *, context: int) -> Iterator[Any]:
-    """llama_cpp.Llama with every position's logits kept, quiet, freed on exit."""
+def open_llama(path: Path, *, context: int, vocab_only: bool = False) -> Iterator[Any]:
+    """llama_cpp.Llama with every position's logits kept (or just its tokenizer), quiet, freed on exit."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, vocab_only=vocab_only,
                           logits_all=True, n_threads=os.cpu_count() or 1, verbose=False)
     try:
         yield llm
@@ -242,7 +242,22 @@ def verify_gguf(
     require_llama_cpp()
     paths = find_gguf_files(list(files))
     body = read_text_source(text)
-    model, tok, config = load_reference(Path(reference_dir))
+    from transformers import AutoTokenizer
+
+    from hubtool.model_dir import load_model_dir
+
+    ref = load_model_dir(Path(reference_dir), kind="reference model")
+    config = ref.config
+    ref.close()
+    tok = AutoTokenizer.from_pretrained(reference_dir)
+    variants = {}
+    for path in paths:  # cheap structural checks first: fail before minutes of logits
+        meta, tensor_names = gguf_metadata(path)
+        check_rope(path, meta, tensor_names, config)
+        with open_llama(path, context=context, vocab_only=True) as llm:
+            check_tokenizer(path, llm, tok, meta)
+        variants[path] = variant_of(path, meta)
+    model, _, _ = load_reference(Path(reference_dir))
     windows = text_windows(tok, body, max_tokens=max_tokens, context=context)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
@@ -252,17 +267,14 @@ def verify_gguf(
             np.save(ref_files[-1], hf_logits(model, w))
         del model
         for path in paths:
-            meta, tensor_names = gguf_metadata(path)
-            check_rope(path, meta, tensor_names, config)
-            variant = variant_of(path, meta)
+            variant = variants[path]
             chunks = []
             with open_llama(path, context=context) as llm:
-                check_tokenizer(path, llm, tok, meta)
                 for w, ref_file in zip(track(windows, description=f"{variant} logits"), ref_files):
-                    ref = np.load(ref_file)
+                    ref_logits = np.load(ref_file)
                     got = llama_logits(llm, w)
-                    width = min(ref.shape[1], got.shape[1])
-                    chunks.append(compare_logits(ref[:, :width], got[:, :width], np.asarray(w)))
+                    width = min(ref_logits.shape[1], got.shape[1])
+                    chunks.append(compare_logits(ref_logits[:, :width], got[:, :width], np.asarray(w)))
             m = merge_metrics(chunks)
             size, bpw = size_info(path)
             rows.append({"variant": variant, "kind": "gguf", "file": path.name, "perplexity": round(m["perplexity"], 4),
