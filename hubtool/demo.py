@@ -154,7 +154,7 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 10, gptq_sampl
     """Export SmolLM2, train the LoRA, release to an in-process local Hub, download back; prints the results."""
     import yaml
 
-    from hubtool.cli.release_cmd import quality_table
+    from hubtool.cli.release_cmd import quality_table, stdout_to_stderr
     from hubtool.hub_server import serve_in_thread
     from hubtool.release import build_config, check_inputs, make_plan, run_release
     from hubtool.smollm2 import export_smollm2_fp16
@@ -164,8 +164,9 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 10, gptq_sampl
     work_dir.mkdir(parents=True, exist_ok=True)
     _accept_converter_gguf()
     log(f"demo: exporting SmolLM2-135M-Instruct to fp16 safetensors in {work_dir}")
-    base = export_smollm2_fp16(work_dir / "SmolLM2-135M-Instruct")
-    adapter = train_lora(base, work_dir / "lora-rope4x", steps=train_steps)
+    with stdout_to_stderr():
+        base = export_smollm2_fp16(work_dir / "SmolLM2-135M-Instruct")
+        adapter = train_lora(base, work_dir / "lora-rope4x", steps=train_steps)
 
     data = release_config(gptq_samples, gptq_seq_len)
     (work_dir / "release.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -176,11 +177,12 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 10, gptq_sampl
 
     with serve_in_thread(work_dir / "hub", port=port) as hub:
         log(f"demo: local Hub at {hub.url} (repos stored in {work_dir / 'hub'})")
-        summary = run_release(cfg, plan, inputs, work_dir=work_dir / "release-work", endpoint=hub.url, token=None)
-        log("demo: downloading every repo back with huggingface_hub")
-        downloads = download_and_check(summary, hub.url, work_dir / "downloads")
-        gguf_dir = next(local for repo, _, local, _ in downloads if repo.endswith("-GGUF"))
-        answer = gguf_answer(next(gguf_dir.glob("*.Q4_K_M.gguf")), "What is a Python list? Answer in one sentence.")
+        with stdout_to_stderr():  # library chatter to stderr; stdout gets the results below
+            summary = run_release(cfg, plan, inputs, work_dir=work_dir / "release-work", endpoint=hub.url, token=None)
+            log("demo: downloading every repo back with huggingface_hub")
+            downloads = download_and_check(summary, hub.url, work_dir / "downloads")
+            gguf_dir = next(local for repo, _, local, _ in downloads if repo.endswith("-GGUF"))
+            answer = gguf_answer(next(gguf_dir.glob("*.Q4_K_M.gguf")), "What is a Python list? Answer in one sentence.")
         elapsed = time.monotonic() - start
 
         print("\nQuality vs the fp16 merge (held-out Python docs text):")

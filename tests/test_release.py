@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi, snapshot_download
+from safetensors.torch import load_file
 
 from hubtool.cli import main
+from hubtool.demo import BASE_REPO, download_and_check, release_config, train_lora
 from hubtool.hub_server import serve_in_thread
+from hubtool.release import build_config
 from tests.peft_helpers import make_adapter
 from tests.test_hub_server import TOKEN
 from tests.tiny import make_tiny_llama
@@ -367,3 +370,29 @@ def test_source_mode_release_gguf_only(inputs, tmp_path):
         assert set(s["repos"][0]["files"]) == base_files  # the source as is, with our card as README.md
         assert s["repos"][0]["files"]["config.json"] == sha256(inputs["base"] / "config.json")
         assert set(remote_state(hub.url, "me/tiny-chat")) == base_files | {".gitattributes"}
+
+
+# ---- pieces of `hubtool demo` (the full demo on SmolLM2 takes minutes: run it by hand) -------------
+
+def test_train_lora_is_trained_on_top_layers_with_hub_base(tiny_llama, tmp_path):
+    out = train_lora(tiny_llama, tmp_path / "lora", steps=3, seq_len=32)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == BASE_REPO and cfg["layers_to_transform"] == [1] and cfg["r"] == 8
+    weights = load_file(out / "adapter_model.safetensors")
+    b = [t for k, t in weights.items() if "lora_B" in k]
+    assert b and all(".layers.1." in k for k in weights)
+    assert any(torch.count_nonzero(t) for t in b)  # PEFT initialises B to zero: non-zero means it trained
+    mtime = (out / "adapter_model.safetensors").stat().st_mtime_ns
+    assert train_lora(tiny_llama, out, steps=3) == out and (out / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_demo_release_config_is_valid_and_small():
+    cfg = build_config(release_config(16, 256), {}, default_name="x")
+    assert cfg.gptq_presets == ["gptq-4bit-32g-actorder"] and cfg.gptq_overrides == {"samples": 16, "seq_len": 256}
+    assert cfg.gguf_types == ["Q4_K_M", "Q8_0"] and cfg.rope == "linear:4" and cfg.repo_id("gguf") == "demo/SmolLM2-135M-Instruct-demo-LoRA-32k-GGUF"
+
+
+def test_download_and_check_matches_pushed_hashes(released, tmp_path):
+    got = download_and_check(released["summary"], released["hub"].url, tmp_path / "dl")
+    assert [(repo, branch, n) for repo, branch, _, n in got] == [(r["repo_id"], r["branch"], len(r["files"])) for r in released["summary"]["repos"]]
+    assert all(Path(local, "README.md").is_file() for _, _, local, _ in got)
