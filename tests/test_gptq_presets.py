@@ -148,3 +148,21 @@ def test_rtn_grid_is_symmetric_and_close():
     rel = (w - dq).norm() / w.norm()
     assert 0.02 < rel < 0.15
     assert (w - rtn_dequantized(w, 8, 32)).norm() / w.norm() < 0.01
+
+
+def test_calibration_from_a_saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"text": ["First paragraph about files.", "Second one about paths."], "id": [1, 2]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    text, desc = load_calibration_text(str(tmp_path / "ds"))
+    assert text == "First paragraph about files.\n\nSecond one about paths."
+    assert desc["source"] == "dataset" and desc["name"] == "ds"
+    datasets.DatasetDict({"validation": ds}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(InputError, match="no 'train' split"):
+        load_calibration_text(str(tmp_path / "dd"))
+    ds.rename_column("text", "body").save_to_disk(str(tmp_path / "nt"))
+    with pytest.raises(InputError, match="no 'text' column"):
+        load_calibration_text(str(tmp_path / "nt"))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match="not a dataset saved with datasets.save_to_disk"):
+        load_calibration_text(str(tmp_path / "plain"))

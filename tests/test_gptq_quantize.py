@@ -201,6 +201,10 @@ def test_refuses_to_overwrite_and_requantize(gptq_dir, rope_llama, tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == before
     with pytest.raises(InputError, match="already quantized"):
         quantize_gptq(out, tmp_path / "again", load_preset("gptq-4bit-32g-actorder"))
+    with pytest.raises(InputError, match="is itself quantized"):
+        verify_gptq(out, out)
+    with pytest.raises(InputError, match="no quantize_config.json"):
+        verify_gptq(rope_llama, rope_llama)
     rc = main(["quantize", "gptq", str(rope_llama), "-o", str(tmp_path / "x"), "--device", "cuda:0" if not torch.cuda.is_available() else "tpu"])
     assert rc == 2 and "--device" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

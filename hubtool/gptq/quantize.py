@@ -29,7 +29,7 @@ from hubtool.atomic import check_output_free, staged_dir
 from hubtool.errors import InputError, QuantizeError
 from hubtool.gptq.calibration import calibration_dataset
 from hubtool.gptq.presets import GPTQPreset
-from hubtool.model_dir import SAFE_INDEX, load_model_dir
+from hubtool.model_dir import SAFE_INDEX, load_model_dir, read_json
 from hubtool.progress import log
 
 QUANTIZE_CONFIG = "quantize_config.json"
@@ -239,4 +239,7 @@ def read_gptq_info(quant_dir: Path) -> dict[str, Any]:
     path = Path(quant_dir) / QUANTIZE_CONFIG
     if not path.is_file():
         raise InputError(f"{quant_dir}: no {QUANTIZE_CONFIG}; point at the output of `hubtool quantize gptq`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    info = read_json(path)
+    if not isinstance(info, dict) or "bits" not in info or "group_size" not in info:
+        raise InputError(f"{path}: has no bits/group_size; re-run `hubtool quantize gptq`")
+    return info
