@@ -225,22 +225,41 @@ def test_iq_types_with_computed_and_reused_imatrix(src, tmp_path):
     assert q["IQ4_XS"]["kl_div"] < q["IQ2_XS"]["kl_div"] and q["IQ4_XS"]["top1"] > 0.8
 
 
-def test_qwen2_converts_and_matches(tmp_path, tokenizer_dir):
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+def _tiny_qwen2(model_dir: Path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
                       tie_word_embeddings=False, initializer_range=0.2)
-    model_dir = tmp_path / "qwen"
     Qwen2ForCausalLM(cfg).half().save_pretrained(model_dir)
+
+
+def _tiny_mixtral(model_dir: Path):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    cfg = MixtralConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=256,
+                        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, initializer_range=0.2)
+    MixtralForCausalLM(cfg).half().save_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("family,build,arch,marker", [
+    ("qwen2", _tiny_qwen2, "qwen2", "blk.0.attn_q.bias"),
+    ("mixtral", _tiny_mixtral, "llama", "blk.0.ffn_gate_exps.weight"),
+])
+def test_other_families_convert_and_match(tmp_path, tokenizer_dir, family, build, arch, marker):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / family
+    build(model_dir)
     for f in tokenizer_dir.iterdir():
         shutil.copy(f, model_dir / f.name)
     export_gguf(model_dir, tmp_path / "out", ["f16"])
-    gguf_file = tmp_path / "out" / "qwen.F16.gguf"
-    meta, _ = gguf_metadata(gguf_file)
-    assert meta["general.architecture"] == "qwen2"
+    gguf_file = tmp_path / "out" / f"{family}.F16.gguf"
+    meta, tensors = gguf_metadata(gguf_file)
+    assert meta["general.architecture"] == arch and marker in tensors
     ids = [1] + list(range(3, 90))
     with open_llama(gguf_file, context=128) as llm:
         got = llama_logits(llm, ids)
