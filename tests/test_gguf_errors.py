@@ -52,6 +52,14 @@ def test_unsupported_architecture_lists_supported(tiny_llama, tmp_path):
     assert all(a in str(err.value) for a in SUPPORTED_ARCHITECTURES)
 
 
+def test_missing_tokenizer(tiny_llama, tmp_path):
+    model = _copy(tiny_llama, tmp_path / "m")
+    for f in ("tokenizer.json", "tokenizer.model"):
+        (model / f).unlink()
+    with pytest.raises(InputError, match="no tokenizer.json or tokenizer.model"):
+        export_gguf(model, tmp_path / "out", ["f16"])
+
+
 def test_iq_type_without_imatrix_refused(tiny_llama, tmp_path):
     with pytest.raises(InputError, match="IQ4_XS.*importance matrix"):
         export_gguf(tiny_llama, tmp_path / "out", ["q4_k_m", "iq4_xs"])

@@ -94,6 +94,8 @@ def export_gguf(
     arch = check_architecture(model.config, source=model_dir)
     front_matter, _ = model.card()
     model.close()
+    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise InputError(f"{model_dir}: no tokenizer.json or tokenizer.model; copy the base model's tokenizer files into it")
     if imatrix is not None and calibration is not None:
         raise InputError("--imatrix and --calibration: give one, not both")
     iq = [t for t in gguf_types if needs_imatrix(t)]
@@ -116,6 +118,8 @@ def export_gguf(
             clash = existing_outputs(out_dir, name, t)
             if clash:
                 raise InputError(f"{clash[0]}: already exists; choose another -o folder or pass --overwrite to replace it")
+        if calibration is not None and (out_dir / f"{name}.imatrix.gguf").exists():
+            raise InputError(f"{out_dir / f'{name}.imatrix.gguf'}: already exists; reuse it with --imatrix, or pass --overwrite")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".hubtool-gguf-", dir=out_dir))
