@@ -71,6 +71,15 @@ def test_imatrix_and_calibration_exclusive(tiny_llama, tmp_path):
         export_gguf(tiny_llama, tmp_path / "out", ["iq4_xs"], imatrix=tmp_path / "x.gguf", calibration="builtin")
 
 
+def test_bad_imatrix_file_fails_before_converting(tiny_llama, tmp_path):
+    pytest.importorskip("llama_cpp", reason="needs hubtool[gguf] (llama-cpp-python)")
+    bad = tmp_path / "bad.imatrix.gguf"
+    bad.write_bytes(b"junk")
+    with pytest.raises(InputError, match="not a GGUF imatrix"):
+        export_gguf(tiny_llama, tmp_path / "out", ["iq4_xs"], imatrix=bad)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_imatrix_file(tmp_path):
     from hubtool.gguf.imatrix import load_imatrix
 

@@ -121,12 +121,14 @@ def export_gguf(
         if calibration is not None and (out_dir / f"{name}.imatrix.gguf").exists():
             raise InputError(f"{out_dir / f'{name}.imatrix.gguf'}: already exists; reuse it with --imatrix, or pass --overwrite")
 
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".hubtool-gguf-", dir=out_dir))
     rows: list[dict[str, Any]] = []
     try:
-        base_file = convert_to_gguf(model_dir, work / output_name(name, base), base, work=work, front_matter=front_matter, name=name)
+        # the importance matrix first: a bad --imatrix file fails before the long conversion
         matrix = _importance(model_dir, arch, imatrix, calibration, out_dir, name, overwrite) if iq or imatrix or calibration else None
+        base_file = convert_to_gguf(model_dir, work / output_name(name, base), base, work=work, front_matter=front_matter, name=name)
         quant_types = [t for t in gguf_types if t != base]
         for t in track(quant_types, description="quantize"):
             log(f"quantizing {t} from {base_file.name}")
@@ -134,13 +136,17 @@ def export_gguf(
             rows += _publish(dst, out_dir, name, t, split_bytes, work)
         if base in wanted:
             rows = _publish(base_file, out_dir, name, base, split_bytes, work) + rows
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     order = {t: i for i, t in enumerate(wanted)}
     return sorted(rows, key=lambda r: (order.get(r["type"], 99), r["shard"]))
 
 
-def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: str | None, out_dir: Path, name: str, overwrite: bool):
+def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: str | None, out_dir: Path, name: str, overwrite: bool) -> dict[str, Any]:
     """Load --imatrix, or compute one from --calibration text and keep it beside the outputs for reuse."""
     from hubtool.atomic import staged_file
     from hubtool.gguf.imatrix import compute_imatrix, imatrix_means, load_imatrix, save_imatrix
