@@ -133,20 +133,20 @@ def quantize_gptq(
     start = time.monotonic()
     with staged_dir(out_dir, overwrite=overwrite) as tmp:
         raw = tmp / ".gptqmodel-raw"
-        qcfg = gptqmodel.QuantizeConfig(
-            bits=preset.bits,
-            group_size=preset.group_size,
-            desc_act=preset.desc_act,
-            act_group_aware=False,  # GAR reorders groups: not the standard format; incompatible with desc_act
-            sym=preset.sym,
-            damp_percent=preset.damp_percent,
-            true_sequential=preset.true_sequential,
-            static_groups=preset.static_groups,
-            # finished layers spill to disk beside the output (not /tmp, often a small tmpfs); removed with it
-            offload_to_disk=True,
-            offload_to_disk_path=str(tmp / ".gptqmodel-offload"),
-        )
         try:
+            qcfg = gptqmodel.QuantizeConfig(
+                bits=preset.bits,
+                group_size=preset.group_size,
+                desc_act=preset.desc_act,
+                act_group_aware=False,  # GAR reorders groups: not the standard format; incompatible with desc_act
+                sym=preset.sym,
+                damp_percent=preset.damp_percent,
+                true_sequential=preset.true_sequential,
+                static_groups=preset.static_groups,
+                # finished layers spill to disk beside the output (not /tmp, often a small tmpfs); removed with it
+                offload_to_disk=True,
+                offload_to_disk_path=str(tmp / ".gptqmodel-offload"),
+            )
             with stdout_to_stderr():
                 model = gptqmodel.GPTQModel.load(str(model_dir), qcfg, dtype=compute_dtype(dev), device=dev)
                 model.quantize(examples, batch_size=1, tokenizer=tokenizer)
