@@ -211,19 +211,24 @@ def hf_logits(model: Any, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
-def load_reference(reference_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(fp16 HF model computed in fp32, tokenizer, config) of the source folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_reference(reference_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """(tokenizer, config) of the source folder, validated; the model itself loads later, only if needed."""
+    from transformers import AutoTokenizer
 
     from hubtool.model_dir import load_model_dir
 
     ref = load_model_dir(reference_dir, kind="reference model")
     config = ref.config
     ref.close()
-    tok = AutoTokenizer.from_pretrained(reference_dir)
-    model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32).eval()
-    return model, tok, config
+    return AutoTokenizer.from_pretrained(reference_dir), config
+
+
+def reference_model(reference_dir: Path) -> Any:
+    """The fp16 HF model, computed in fp32 (fp16 matmuls on CPU are slow and less exact)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32).eval()
 
 
 def verify_gguf(
@@ -242,14 +247,7 @@ def verify_gguf(
     require_llama_cpp()
     paths = find_gguf_files(list(files))
     body = read_text_source(text)
-    from transformers import AutoTokenizer
-
-    from hubtool.model_dir import load_model_dir
-
-    ref = load_model_dir(Path(reference_dir), kind="reference model")
-    config = ref.config
-    ref.close()
-    tok = AutoTokenizer.from_pretrained(reference_dir)
+    tok, config = load_reference(Path(reference_dir))
     variants = {}
     for path in paths:  # cheap structural checks first: fail before minutes of logits
         meta, tensor_names = gguf_metadata(path)
@@ -257,7 +255,7 @@ def verify_gguf(
         with open_llama(path, context=context, vocab_only=True) as llm:
             check_tokenizer(path, llm, tok, meta)
         variants[path] = variant_of(path, meta)
-    model, _, _ = load_reference(Path(reference_dir))
+    model = reference_model(Path(reference_dir))
     windows = text_windows(tok, body, max_tokens=max_tokens, context=context)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
