@@ -190,6 +190,21 @@ def test_rope_linear_x4_applied_in_llama_cpp(tmp_path, tokenizer_dir):
         check_rope(gguf_file, plain_meta, tensors, config)  # the scaling lost in conversion
 
 
+def test_rope_yarn_metadata(tmp_path, tokenizer_dir):
+    rope = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 256}
+    model = make_tiny_llama(tmp_path / "yarn", tokenizer_dir, rope_parameters=rope, max_position_embeddings=1024)
+    export_gguf(model, tmp_path / "out", ["f16"])
+    gguf_file = tmp_path / "out" / "yarn.F16.gguf"
+    meta, tensors = gguf_metadata(gguf_file)
+    assert meta["llama.rope.scaling.type"] == "yarn" and meta["llama.rope.scaling.factor"] == 4.0
+    assert meta["llama.rope.scaling.original_context_length"] == 256 and meta["llama.context_length"] == 1024
+    config = json.loads((model / "config.json").read_text())
+    check_rope(gguf_file, meta, tensors, config)
+    config["rope_parameters"]["original_max_position_embeddings"] = 512
+    with pytest.raises(QuantizeError, match="original_context_length"):
+        check_rope(gguf_file, meta, tensors, config)
+
+
 def test_split_naming_and_same_logits(src, exported, tmp_path):
     out = tmp_path / "split"
     rows = export_gguf(src, out, ["q8_0"], split_max_size="400K", keep_f16=True)
