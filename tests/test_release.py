@@ -29,6 +29,7 @@ from tests.test_hub_server import TOKEN
 from tests.tiny import make_tiny_llama
 
 NAME = "tiny-chat"
+BRANCH = "gptq-4bit-64g-actorder_True"  # the second GPTQ variant's branch
 REPOS = {"fp16": "acme/tiny-chat", "adapter": "acme/tiny-chat-peft", "gptq": "acme/tiny-chat-GPTQ", "gguf": "acme/tiny-chat-GGUF"}
 RELEASE_YAML = """\
 name: tiny-chat
@@ -50,9 +51,12 @@ def inputs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     base = make_tiny_llama(root / "base", tokenizer_dir, max_shard_size="60KB")
     (base / "README.md").write_text("---\nlicense: apache-2.0\nlanguage: [en]\n---\n# tiny base\n\nA tiny test model.\n")
     adapter = make_adapter(base, root / "adapter", r=4, lora_alpha=8)
+    preset = root / "g4-64g.yaml"  # a user preset: a second GPTQ variant, pushed to its own branch
+    preset.write_text("base: gptq-4bit-32g-actorder\ngroup_size: 64\n")
+    text = RELEASE_YAML.replace("presets: [gptq-4bit-32g-actorder]", f"presets: [gptq-4bit-32g-actorder, {preset}]")
     config = root / "release.yaml"
-    config.write_text(RELEASE_YAML)
-    return {"base": base, "adapter": adapter, "config": config, "work": root / "work"}
+    config.write_text(text)
+    return {"base": base, "adapter": adapter, "config": config, "work": root / "work", "yaml": text}
 
 
 def release_args(inputs: dict[str, Path], *extra: str) -> list[str]:
@@ -109,19 +113,24 @@ def sha256(path: Path) -> str:
 
 def test_release_layout_and_summary(released, inputs):
     s = released["summary"]
-    assert s["ok"] and [(r["repo_id"], r["branch"]) for r in s["repos"]] == [(REPOS[k], "main") for k in ("fp16", "adapter", "gptq", "gguf")]
-    assert all(r["changed"] and r["files_uploaded"] == len(r["files"]) for r in s["repos"])
+    assert s["ok"] and [(r["repo_id"], r["branch"]) for r in s["repos"]] == [(REPOS[k], "main") for k in ("fp16", "adapter", "gptq", "gguf")] + [
+        (REPOS["gptq"], BRANCH)]
+    assert all(r["changed"] and r["files_uploaded"] == len(r["files"]) for r in s["repos"][:4])
+    # the branch starts as a copy of main: only what differs (weights, configs, card) is uploaded
+    assert s["repos"][4]["changed"] and 3 <= s["repos"][4]["files_uploaded"] < len(s["repos"][4]["files"])
     files = {r["key"]: set(r["files"]) for r in s["repos"]}
     assert {"README.md", "config.json", "hubtool.json", "model.safetensors.index.json"} <= files["fp16"]
     assert files["adapter"] == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
     assert {"README.md", "model.safetensors", "quantize_config.json", "tokenizer.json"} <= files["gptq"]
     assert files["gguf"] == {"README.md", f"{NAME}.Q8_0.gguf"}
+    main, branch = s["repos"][2]["files"], s["repos"][4]["files"]
+    assert set(branch) == set(main) and branch["model.safetensors"] != main["model.safetensors"]
     kinds = {(q["kind"], q["variant"]) for q in s["quality"]}
-    assert {("gptq", "gptq-4bit-32g-actorder_True"), ("rtn", "rtn-4bit-32g-sym"), ("gguf", "Q8_0")} <= kinds
+    assert {("gptq", "gptq-4bit-32g-actorder_True"), ("rtn", "rtn-4bit-32g-sym"), ("gptq", BRANCH), ("gguf", "Q8_0")} <= kinds
     # the plan printed to stderr before the work, and the stages ran in order
     err = released["stderr"]
     assert err.index("release plan:") < err.index("merge: running") < err.index("push: uploading")
-    assert [st["name"] for st in s["stages"]][:3] == ["merge", "gptq:gptq-4bit-32g-actorder", "gguf:Q8_0"]
+    assert [st["name"] for st in s["stages"]][:4] == ["merge", "gptq:gptq-4bit-32g-actorder", "gptq:g4-64g", "gguf:Q8_0"]
     assert not any(st["cached"] for st in s["stages"])
 
 
@@ -153,6 +162,8 @@ def test_cards_link_the_release(released):
     meta = check_card(gguf_card)
     assert meta["base_model"] == REPOS["fp16"] and meta["base_model_relation"] == "quantized" and meta["license"] == "apache-2.0"
     assert f"{NAME}.Q8_0.gguf" in gguf_card and REPOS["gptq"] in gguf_card
+    gptq_card = Path(api.hf_hub_download(REPOS["gptq"], "README.md", cache_dir=released["root"] / "dl")).read_text()
+    assert BRANCH in gptq_card
     adapter_card = Path(api.hf_hub_download(REPOS["adapter"], "README.md", cache_dir=released["root"] / "dl")).read_text()
     assert check_card(adapter_card)["base_model"] == "acme/tiny-base"
 
@@ -195,6 +206,9 @@ def test_downloaded_artifacts_load_and_match_reference(released, inputs):
 
     gptq = AutoModelForCausalLM.from_pretrained(dl["gptq"], device_map="cpu", dtype=torch.float16).eval()
     assert gptq.config.quantization_config.bits == 4
+    branch_dir = Path(snapshot_download(REPOS["gptq"], revision=BRANCH, endpoint=hub.url, cache_dir=released["root"] / "dl"))
+    assert json.loads((dl["gptq"] / "config.json").read_text())["quantization_config"]["group_size"] == 32
+    assert json.loads((branch_dir / "config.json").read_text())["quantization_config"]["group_size"] == 64
     m = compare_logits(ref, _logits(gptq, ids), np.asarray(ids))
     assert m["kl_div"] < 0.01 and m["top1"] > 0.6, m
 
@@ -238,7 +252,7 @@ def test_interrupted_release_resumes_to_identical_content(released, inputs, tmp_
         rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
         assert rc == 0, err[-2000:]
         s = json.loads(out)
-        assert [r["changed"] for r in s["repos"]] == [False, False, True, True]
+        assert [r["changed"] for r in s["repos"]] == [False, False, True, True, True]
         assert all_state(hub.url, s) == all_state(released["hub"].url, released["summary"])
 
 
@@ -304,11 +318,11 @@ def test_dry_run_plans_without_work(inputs, tmp_path):
 
 def test_custom_repo_names_from_config(inputs, tmp_path):
     cfg = tmp_path / "r.yaml"
-    cfg.write_text(RELEASE_YAML + "repos: {fp16: '{name}-fp16', gguf: 'gguf-{name}'}\nprivate: true\n")
+    cfg.write_text(inputs["yaml"] + "repos: {fp16: '{name}-fp16', gguf: 'gguf-{name}'}\nprivate: true\n")
     rc, out, _ = run_cli(["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--config", str(cfg), "--dry-run", "--json"])
     assert rc == 0
     ids = [t["repo_id"] for t in json.loads(out)["plan"]["targets"]]
-    assert ids == ["acme/tiny-chat-fp16", "acme/tiny-chat-peft", "acme/tiny-chat-GPTQ", "acme/gguf-tiny-chat"]
+    assert ids == ["acme/tiny-chat-fp16", "acme/tiny-chat-peft", "acme/tiny-chat-GPTQ", "acme/tiny-chat-GPTQ", "acme/gguf-tiny-chat"]
 
 
 @pytest.mark.parametrize(
@@ -343,7 +357,7 @@ def test_source_or_base_adapter(inputs, tmp_path):
 
 def test_card_only_change_recomputes_nothing_and_uploads_only_readmes(released, inputs, tmp_path):
     cfg = tmp_path / "r.yaml"
-    cfg.write_text(RELEASE_YAML.replace("license: apache-2.0", "license: mit"))
+    cfg.write_text(inputs["yaml"].replace("license: apache-2.0", "license: mit"))
     with hub_env(tmp_path, "lfs") as hub:
         args = release_args(inputs, "--endpoint", hub.url)
         rc, out, err = run_cli(args)

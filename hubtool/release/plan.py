@@ -30,7 +30,7 @@ class Target:
     branch: str
     what: str
     files: list[PlannedFile] = field(default_factory=list)
-    preset: str | None = None  # gptq targets
+    preset: str | None = None  # gptq targets: the preset name or YAML path as given
 
     @property
     def size_bytes(self) -> int:
@@ -136,16 +136,19 @@ def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, ada
     if adapter is not None:
         targets.append(Target("adapter", cfg.repo_id("adapter"), "main", "PEFT adapter", _listing(adapter) + [readme]))
 
-    presets = [load_preset(name, cfg.gptq_overrides) for name in cfg.gptq_presets]
+    presets = [(spec, load_preset(spec, cfg.gptq_overrides)) for spec in cfg.gptq_presets]
     if presets:
-        main_index = next((i for i, p in enumerate(presets) if p.name == DEFAULT_PRESET), 0)
-        ordered = [presets[main_index]] + [p for i, p in enumerate(presets) if i != main_index]
-        for i, p in enumerate(ordered):
+        main_index = next((i for i, (_, p) in enumerate(presets) if p.name == DEFAULT_PRESET), 0)
+        ordered = [presets[main_index]] + [sp for i, sp in enumerate(presets) if i != main_index]
+        branches = [p.branch for _, p in ordered[1:]]
+        if len(set(branches)) != len(branches):
+            raise InputError(f"gptq presets: two variants share a branch ({', '.join(branches)}); give each preset its own `branch:`")
+        for i, (spec, p) in enumerate(ordered):
             stages.append(f"gptq:{p.name}")
             group = p.group_size if p.group_size > 0 else 4096
             q_bytes = int(linear * p.bits / 8 + linear / group * 2 * 1.25 + (total - linear) * 2)
             files = [PlannedFile("model.safetensors", q_bytes, True), PlannedFile(SMALL_FILES + ", quantize_config.json", other, True), readme]
-            targets.append(Target("gptq", cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=p.name))
+            targets.append(Target("gptq", cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=spec))
     if cfg.gguf_types:
         files = [PlannedFile(f"{cfg.name}.{t}.gguf", int(total * GGUF_NOMINAL_BPW.get(t, 8.0) / 8), True) for t in cfg.gguf_types]
         stages += [f"gguf:{t}" for t in cfg.gguf_types]

@@ -215,7 +215,7 @@ def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, gptq: dict[str, StageResul
     opts = {"text": _text_id(cfg.verify_text, hasher), "max_tokens": cfg.verify_max_tokens, "context": cfg.verify_context}
     prefix = idx()
     combined: dict[str, Any] = {"rows": []}
-    for name, stage in gptq.items():
+    for stage in gptq.values():
         def verify(dst: Path, stage=stage) -> dict[str, Any]:
             from hubtool.gptq import verify_gptq
 
@@ -224,9 +224,9 @@ def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, gptq: dict[str, StageResul
                                context=cfg.verify_context, max_tokens=cfg.verify_max_tokens)
             return {"rows": rows}
 
-        done = cache.run(f"verify:gptq:{name}", {"artifact": stage.key, "rtn": cfg.verify_rtn, **opts}, verify, index=prefix)
+        done = cache.run(f"verify:{stage.name}", {"artifact": stage.key, "rtn": cfg.verify_rtn, **opts}, verify, index=prefix)
         _combine(combined, read_results(done.out / "quality.json"))
-    for gguf_type, stage in gguf.items():
+    for stage in gguf.values():
         def verify(dst: Path, stage=stage) -> dict[str, Any]:
             from hubtool.gguf import verify_gguf
 
@@ -235,7 +235,7 @@ def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, gptq: dict[str, StageResul
                                context=cfg.verify_context, results_path=dst / "quality.json")
             return {"rows": rows}
 
-        done = cache.run(f"verify:gguf:{gguf_type}", {"artifact": stage.key, **opts}, verify, index=prefix)
+        done = cache.run(f"verify:{stage.name}", {"artifact": stage.key, **opts}, verify, index=prefix)
         _combine(combined, read_results(done.out / "quality.json"))
     return combined
 
