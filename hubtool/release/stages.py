@@ -226,16 +226,16 @@ def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, gptq: dict[str, StageResul
 
         done = cache.run(f"verify:{stage.name}", {"artifact": stage.key, "rtn": cfg.verify_rtn, **opts}, verify, index=prefix)
         _combine(combined, read_results(done.out / "quality.json"))
-    for stage in gguf.values():
-        def verify(dst: Path, stage=stage) -> dict[str, Any]:
+    if gguf:  # one call for every GGUF: the fp16 reference logits are computed once
+        def verify_all(dst: Path) -> dict[str, Any]:
             from hubtool.gguf import verify_gguf
 
             dst.mkdir(parents=True, exist_ok=True)
-            rows = verify_gguf([stage.out], fp16_dir, text=cfg.verify_text, max_tokens=cfg.verify_max_tokens,
+            rows = verify_gguf([stage.out for stage in gguf.values()], fp16_dir, text=cfg.verify_text, max_tokens=cfg.verify_max_tokens,
                                context=cfg.verify_context, results_path=dst / "quality.json")
             return {"rows": rows}
 
-        done = cache.run(f"verify:{stage.name}", {"artifact": stage.key, **opts}, verify, index=prefix)
+        done = cache.run("verify:gguf", {"artifacts": [stage.key for stage in gguf.values()], **opts}, verify_all, index=prefix)
         _combine(combined, read_results(done.out / "quality.json"))
     return combined
 
