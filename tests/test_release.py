@@ -410,3 +410,18 @@ def test_download_and_check_matches_pushed_hashes(released, tmp_path):
     got = download_and_check(released["summary"], released["hub"].url, tmp_path / "dl")
     assert [(repo, branch, n) for repo, branch, _, n in got] == [(r["repo_id"], r["branch"], len(r["files"])) for r in released["summary"]["repos"]]
     assert all(Path(local, "README.md").is_file() for _, _, local, _ in got)
+
+
+def test_library_failure_in_a_stage_is_one_line_with_its_exit_code(released, inputs, monkeypatch):
+    import hubtool.gguf
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("converter exploded\nsecond line")
+
+    monkeypatch.setattr(hubtool.gguf, "export_gguf", boom)
+    rc, out, err = run_cli(release_args(inputs, "--gguf-types", "q4_0", "--endpoint", "http://127.0.0.1:9"))
+    assert rc == 4
+    line = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert "gguf:Q4_0: failed (RuntimeError: converter exploded)" in line and "re-run to resume" in line
+    assert "second line" not in err and json.loads(out)["exit_code"] == 4
+    assert "[1/7] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err

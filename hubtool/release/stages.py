@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hubtool import __version__
-from hubtool.errors import InputError
+from hubtool.errors import HubtoolError, InputError, MergeError, QuantizeError
 from hubtool.progress import log
 from hubtool.release.cache import Hasher, digest_of
 from hubtool.release.config import ReleaseConfig
@@ -50,7 +50,8 @@ class StageCache:
         self.root = Path(work_dir) / "stages"
         self.results: list[StageResult] = []
 
-    def run(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]], *, index: str = "") -> StageResult:
+    def run(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]], *, index: str = "",
+            error: type[HubtoolError] = QuantizeError) -> StageResult:
         key = digest_of({"stage": name, "hubtool": __version__, **inputs})[:20]
         folder = self.root / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-{key}"
         record = folder / STAGE_RECORD
@@ -62,7 +63,14 @@ class StageCache:
             log(f"{index}{name}: running")
             folder.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
-            summary = fn(folder / "out")
+            try:
+                summary = fn(folder / "out")
+            except HubtoolError:
+                raise
+            except Exception as exc:  # a library failure: one line naming the stage, exit code of its kind
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise error(f"{name}: failed ({type(exc).__name__}: {first}); finished stages are cached in {self.root}, "
+                            "fix the cause and re-run to resume") from exc
             seconds = round(time.monotonic() - start, 1)
             tmp = folder / f".{STAGE_RECORD}.tmp"
             tmp.write_text(json.dumps({"name": name, "key": key, "inputs": inputs, "summary": summary, "seconds": seconds}, indent=2, default=str) + "\n", encoding="utf-8")
@@ -174,7 +182,7 @@ def _fp16_stage(cfg: ReleaseConfig, inputs: Inputs, hasher: Hasher, cache: Stage
         "base": hasher.folder(inputs.base),  # type: ignore[arg-type]
         "adapter": hasher.folder(inputs.adapter),
         "rope": cfg.rope, "max_position_embeddings": cfg.max_position_embeddings, "dtype": cfg.dtype,
-    }, merge, index=idx())
+    }, merge, index=idx(), error=MergeError)
     return stage.out, stage.key
 
 
