@@ -18,6 +18,15 @@ def check_output_free(out: Path, *, overwrite: bool) -> None:
         raise InputError(f"{out}: already exists; choose another -o path or pass --overwrite to replace it")
 
 
+def _publishable(path: Path) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; a finished output should have normal umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temp dir on OUT's filesystem; on clean exit it replaces OUT atomically.
@@ -34,6 +43,7 @@ def staged_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _publishable(tmp)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -60,4 +70,5 @@ def staged_file(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _publishable(tmp)
     os.replace(tmp, out)

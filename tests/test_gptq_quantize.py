@@ -49,7 +49,12 @@ def rope_llama(tmp_path_factory, tokenizer_dir) -> Path:
 def gptq_dir(rope_llama, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("gptq-out") / "tiny-gptq"
     preset = load_preset("gptq-4bit-32g-actorder", {"samples": 16, "seq_len": 64})
-    summary = quantize_gptq(rope_llama, out, preset, device="cpu")
+    cwd = tmp_path_factory.mktemp("cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        summary = quantize_gptq(rope_llama, out, preset, device="cpu")
+    # gptqmodel writes ./logs in the caller's cwd unless redirected; a user's folder must stay untouched
+    assert list(cwd.iterdir()) == []
     return out, summary
 
 

@@ -90,6 +90,22 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def _gptqmodel_logs_in(folder: Path) -> Iterator[None]:
+    """gptqmodel 7.6 writes per-run logs to ./logs in the caller's cwd; keep them inside our temp output."""
+    try:
+        from gptqmodel.looper import loop_processor
+    except ImportError:  # layout changed: nothing to redirect
+        yield
+        return
+    saved = loop_processor._PROJECT_LOG_DIR
+    loop_processor._PROJECT_LOG_DIR = folder
+    try:
+        yield
+    finally:
+        loop_processor._PROJECT_LOG_DIR = saved
+
+
 def _gptqmodel() -> Any:
     # gptqmodel sizes its CPU worker pool at import; below 2 workers it fails on small machines.
     cpus = os.cpu_count() or 1
@@ -147,7 +163,7 @@ def quantize_gptq(
                 offload_to_disk=True,
                 offload_to_disk_path=str(tmp / ".gptqmodel-offload"),
             )
-            with stdout_to_stderr():
+            with stdout_to_stderr(), _gptqmodel_logs_in(tmp / ".gptqmodel-logs"):
                 model = gptqmodel.GPTQModel.load(str(model_dir), qcfg, dtype=compute_dtype(dev), device=dev)
                 model.quantize(examples, batch_size=1, tokenizer=tokenizer)
                 model.save(str(raw))
@@ -158,7 +174,7 @@ def quantize_gptq(
         _write_clean(raw, tmp, source, preset, cal_desc)
         shutil.rmtree(raw)
         shutil.rmtree(tmp / ".gptqmodel-offload", ignore_errors=True)
-        _publishable_modes(tmp)
+        shutil.rmtree(tmp / ".gptqmodel-logs", ignore_errors=True)
         size = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
     log(f"gptq: wrote {out_dir} ({size / 1e6:.1f} MB) in {seconds:.0f} s")
     return {
@@ -223,15 +239,6 @@ def _as_fp16(name: str, tensor: Any) -> Any:
     if not torch.isfinite(out).all():
         raise QuantizeError(f"{name}: values overflow fp16; this model needs a bf16 GPTQ export, which hubtool does not write")
     return out
-
-
-def _publishable_modes(folder: Path) -> None:
-    """Temp dirs/files are created private (0700/0600); a model folder should be readable like any other."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for p in folder.rglob("*"):
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def read_gptq_info(quant_dir: Path) -> dict[str, Any]:
