@@ -173,6 +173,8 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 10, gptq_sampl
             state = f"{r['files_uploaded']} file(s) uploaded" if r["changed"] else "unchanged (nothing uploaded)"
             print(f"  {r['url']}/tree/{r['branch']}  [{r['what']}]  {n} files, {state}")
         print(f"\nQ4_K_M GGUF (downloaded) answers: {answer!r}")
+        print(f"  ({train_steps} LoRA steps cannot teach a 135M model 4x RoPE interpolation: this shows the files work in "
+              "llama.cpp, not a good model; real long-context fine-tunes train for thousands of steps)")
         print(f"\nDone in {elapsed:.0f} s. Re-run `hubtool demo --work-dir {work_dir}` to see a no-op release; "
               f"browse with `hubtool hub serve --root {work_dir / 'hub'}`.")
     summary["seconds"] = round(elapsed, 1)
