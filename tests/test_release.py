@@ -425,3 +425,15 @@ def test_library_failure_in_a_stage_is_one_line_with_its_exit_code(released, inp
     assert "gguf:Q4_0: failed (RuntimeError: converter exploded)" in line and "re-run to resume" in line
     assert "second line" not in err and json.loads(out)["exit_code"] == 4
     assert "[1/7] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
+
+
+def test_local_hub_rehearsal(released, inputs, tmp_path):
+    rc, out, err = run_cli(release_args(inputs, "--local-hub", str(tmp_path / "rehearsal")))
+    assert rc == 0, err[-2000:]
+    s = json.loads(out)
+    assert all(r["changed"] for r in s["repos"]) and all(st["cached"] for st in s["stages"])
+    with serve_in_thread(tmp_path / "rehearsal") as hub:  # the repos stay on disk for `hubtool hub serve`
+        assert all_state(hub.url, s) == all_state(released["hub"].url, released["summary"])
+    with pytest.raises(SystemExit) as usage:  # argparse: --local-hub and --endpoint exclude each other
+        run_cli(release_args(inputs, "--local-hub", str(tmp_path / "x"), "--endpoint", "http://h"))
+    assert usage.value.code == 2 and not (tmp_path / "x").exists()

@@ -27,7 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gptq-presets", help="comma list of GPTQ presets (quant_configs/); the default preset goes to main")
     p.add_argument("--gguf-types", help="comma list of GGUF types, e.g. q4_k_m,q8_0")
     p.add_argument("--work-dir", type=Path, help="cache of stage outputs (default: ./release-work/NAME); re-run to resume")
-    p.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
+    hub = p.add_mutually_exclusive_group()
+    hub.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
+    hub.add_argument("--local-hub", type=Path, metavar="DIR",
+                     help="rehearse: push to an in-process local Hub storing repos in DIR (no token, no internet; browse later with `hubtool hub serve --root DIR`)")
     p.add_argument("--private", action="store_true", default=None, help="create the repos private")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
@@ -95,7 +98,13 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
         return {"ok": True, "dry_run": True, "plan": plan.as_dict(), "plan_text": text}
     print(text, file=sys.stderr, flush=True)
     work_dir = args.work_dir or Path("release-work") / cfg.name
-    summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint)
+    if args.local_hub is not None:
+        from hubtool.hub_server import serve_in_thread
+
+        with serve_in_thread(args.local_hub) as hub:
+            summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=hub.url)
+    else:
+        summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint)
     summary["plan"] = plan.as_dict()
     return summary
 
