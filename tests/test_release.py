@@ -437,3 +437,21 @@ def test_local_hub_rehearsal(released, inputs, tmp_path):
     with pytest.raises(SystemExit) as usage:  # argparse: --local-hub and --endpoint exclude each other
         run_cli(release_args(inputs, "--local-hub", str(tmp_path / "x"), "--endpoint", "http://h"))
     assert usage.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_examples_are_valid(inputs):
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    rc, out, err = run_cli(["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]),
+                            "--config", str(root / "release.yaml"), "--dry-run", "--json"])
+    assert rc == 0, err
+    targets = [(t["repo_id"], t["branch"]) for t in json.loads(out)["plan"]["targets"]]
+    assert targets == [("my-org/my-model-32k", "main"), ("my-org/my-model-32k-peft", "main"), ("my-org/my-model-32k-GPTQ", "main"),
+                       ("my-org/my-model-32k-GPTQ", "gptq-4bit-128g-actorder_True"), ("my-org/my-model-32k-GPTQ", "gptq-8bit-128g-actorder_True"),
+                       ("my-org/my-model-32k-GGUF", "main")]
+    workflow = yaml.safe_load((root / "github-release.yml").read_text())
+    assert workflow[True]["push"]["tags"] == ["v*"]  # YAML 1.1 reads the key `on` as True
+    steps = workflow["jobs"]["release"]["steps"]
+    release = next(s for s in steps if s.get("name") == "Release")
+    assert release["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and "hubtool release" in release["run"] and "--json" in release["run"]
