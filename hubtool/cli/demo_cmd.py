@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline end-to-end release of SmolLM2-135M + a LoRA (RoPE x4) to a local Hub")
     p.add_argument("--work-dir", type=Path, default=Path("hubtool-demo"), help="where models, stage cache and the local Hub live (default: ./hubtool-demo)")
     p.add_argument("--port", type=int, default=0, help="local Hub port (default: any free port)")
-    p.add_argument("--train-steps", type=int, default=10, help="LoRA training steps on built-in text (default 10)")
+    p.add_argument("--train-steps", type=int, default=30, help="LoRA training steps on built-in text (default 30)")
     p.add_argument("--gptq-samples", type=int, default=16, help="GPTQ calibration samples (default 16, kept small for CPUs)")
     p.add_argument("--gptq-seq-len", type=int, default=256, help="tokens per GPTQ calibration sample (default 256)")
     p.set_defaults(func=run)
