@@ -26,7 +26,7 @@ from hubtool.errors import InputError, MergeError
 from hubtool.model_dir import SAFE_INDEX, SAFE_SINGLE, TOKENIZER_FILES, ModelDir, load_model_dir
 from hubtool.progress import log, track
 from hubtool.rope import RopeScaling, apply_to_config, base_context, from_config
-from hubtool.shard_writer import ShardWriter
+from hubtool.shard_writer import BufferPool, ShardWriter
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 FP16_MAX = 65504.0
@@ -53,30 +53,27 @@ def _nonfinite_factor(adapter: Adapter, mod: LoraModule) -> str | None:
     return None
 
 
-def _merge_tensor(adapter: Adapter, mod: LoraModule, weight: torch.Tensor) -> torch.Tensor:
-    """W + scale·B·A in float32 (shapes were checked by _plan); DoRA rescales rows after."""
+def _merge_into(adapter: Adapter, mod: LoraModule, weight: torch.Tensor, w: torch.Tensor) -> None:
+    """w ← W + scale·B·A in float32 (w: a reused fp32 buffer shaped like W; shapes checked by _plan).
+    DoRA then rescales each output row to its learned magnitude."""
     a = adapter.get(mod.a_key).float()  # type: ignore[arg-type]
     b = adapter.get(mod.b_key).float()  # type: ignore[arg-type]
-    w = weight.float()
+    w.copy_(weight)
     if mod.embedding or adapter.fan_in_fan_out:  # stored transposed: add (B·A)ᵀ = Aᵀ·Bᵀ
         w.addmm_(a.T, b.T, alpha=mod.scale)
     else:
         w.addmm_(b, a, alpha=mod.scale)  # in place: no [out, in] temporary for the delta
     if mod.magnitude_key is not None:
-        # DoRA: rescale each output row of the merged weight to the learned magnitude.
         if mod.embedding:
             raise MergeError(f"{adapter.path}: DoRA on embedding {mod.module} is not supported")
         magnitude = adapter.get(mod.magnitude_key).float()
         rows = w.T if adapter.fan_in_fan_out else w
         norm = torch.linalg.vector_norm(rows, dim=1)
         rows.mul_((magnitude / norm).unsqueeze(1))
-    return w
 
 
-def _check_and_cast(
-    name: str, t: torch.Tensor, dtype: torch.dtype, source: str, *, adapter: Adapter, mod: LoraModule | None
-) -> torch.Tensor:
-    """Refuse NaN/Inf and values float16 can't hold, then cast. aminmax is one fast pass and propagates NaN."""
+def _check_range(name: str, t: torch.Tensor, dtype: torch.dtype, source: str, *, adapter: Adapter, mod: LoraModule | None) -> None:
+    """Refuse NaN/Inf and values float16 can't hold. aminmax is one fast pass and propagates NaN."""
     lo, hi = (float(v) for v in torch.aminmax(t))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = _nonfinite_factor(adapter, mod) if mod is not None else None
@@ -87,7 +84,6 @@ def _check_and_cast(
         raise MergeError(
             f"{source}: tensor {name} has values up to {max(hi, -lo):.4g}, beyond float16's ±{FP16_MAX:.0f}; merge with --dtype bfloat16"
         )
-    return t.to(dtype)
 
 
 def _plan(base: ModelDir, adapter: Adapter, dtype: torch.dtype) -> tuple[dict[str, list[tuple[str, torch.dtype, list[int]]]], dict[str, Any]]:
@@ -219,9 +215,12 @@ def _write_shards(base: ModelDir, adapter: Adapter, plan: dict[str, list[tuple[s
     weight_map: dict[str, str] = {}
     written = 0
     items = [(shard, entry) for shard, entries in plan.items() for entry in entries]
+    # Reused memory: one fp32 scratch for the merge math, a few output buffers cycling through the writer.
+    scratch = torch.empty(0, dtype=torch.float32)
+    pool = BufferPool(count=3)
     writer: ShardWriter | None = None
     try:
-        for shard, (name, out_dtype, _shape) in track(items, description="merging"):
+        for shard, (name, out_dtype, shape) in track(items, description="merging"):
             if writer is None or writer.path.name != shard:
                 if writer is not None:
                     writer.close()
@@ -232,12 +231,24 @@ def _write_shards(base: ModelDir, adapter: Adapter, plan: dict[str, list[tuple[s
                 tensor = adapter.get(adapter.replacements[name])
                 source = str(adapter.path / "adapter_model.safetensors")
             else:
-                tensor = base.get_tensor(name)
-                base.close()  # drop the mmap: its touched pages would otherwise pile up in RSS
+                tensor = base.get_tensor(name)  # memory-mapped: pages are read as they are used
+                base.close()  # the mmap goes once this tensor is dropped, so touched pages don't pile up in RSS
             mod = adapter.modules.get(name)
             if mod is not None:
-                tensor = _merge_tensor(adapter, mod, tensor)
-            writer.write(name, _check_and_cast(name, tensor, out_dtype, source, adapter=adapter, mod=mod))
+                numel = tensor.numel()
+                if scratch.numel() < numel:
+                    scratch = torch.empty(numel, dtype=torch.float32)
+                merged = scratch[:numel].view(tensor.shape)
+                _merge_into(adapter, mod, tensor, merged)
+                tensor = merged
+            _check_range(name, tensor, out_dtype, source, adapter=adapter, mod=mod)
+            if tensor.dtype == out_dtype:
+                writer.write(name, tensor)
+            else:
+                out = pool.take(shape, out_dtype)
+                out.copy_(tensor)
+                writer.write(name, out, on_written=lambda out=out: pool.give(out))
+                del out
             weight_map[name] = shard
             del tensor
         assert writer is not None

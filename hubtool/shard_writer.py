@@ -13,7 +13,7 @@ import queue
 import struct
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -65,17 +65,23 @@ class ShardWriter:
             item = self._queue.get()
             if item is None:
                 return
+            data, on_written = item
             if self._error is None:
                 try:
-                    self._file.write(item)
+                    self._file.write(data)
                 except BaseException as exc:  # surfaced on the next write()/close()
                     self._error = exc
+            del data
+            if on_written is not None:
+                on_written()
 
     def _raise_pending(self) -> None:
         if self._error is not None:
             raise self._error
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor, on_written: Callable[[], None] | None = None) -> None:
+        """Queue `tensor` for writing; `on_written` runs on the writer thread once its bytes are out
+        (the merge uses it to recycle output buffers)."""
         if self._next >= len(self._order) or self._order[self._next] != name:
             expected = self._order[self._next] if self._next < len(self._order) else "nothing"
             raise RuntimeError(f"{self.path.name}: wrote {name!r} out of plan order (expected {expected!r})")
@@ -84,7 +90,7 @@ class ShardWriter:
             raise RuntimeError(f"{self.path.name}: {name} is {tensor.dtype}{list(tensor.shape)}, planned {dtype}{shape}")
         self._raise_pending()
         data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._queue.put(memoryview(data))
+        self._queue.put((memoryview(data), on_written))
         self._next += 1
 
     def _finish(self) -> None:
@@ -100,3 +106,30 @@ class ShardWriter:
 
     def abort(self) -> None:
         self._finish()
+
+
+class BufferPool:
+    """A few reusable output buffers shared between the compute loop and the writer thread.
+
+    Fresh multi-hundred-MB allocations cost a page fault per 4 KB on first touch, which on small
+    machines takes longer than the merge arithmetic; recycling a fixed set also caps memory at
+    `count` tensors in flight.
+    """
+
+    def __init__(self, count: int = 3) -> None:
+        self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        for _ in range(count):
+            self._free.put(torch.empty(0, dtype=torch.uint8))
+
+    def take(self, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+        """A buffer viewed as `dtype[shape]`; blocks until the writer has returned one."""
+        raw = self._free.get()
+        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        if raw.numel() < nbytes:
+            raw = torch.empty(nbytes, dtype=torch.uint8)
+        view = raw[:nbytes].view(dtype).view(shape)
+        view._hubtool_raw = raw  # type: ignore[attr-defined]  # keep the full buffer for give()
+        return view
+
+    def give(self, view: torch.Tensor) -> None:
+        self._free.put(view._hubtool_raw)  # type: ignore[attr-defined]
