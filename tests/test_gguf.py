@@ -94,6 +94,21 @@ def test_outputs_named_sized_and_no_leftovers(exported):
         assert Path(r["file"]).stat().st_size == r["size_bytes"]
 
 
+def test_quantize_from_existing_base_does_not_convert_again(exported, src, tmp_path, monkeypatch):
+    import hubtool.gguf.export as export_mod
+
+    def no_convert(*args, **kwargs):
+        raise AssertionError("converter ran although base_gguf was given")
+
+    monkeypatch.setattr(export_mod, "convert_to_gguf", no_convert)
+    base = exported[0] / "Tiny-Test.F16.gguf"
+    before = base.read_bytes()
+    rows = export_gguf(src, tmp_path / "q", ["q8_0", "f16"], base_gguf=base)
+    assert sorted(Path(r["file"]).name for r in rows) == ["Tiny-Test.F16.gguf", "Tiny-Test.Q8_0.gguf"]
+    assert (tmp_path / "q" / "Tiny-Test.Q8_0.gguf").read_bytes() == (exported[0] / "Tiny-Test.Q8_0.gguf").read_bytes()
+    assert base.read_bytes() == before  # the caller's base file is left in place, untouched
+
+
 def test_f16_logits_match_hf_model(exported, src, verified):
     import torch
     from transformers import AutoModelForCausalLM

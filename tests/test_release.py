@@ -130,7 +130,7 @@ def test_release_layout_and_summary(released, inputs):
     # the plan printed to stderr before the work, and the stages ran in order
     err = released["stderr"]
     assert err.index("release plan:") < err.index("merge: running") < err.index("push: uploading")
-    assert [st["name"] for st in s["stages"]][:4] == ["merge", "gptq:gptq-4bit-32g-actorder", "gptq:g4-64g", "gguf:Q8_0"]
+    assert [st["name"] for st in s["stages"]][:5] == ["merge", "gptq:gptq-4bit-32g-actorder", "gptq:g4-64g", "gguf:F16-base", "gguf:Q8_0"]
     assert not any(st["cached"] for st in s["stages"])
 
 
@@ -379,7 +379,7 @@ def test_source_mode_release_gguf_only(inputs, tmp_path):
         assert rc == 0, err[-2000:]
         s = json.loads(out)
         assert [(r["repo_id"], r["branch"]) for r in s["repos"]] == [("me/tiny-chat", "main"), ("me/tiny-chat-GGUF", "main")]
-        assert [st["name"] for st in s["stages"]] == ["gguf:Q8_0", "verify:gguf"]
+        assert [st["name"] for st in s["stages"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:gguf"]
         base_files = {p.name for p in inputs["base"].iterdir() if p.is_file()}
         assert set(s["repos"][0]["files"]) == base_files  # the source as is, with our card as README.md
         assert s["repos"][0]["files"]["config.json"] == sha256(inputs["base"] / "config.json")
@@ -424,7 +424,7 @@ def test_library_failure_in_a_stage_is_one_line_with_its_exit_code(released, inp
     line = next(line for line in err.splitlines() if line.startswith("error:"))
     assert "gguf:Q4_0: failed (RuntimeError: converter exploded)" in line and "re-run to resume" in line
     assert "second line" not in err and json.loads(out)["exit_code"] == 4
-    assert "[1/7] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
+    assert "[1/8] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
 
 
 def test_local_hub_rehearsal(released, inputs, tmp_path):

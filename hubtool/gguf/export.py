@@ -80,11 +80,15 @@ def export_gguf(
     split_max_size: str | None = None,
     keep_f16: bool = False,
     overwrite: bool = False,
+    base_gguf: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Export MODEL_DIR to `{name}.{TYPE}.gguf` files in OUT_DIR; one dict per file written.
 
     `split_max_size` None means the Hub-safe default (48G); "0" disables splitting.
     `keep_f16` keeps the 16-bit base GGUF even when it was not requested.
+    `base_gguf`: an unsplit 16-bit GGUF of this same model from an earlier export (`keep_f16`,
+    `split_max_size="0"`); types are quantized from it instead of converting again, which is what
+    lets a release cache each type separately without paying a 70B conversion per type.
     """
     from hubtool.model_dir import load_model_dir  # imports torch; keep the CLI start fast
 
@@ -128,7 +132,12 @@ def export_gguf(
     try:
         # the importance matrix first: a bad --imatrix file fails before the long conversion
         matrix = _importance(model_dir, arch, imatrix, calibration, out_dir, name, overwrite) if iq or imatrix or calibration else None
-        base_file = convert_to_gguf(model_dir, work / output_name(name, base), base, work=work, front_matter=front_matter, name=name)
+        if base_gguf is None:
+            base_file = convert_to_gguf(model_dir, work / output_name(name, base), base, work=work, front_matter=front_matter, name=name)
+        elif base in wanted:  # _publish moves what it publishes: publish a copy, leave the caller's file
+            base_file = Path(shutil.copy2(base_gguf, work / output_name(name, base)))
+        else:
+            base_file = Path(base_gguf)
         quant_types = [t for t in gguf_types if t != base]
         for t in track(quant_types, description="quantize"):
             log(f"quantizing {t} from {base_file.name}")

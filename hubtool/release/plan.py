@@ -151,7 +151,7 @@ def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, ada
             targets.append(Target("gptq", cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=spec))
     if cfg.gguf_types:
         files = [PlannedFile(f"{cfg.name}.{t}.gguf", int(total * GGUF_NOMINAL_BPW.get(t, 8.0) / 8), True) for t in cfg.gguf_types]
-        stages += [f"gguf:{t}" for t in cfg.gguf_types]
+        stages += ["gguf:convert"] + [f"gguf:{t}" for t in cfg.gguf_types]  # convert once, quantize each type
         targets.append(Target("gguf", cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme]))
     if cfg.verify and (presets or cfg.gguf_types):
         stages.append("verify")

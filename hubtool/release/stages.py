@@ -203,11 +203,26 @@ def _gptq_stages(cfg: ReleaseConfig, plan: Plan, fp16_dir: Path, fp16_id: str, h
 
 def _gguf_stages(cfg: ReleaseConfig, fp16_dir: Path, fp16_id: str, cache: StageCache, idx: Callable[[], str]) -> dict[str, StageResult]:
     from hubtool.gguf import export_gguf
+    from hubtool.gguf.convert import base_type
+    from hubtool.model_dir import read_json
+
+    if not cfg.gguf_types:
+        return {}
+
+    def convert(dst: Path) -> dict[str, Any]:
+        rows = export_gguf(fp16_dir, dst, [base], name=cfg.name, split_max_size="0", overwrite=True)
+        return {"file": Path(rows[0]["file"]).name}
+
+    # Convert once to an unsplit 16-bit GGUF (its own cached stage); every type is quantized from it.
+    base = base_type(read_json(fp16_dir / "config.json"))
+    converted = cache.run(f"gguf:{base}-base", {"fp16": fp16_id, "name": cfg.name}, convert, index=idx())
+    base_file = converted.out / converted.summary["file"]
 
     out: dict[str, StageResult] = {}
     for gguf_type in cfg.gguf_types:
         def export(dst: Path, gguf_type=gguf_type) -> dict[str, Any]:
-            rows = export_gguf(fp16_dir, dst, [gguf_type], name=cfg.name, split_max_size=cfg.gguf_split_max_size, overwrite=True)
+            rows = export_gguf(fp16_dir, dst, [gguf_type], name=cfg.name, split_max_size=cfg.gguf_split_max_size, overwrite=True,
+                               base_gguf=base_file)
             return {"files": [{**r, "file": Path(r["file"]).name} for r in rows]}
 
         inputs = {"fp16": fp16_id, "type": gguf_type, "name": cfg.name, "split_max_size": cfg.gguf_split_max_size}
