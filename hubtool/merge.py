@@ -220,7 +220,9 @@ def _write_shards(base: ModelDir, adapter: Adapter, plan: dict[str, list[tuple[s
     pool = BufferPool(count=3)
     writer: ShardWriter | None = None
     try:
-        for shard, (name, out_dtype, shape) in track(items, description="merging"):
+        for i, (shard, (name, out_dtype, shape)) in enumerate(track(items, description="merging")):
+            if i + 1 < len(items) and items[i + 1][1][0] in base.weight_map:
+                base.prefetch(items[i + 1][1][0])  # disk reads of the next tensor overlap this one's math
             if writer is None or writer.path.name != shard:
                 if writer is not None:
                     writer.close()
