@@ -136,7 +136,8 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
     """Export SmolLM2, train the LoRA, release to an in-process local Hub, download back; prints the results."""
     import yaml
 
-    from hubtool.cli.release_cmd import quality_table, stdout_to_stderr
+    from hubtool.cli.release_cmd import quality_table
+    from hubtool.progress import stdout_to_stderr
     from hubtool.hub_server import serve_in_thread
     from hubtool.release import build_config, check_inputs, make_plan, run_release
     from hubtool.smollm2 import export_smollm2_fp16

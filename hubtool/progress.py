@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from typing import Iterable, Iterator, TypeVar
@@ -42,3 +44,20 @@ def track(items: Iterable[T], *, total: int | None = None, description: str = ""
         if now - last > 5 or i == total:
             last = now
             log(f"{description}: {i}/{total if total is not None else '?'}")
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Keep stdout for results alone: libraries (gptqmodel's logger and banner, llama.cpp) print to
+    stdout, which would corrupt `--json` in CI. Redirects both sys.stdout and file descriptor 1."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -72,7 +72,7 @@ def test_user_yaml_starts_from_base(tmp_path):
         ("branch: 'bad branch'\n", "branch = 'bad branch' is invalid"),
         ("base: nope\n", "nope: unknown GPTQ preset"),
         ("- 1\n- 2\n", "expected a mapping"),
-        ("bits: [4\n", "not valid YAML at line"),
+        ("bits: [4\n", "bad.yaml:2: invalid YAML"),
     ],
 )
 def test_bad_user_configs_error_clearly(tmp_path, text, fragment):

@@ -33,21 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_release_config(path: Path) -> dict[str, Any]:
     """The --meta YAML file as a mapping, with one-line errors naming the file."""
-    import yaml
+    from hubtool.yamlfile import read_yaml_mapping
 
-    if not path.is_file():
-        raise CardError(f"{path}: release config not found; pass an existing YAML file to --meta")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise CardError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)}); quote values containing ':' or '#'") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise CardError(f"{path}: expected a mapping of fields (license: ..., repos: ...), got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, what="release config (--meta)", example="license: ..., repos: ...", error=CardError)
 
 
 def run_render(args: argparse.Namespace) -> int:

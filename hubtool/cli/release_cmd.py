@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hubtool.errors import HubtoolError
+from hubtool.progress import stdout_to_stderr
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,23 +61,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     return 0
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Keep stdout for the result alone: libraries (gptqmodel's logger, llama.cpp) print to stdout,
-    which would corrupt `--json` in CI. Redirects both the Python object and file descriptor 1."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def release(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from hubtool.yamlfile import read_yaml_mapping
 from hubtool.errors import InputError
 
 DEFAULT_PRESET = "gptq-4bit-32g-actorder"
@@ -72,17 +72,7 @@ def list_presets() -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: preset file not found") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise InputError(f"{path}: not valid YAML{line}; fix the syntax") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of settings (bits: 4, group_size: 32, ...)")
-    return data
+    return read_yaml_mapping(path, what="preset file", example="bits: 4, group_size: 32, ...")
 
 
 def _flatten(data: dict[str, Any], source: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +29,7 @@ from hubtool.errors import InputError, QuantizeError
 from hubtool.gptq.calibration import calibration_dataset
 from hubtool.gptq.presets import GPTQPreset
 from hubtool.model_dir import SAFE_INDEX, load_model_dir, read_json
-from hubtool.progress import log
+from hubtool.progress import log, stdout_to_stderr
 
 QUANTIZE_CONFIG = "quantize_config.json"
 
@@ -73,21 +72,6 @@ def quantization_config(preset: GPTQPreset) -> dict[str, Any]:
         "lm_head": False,
         "pack_dtype": "int32",
     }
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """gptqmodel logs and draws progress on stdout; hubtool keeps stdout for results (--json)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 @contextlib.contextmanager

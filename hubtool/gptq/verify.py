@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from hubtool.errors import InputError, QuantizeError
-from hubtool.gptq.quantize import _gptqmodel, read_gptq_info, stdout_to_stderr
+from hubtool.gptq.quantize import _gptqmodel, read_gptq_info
+from hubtool.progress import stdout_to_stderr
 from hubtool.gptq.rtn import apply_rtn
 from hubtool.model_dir import load_model_dir
 from hubtool.progress import log, track

@@ -65,22 +65,9 @@ class ReleaseConfig:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """A release.yaml as a mapping; one-line errors naming the file."""
-    import yaml
+    from hubtool.yamlfile import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: release config not found; pass an existing YAML file to --config")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}{where}: invalid YAML; fix the syntax (quote values containing ':' or '#')") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping (name: ..., quants: [...]), got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, what="release config (--config)", example="name: ..., quants: [...]")
 
 
 def _list(value: Any, what: str, source: str) -> list[str]:
