@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from hubtool import __version__
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Libraries we load (gptqmodel) turn on INFO logging globally; one line per HTTP request drowns
+    # hubtool's own progress lines, so the HTTP clients' loggers stay at WARNING.
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
