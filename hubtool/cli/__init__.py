@@ -36,7 +36,10 @@ def subgroup(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.
 
 def build_parser() -> argparse.ArgumentParser:
     _GROUPS.clear()
-    parser = argparse.ArgumentParser(prog="hubtool", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hubtool",
+        description="From training output to a finished Hugging Face Hub release: merge, quantize (GPTQ, GGUF), verify, cards, push.",
+    )
     parser.add_argument("--version", action="version", version=f"hubtool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
