@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from hubtool.cli import main
-from hubtool.errors import InputError
+from hubtool.errors import InputError, QuantizeError
 from hubtool.gptq import load_preset, quantize_gptq, read_gptq_info, verify_gptq
 from tests.tiny import make_tiny_llama
 
@@ -196,6 +196,23 @@ def test_verify_rows_and_results_file(gptq_dir, rope_llama, tmp_path):
     assert kinds["gptq"]["ref_perplexity"] == kinds["rtn"]["ref_perplexity"]
     data = json.loads(results.read_text())
     assert data["reference"] == "fp16" and {r["kind"] for r in data["rows"]} == {"gptq", "rtn"}
+
+
+def test_verify_refuses_group_size_the_cpu_kernel_cannot_run(gptq_dir, rope_llama, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    out, _ = gptq_dir
+    copy = tmp_path / "g16"
+    shutil.copytree(out, copy)
+    qc = json.loads((copy / "quantize_config.json").read_text())
+    qc["group_size"] = 16
+    (copy / "quantize_config.json").write_text(json.dumps(qc))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(QuantizeError, match=r"group_size 16 can't be evaluated on CPU .*32, 64, 128, 256.*CUDA machine") as err:
+        verify_gptq(copy, rope_llama, results_path=tmp_path / "q.json", context=64, max_tokens=128)
+    assert "\n" not in str(err.value) and not (tmp_path / "q.json").exists()
 
 
 def test_refuses_to_overwrite_and_requantize(gptq_dir, rope_llama, tmp_path, capsys):

@@ -55,6 +55,9 @@ def _row(metrics: dict[str, float], **fields: Any) -> dict[str, Any]:
     return {**fields, **{k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}}
 
 
+CPU_KERNEL_GROUP_SIZES = (32, 64, 128, 256)
+
+
 def verify_gptq(
     quant_dir: Path,
     reference_dir: Path,
@@ -78,6 +81,13 @@ def verify_gptq(
     if ref_dir.config.get("quantization_config"):
         raise InputError(f"{reference_dir}: is itself quantized; --reference must be the fp16 model the GPTQ was made from")
     bits, group = int(info["bits"]), int(info["group_size"])
+    if not torch.cuda.is_available() and group not in CPU_KERNEL_GROUP_SIZES:
+        # The checkpoint is valid (GPU kernels take it); only this machine can't run it. Say so up front
+        # instead of failing deep inside torch after the fp16 reference pass.
+        raise QuantizeError(
+            f"{quant_dir}: group_size {group} can't be evaluated on CPU (torch's CPU int4 kernel takes "
+            f"{', '.join(map(str, CPU_KERNEL_GROUP_SIZES))}); verify it on a CUDA machine or skip verify for this preset"
+        )
     tokenizer = AutoTokenizer.from_pretrained(reference_dir)
     windows = eval_windows(tokenizer, read_text_source(text), context, max_tokens)
 
