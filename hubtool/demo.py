@@ -10,13 +10,13 @@ tokens by default, not 128 x 2048) so it fits a 2-core CPU; use `hubtool release
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from hubtool.hashing import sha256_file
 from hubtool.progress import log
 
 BASE_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -96,14 +96,6 @@ def release_config(gptq_samples: int, gptq_seq_len: int) -> dict[str, Any]:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_and_check(summary: dict[str, Any], endpoint: str, cache_dir: Path) -> list[tuple[str, str, Path, int]]:
     """snapshot_download every pushed repo/branch with the real client; every file must match what was pushed."""
     from huggingface_hub import snapshot_download
@@ -114,7 +106,7 @@ def download_and_check(summary: dict[str, Any], endpoint: str, cache_dir: Path) 
     for r in summary["repos"]:
         local = Path(snapshot_download(r["repo_id"], revision=r["branch"], endpoint=endpoint, cache_dir=cache_dir, token=False))
         for rel, digest in r["files"].items():
-            if not (local / rel).is_file() or _sha256(local / rel) != digest:
+            if not (local / rel).is_file() or sha256_file(local / rel) != digest:
                 raise PushError(f"{r['repo_id']}@{r['branch']}: downloaded {rel} differs from what was pushed; re-run `hubtool demo`")
         out.append((r["repo_id"], r["branch"], local, len(r["files"])))
     return out

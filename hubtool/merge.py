@@ -23,6 +23,7 @@ from hubtool import __version__
 from hubtool.adapter import Adapter, LoraModule, load_adapter
 from hubtool.atomic import check_output_free, staged_dir
 from hubtool.errors import InputError, MergeError
+from hubtool.hashing import sha256_file
 from hubtool.model_dir import SAFE_INDEX, SAFE_SINGLE, TOKENIZER_FILES, ModelDir, load_model_dir
 from hubtool.progress import log, track
 from hubtool.rope import RopeScaling, apply_to_config, base_context, from_config
@@ -138,14 +139,6 @@ def _plan(base: ModelDir, adapter: Adapter, dtype: torch.dtype) -> tuple[dict[st
     return plan, config_changes
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _header_sha256(path: Path) -> str:
     """Fingerprint of a shard's safetensors header (names, dtypes, shapes, offsets) without reading GBs."""
     with open(path, "rb") as f:
@@ -163,7 +156,7 @@ def _provenance(base: ModelDir, adapter: Adapter, dtype: str, rope: RopeScaling 
         "rope": None if rope is None else {"type": rope.rope_type, "factor": rope.factor, **rope.extra},
         "base": {
             "name": base.path.name,
-            "config_sha256": _sha256(base.path / "config.json"),
+            "config_sha256": sha256_file(base.path / "config.json"),
             "shards": [
                 {"file": s, "size": (base.path / s).stat().st_size, "header_sha256": _header_sha256(base.path / s)}
                 for s in base.shard_files
@@ -171,7 +164,7 @@ def _provenance(base: ModelDir, adapter: Adapter, dtype: str, rope: RopeScaling 
         },
         "adapter": {
             "name": adapter.path.name,
-            "files": {p.name: _sha256(p) for p in adapter_files},
+            "files": {p.name: sha256_file(p) for p in adapter_files},
             "config": {k: adapter.config.get(k) for k in ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "modules_to_save", "rank_pattern", "alpha_pattern", "fan_in_fan_out", "base_model_name_or_path")},
         },
     }

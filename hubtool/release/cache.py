@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hubtool.hashing import sha256_file
+
 HASH_CACHE = "hashes.json"
 MEMO_MIN_BYTES = 1 << 20
 
@@ -35,11 +37,7 @@ class Hasher:
         key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
         digest = self._memo.get(key)
         if digest is None:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    h.update(chunk)
-            digest = h.hexdigest()
+            digest = sha256_file(path)
             if st.st_size >= MEMO_MIN_BYTES:  # small files are cheaper to hash than to remember
                 self._memo[key] = digest
                 self._dirty = True
