@@ -14,9 +14,14 @@ _QUIET = False
 
 
 def set_quiet(quiet: bool) -> None:
-    """--json mode: keep stdout clean for the machine-readable summary; progress goes to stderr only."""
+    """--json mode: plain progress lines only (no rich bars, no huggingface_hub tqdm bars), so logs
+    stay readable and stdout carries nothing but the machine-readable summary."""
     global _QUIET
     _QUIET = quiet
+    if quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def log(message: str) -> None:

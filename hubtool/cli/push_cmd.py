@@ -25,11 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from hubtool import progress
     from hubtool.push import push_folder
 
-    if args.json:
-        progress.set_quiet(True)
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
+    progress.set_quiet(args.json)
     result = push_folder(
         args.dir,
         args.repo_id,

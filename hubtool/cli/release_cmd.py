@@ -39,11 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hubtool import progress
 
-    if args.json:
-        progress.set_quiet(True)
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
+    progress.set_quiet(args.json)
     try:
         with stdout_to_stderr():
             summary = release(args)
