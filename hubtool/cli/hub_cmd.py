@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from pathlib import Path
 
 from hubtool.cli import subgroup
@@ -17,20 +19,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"where repos are stored (default {DEFAULT_ROOT})")
     p.add_argument("--port", type=int, default=8765, help="port (0 picks a free one); default 8765")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind; default 127.0.0.1 (local only)")
+    p.add_argument("--users", type=Path, metavar="FILE",
+                   help='require tokens: JSON {"TOKEN": {"name": "alice", "orgs": ["acme"]}}; writes need a token owning the namespace, '
+                        "private repos are hidden, fault injection needs a token (default: open, any caller may write)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hubtool.errors import InputError
-    from hubtool.hub_server import make_server
+    from hubtool.hub_server import bind_warning, make_server
     from hubtool.progress import log
 
+    users = load_users(args.users) if args.users else None
     try:
-        server = make_server(args.root, args.host, args.port, verbose=args.verbose)
+        server = make_server(args.root, args.host, args.port, users=users, verbose=args.verbose)
     except OSError as exc:
         raise InputError(f"{args.host}:{args.port}: cannot listen ({exc.strerror}); pick another --port") from None
     print(server.hub.url, flush=True)
+    warning = bind_warning(args.host, users)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    if server.hub.storage.removed_temp_files:
+        log(f"removed {server.hub.storage.removed_temp_files} stale temp file(s) of interrupted uploads under {args.root}")
     log(f"local Hub serving {args.root} at {server.hub.url}; use it with HF_ENDPOINT={server.hub.url} (Ctrl-C stops)")
     try:
         server.serve_forever()
@@ -39,3 +50,23 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def load_users(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """Read --users FILE: {token: {"name": user, "orgs": [org, ...]}}; one-line InputError if malformed."""
+    from hubtool.errors import InputError
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read users file ({exc.__class__.__name__}); pass a JSON object {{TOKEN: {{name, orgs}}}}") from None
+    users: dict[str, tuple[str, list[str]]] = {}
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{path}: users file must be a non-empty JSON object {{TOKEN: {{name, orgs}}}}")
+    for n, (token, spec) in enumerate(data.items(), 1):
+        name = spec.get("name") if isinstance(spec, dict) else None
+        orgs = spec.get("orgs", []) if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not name or not isinstance(orgs, list) or not all(isinstance(o, str) for o in orgs) or len(token) < 8:
+            raise InputError(f"{path}: entry {n} must be TOKEN (8+ chars): {{\"name\": USER, \"orgs\": [ORG, ...]}}")
+        users[token] = (name, list(orgs))
+    return users

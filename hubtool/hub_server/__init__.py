@@ -8,17 +8,22 @@ It is what the tests push to and the default target for rehearsing a release. Us
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
+import ipaddress
 import json
+import secrets
 import threading
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from hubtool.hub_server.faults import DROP_CONNECTION, FaultRule, Faults
 from hubtool.hub_server.storage import Storage
 
-__all__ = ["DROP_CONNECTION", "HubState", "LocalHub", "make_server", "serve_in_thread"]
+__all__ = ["DROP_CONNECTION", "HubState", "LocalHub", "bind_warning", "make_server", "serve_in_thread"]
 
 
 @dataclass
@@ -27,8 +32,10 @@ class HubState:
 
     `users` maps token -> (user name, org names). None (the default) means an open Hub: any
     caller, with or without a token, may write anywhere — right for offline rehearsal. With
-    `users` set, writes need a known token (401) and a namespace it owns (403). Tokens live
-    only in memory: nothing the server stores or logs contains them.
+    `users` set, writes need a known token (401) and a namespace it owns (403), private repos
+    are hidden from others, pull requests may be opened by any known user who can read the repo,
+    and fault injection needs a known token. Tokens live only in memory: nothing the server
+    stores or logs contains them.
     """
 
     storage: Storage
@@ -37,6 +44,16 @@ class HubState:
     verbose: bool = False
     faults: Faults = field(default_factory=Faults)
     requests: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10000))
+    max_body: int = 256 * 1024 * 1024  # JSON / NDJSON bodies (read into memory)
+    max_upload: int = 50 * 1000**3  # one LFS object, streamed to disk (the Hub's per-file limit)
+    read_timeout: float = 60.0  # seconds a client may stall mid-request before its thread is freed
+    tree_page_size: int = 1000
+    tree_page_size_expand: int = 50
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+    def sign(self, oid: str) -> str:
+        """Signature for a presigned LFS upload URL (the client PUTs there without its token)."""
+        return hmac.new(self.secret, oid.encode(), hashlib.sha256).hexdigest()[:32]
 
     def record(self, method: str, path: str) -> None:
         self.requests.append((method, path))
@@ -54,12 +71,37 @@ class _Server(ThreadingHTTPServer):
         self.hub = hub
 
 
-def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, *, users: dict[str, tuple[str, list[str]]] | None = None, verbose: bool = False) -> _Server:
-    """A bound (not yet serving) server; `server.hub.url` is its endpoint."""
-    hub = HubState(Storage(Path(root)), users=users, verbose=verbose)
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_warning(host: str, users: dict | None) -> str | None:
+    """The warning to print when binding HOST: anything but loopback exposes the repos to the network."""
+    if is_loopback(host):
+        return None
+    who = "anyone who can reach it can read every repo and write anywhere (open mode: no token needed)" if users is None \
+        else "anyone who can reach it can read public repos and try tokens"
+    return f"warning: the local Hub listens on {host}, not loopback: {who}; it serves plain HTTP"
+
+
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, *, users: dict[str, tuple[str, list[str]]] | None = None,
+                verbose: bool = False, **limits: Any) -> _Server:
+    """A bound (not yet serving) server; `server.hub.url` is its endpoint.
+
+    `limits` overrides HubState fields (max_body, max_upload, read_timeout, tree_page_size, ...).
+    Stale temp files under ROOT (interrupted uploads of a previous run) are removed first.
+    """
+    hub = HubState(Storage(Path(root)), users=users, verbose=verbose, **limits)
     server = _Server((host, port), hub)
     bound_host, bound_port = server.server_address[:2]
-    hub.url = f"http://{bound_host}:{bound_port}"
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    hub.url = f"http://{shown}:{bound_port}"
     return server
 
 
@@ -98,14 +140,16 @@ class LocalHub:
         self.stop()
 
 
-def serve_in_thread(root: Path, port: int = 0, *, host: str = "127.0.0.1", users: dict[str, tuple[str, list[str]]] | None = None) -> LocalHub:
+def serve_in_thread(root: Path, port: int = 0, *, host: str = "127.0.0.1", users: dict[str, tuple[str, list[str]]] | None = None,
+                    **limits: Any) -> LocalHub:
     """Start a local Hub on HOST:PORT (0 = any free port) storing repos under ROOT."""
-    return LocalHub(make_server(root, host, port, users=users))
+    return LocalHub(make_server(root, host, port, users=users, **limits))
 
 
-def inject_fault(url: str, method: str, path_regex: str, status: int, times: int = 1) -> dict:
-    """Add a fault to a local Hub running in another process (`POST /_hubtool/faults`)."""
+def inject_fault(url: str, method: str, path_regex: str, status: int, times: int = 1, *, token: str | None = None) -> dict:
+    """Add a fault to a local Hub running in another process (`POST /_hubtool/faults`; TOKEN when it has users)."""
     body = json.dumps({"method": method, "path_regex": path_regex, "status": status, "times": times}).encode()
-    req = urllib.request.Request(f"{url.rstrip('/')}/_hubtool/faults", data=body, method="POST", headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(f"{url.rstrip('/')}/_hubtool/faults", data=body, method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())

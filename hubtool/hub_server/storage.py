@@ -12,10 +12,11 @@ leaves a half-written repo. One lock serialises ref updates (commits are small).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
-import re
 import tempfile
 import threading
 import time
@@ -23,11 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from hubtool.hub_server import validate
+from hubtool.hub_server.errors import StorageError
+from hubtool.hub_server.validate import PR_REF_RE, REPO_TYPES
 from hubtool.hub_server.xet import XetStore
 
-REPO_TYPES = ("model", "dataset", "space")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+__all__ = ["REPO_TYPES", "RepoRef", "Storage", "StorageError", "git_blob_sha1", "lfs_pointer", "wants_lfs"]
+# Temp files older than this at start-up are leftovers of a killed server or an abandoned upload.
+STALE_TEMP_SECONDS = 300
+_TEMP_PREFIXES = (".upload-", ".in-")
 GITATTRIBUTES = (
     "*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
     "*.bin filter=lfs diff=lfs merge=lfs -text\n"
@@ -41,15 +46,6 @@ LFS_SUFFIXES = (
     ".npy", ".npz", ".pkl", ".pickle", ".zip", ".gz", ".tar", ".zst", ".parquet", ".arrow", ".tflite",
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
-
-
-class StorageError(Exception):
-    """A request the store refuses; the handler turns it into an HTTP error with this code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -75,10 +71,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 @dataclass(frozen=True)
 class RepoRef:
-    """A repo address: type ('model'|'dataset'|'space') and 'ns/name'."""
+    """A repo address: type ('model'|'dataset'|'space') and 'ns/name', validated on creation."""
 
     type: str
     repo_id: str
+
+    def __post_init__(self) -> None:
+        validate.repo_type(self.type)
+        validate.repo_id(self.repo_id)
 
     @property
     def namespace(self) -> str:
@@ -86,21 +86,56 @@ class RepoRef:
 
 
 class Storage:
-    """All repos under one root directory."""
+    """All repos under one root directory; every path it touches is checked to stay under it."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.root = self.root.resolve()
+        self.blob_dir = self.root / "blobs"
         self.xet = XetStore(self.root / "xet-cas")
         self._lock = threading.RLock()
+        self.removed_temp_files = self.clean_stale_temp_files()
+
+    def clean_stale_temp_files(self, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """Delete temp files (interrupted uploads, half-written JSON) untouched for `older_than` seconds.
+
+        Live uploads keep touching theirs, so a second server on the same root is not disturbed.
+        """
+        cutoff = time.time() - older_than
+        removed = 0
+        for folder in (self.blob_dir, self.root / "repos"):
+            if not folder.is_dir():
+                continue
+            for dirpath, _dirs, names in os.walk(folder):
+                for name in names:
+                    if not (name.startswith(_TEMP_PREFIXES) or (name.startswith(".") and ".json." in name) or ".tmp-" in name):
+                        continue
+                    path = Path(dirpath) / name
+                    try:
+                        if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed += 1
+                    except OSError:
+                        continue
+        return removed
 
     # ------------------------------------------------------------------ blobs
     def blob_path(self, sha256: str) -> Path:
-        return self.blob_dir / sha256[:2] / sha256
+        validate.oid(sha256)
+        return validate.under(self.blob_dir, sha256[:2], sha256)
 
     def has_blob(self, sha256: str) -> bool:
         return self.blob_path(sha256).is_file()
+
+    def blob_size(self, sha256: str) -> int | None:
+        """Size of a stored object (LFS blob or Xet file), None if this server never received it."""
+        path = self.blob_path(sha256)
+        if path.is_file():
+            return path.stat().st_size
+        found = self.xet.lookup(sha256)
+        return found[1] if found else None
 
     def put_bytes(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
@@ -108,13 +143,21 @@ class Storage:
             dest = self.blob_path(sha)
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".in-", dir=dest.parent)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, dest)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, dest)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         return sha
 
-    def put_stream(self, expected_sha256: str, stream: BinaryIO, length: int | None) -> int:
-        """Store an LFS upload, verifying its sha256 before it becomes visible; returns the size."""
+    def put_stream(self, expected_sha256: str, stream: BinaryIO, length: int | None, max_size: int | None = None) -> int:
+        """Store an LFS upload, verifying its sha256 before it becomes visible; returns the size.
+
+        The temp file is removed on every failure (bad hash, short body, timeout, dropped client).
+        """
+        dest = self.blob_path(expected_sha256)
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.blob_dir)
         digest = hashlib.sha256()
@@ -125,9 +168,10 @@ class Storage:
                     digest.update(chunk)
                     fh.write(chunk)
                     size += len(chunk)
+                    if max_size is not None and size > max_size:
+                        raise StorageError(413, "PayloadTooLarge", f"upload larger than {max_size} bytes")
             if digest.hexdigest() != expected_sha256:
                 raise StorageError(400, "BadRequest", f"uploaded content does not match sha256 {expected_sha256}")
-            dest = self.blob_path(expected_sha256)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
         finally:
@@ -146,7 +190,8 @@ class Storage:
 
     # ------------------------------------------------------------------ repos
     def repo_dir(self, ref: RepoRef) -> Path:
-        return self.root / "repos" / ref.type / ref.repo_id
+        ns, name = ref.repo_id.split("/")
+        return validate.under(self.root, "repos", ref.type, ns, name)
 
     def exists(self, ref: RepoRef) -> bool:
         return (self.repo_dir(ref) / "repo.json").is_file()
@@ -157,18 +202,27 @@ class Storage:
         except FileNotFoundError:
             raise StorageError(404, "RepoNotFound", f"Repository {ref.repo_id} not found") from None
 
+    def list_repos(self, repo_type: str) -> list[tuple[RepoRef, dict[str, Any]]]:
+        """Every repo of a type with its metadata, sorted by id."""
+        base = self.root / "repos" / validate.repo_type(repo_type)
+        out = []
+        for meta_file in sorted(base.glob("*/*/repo.json")):
+            try:
+                ref = RepoRef(repo_type, f"{meta_file.parent.parent.name}/{meta_file.parent.name}")
+                out.append((ref, json.loads(meta_file.read_text())))
+            except (StorageError, OSError, ValueError):
+                continue
+        return out
+
     def create_repo(self, ref: RepoRef, *, private: bool, author: str) -> bool:
         """Create with an initial commit holding .gitattributes (as the Hub does); False if it exists."""
-        for part in ref.repo_id.split("/"):
-            if not _NAME_RE.match(part) or ".." in part:
-                raise StorageError(400, "BadRequest", f"invalid repo name {ref.repo_id!r}")
         with self._lock:
             if self.exists(ref):
                 return False
             sha = self.put_bytes(GITATTRIBUTES)
             files = {".gitattributes": _entry_regular(GITATTRIBUTES, sha)}
             commit = self._write_commit(ref, parents=[], title="initial commit", message="", author=author, files=files)
-            write_json_atomic(self.repo_dir(ref) / "refs.json", {"branches": {"main": commit}, "tags": {}})
+            write_json_atomic(self.repo_dir(ref) / "refs.json", {"branches": {"main": commit}, "tags": {}, "prs": {}})
             write_json_atomic(self.repo_dir(ref) / "repo.json", {"private": private, "created": _now()})
             return True
 
@@ -179,6 +233,18 @@ class Storage:
             self.repo_meta(ref)
             shutil.rmtree(self.repo_dir(ref))
 
+    def move_repo(self, src: RepoRef, dst: RepoRef) -> None:
+        """Rename/transfer a repo (same type); 409 if the destination exists."""
+        if src.type != dst.type:
+            raise StorageError(400, "BadRequest", "a repo cannot change type when moved")
+        with self._lock:
+            self.repo_meta(src)
+            if self.exists(dst):
+                raise StorageError(409, "Conflict", f"Repository {dst.repo_id} already exists")
+            target = self.repo_dir(dst)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.repo_dir(src), target)
+
     def set_private(self, ref: RepoRef, private: bool) -> None:
         with self._lock:
             meta = self.repo_meta(ref)
@@ -188,55 +254,87 @@ class Storage:
     # ------------------------------------------------------------------ refs
     def refs(self, ref: RepoRef) -> dict[str, dict[str, str]]:
         self.repo_meta(ref)
-        return json.loads((self.repo_dir(ref) / "refs.json").read_text())
+        refs = json.loads((self.repo_dir(ref) / "refs.json").read_text())
+        refs.setdefault("tags", {})
+        refs.setdefault("prs", {})
+        return refs
+
+    def _write_refs(self, ref: RepoRef, refs: dict[str, Any]) -> None:
+        write_json_atomic(self.repo_dir(ref) / "refs.json", refs)
 
     def resolve(self, ref: RepoRef, revision: str) -> str:
-        """Branch, tag or full commit id -> commit id."""
+        """Branch, tag, refs/pr/N or full commit id -> commit id."""
         refs = self.refs(ref)
         for kind in ("branches", "tags"):
             if revision in refs.get(kind, {}):
                 return refs[kind][revision]
-        if _SHA1_RE.match(revision) and (self.repo_dir(ref) / "commits" / f"{revision}.json").is_file():
+        pr = PR_REF_RE.fullmatch(revision)
+        if pr and pr.group(1) in refs["prs"]:
+            return refs["prs"][pr.group(1)]
+        if validate.is_commit_id(revision) and (self.repo_dir(ref) / "commits" / f"{revision}.json").is_file():
             return revision
         raise StorageError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
 
     def create_branch(self, ref: RepoRef, branch: str, starting_point: str | None) -> None:
-        if not branch or branch.startswith(("/", "refs/")) or ".." in branch or branch.endswith("/"):
-            raise StorageError(400, "BadRequest", f"invalid branch name {branch!r}")
+        validate.ref_name(branch, "branch")
         with self._lock:
             refs = self.refs(ref)
             if branch in refs["branches"]:
                 raise StorageError(409, "Conflict", f"Reference already exists: refs/heads/{branch}")
             refs["branches"][branch] = self.resolve(ref, starting_point or "main")
-            write_json_atomic(self.repo_dir(ref) / "refs.json", refs)
+            self._write_refs(ref, refs)
 
     def create_tag(self, ref: RepoRef, tag: str, revision: str) -> None:
-        if not tag or tag.startswith(("/", "refs/")) or ".." in tag:
-            raise StorageError(400, "BadRequest", f"invalid tag name {tag!r}")
+        validate.ref_name(tag, "tag")
         with self._lock:
             refs = self.refs(ref)
-            if tag in refs.setdefault("tags", {}):
+            if tag in refs["tags"]:
                 raise StorageError(409, "Conflict", f"Reference already exists: refs/tags/{tag}")
             refs["tags"][tag] = self.resolve(ref, revision)
-            write_json_atomic(self.repo_dir(ref) / "refs.json", refs)
+            self._write_refs(ref, refs)
+
+    def delete_tag(self, ref: RepoRef, tag: str) -> None:
+        with self._lock:
+            refs = self.refs(ref)
+            if tag not in refs["tags"]:
+                raise StorageError(404, "RevisionNotFound", f"Invalid rev id: {tag}")
+            del refs["tags"][tag]
+            self._write_refs(ref, refs)
 
     def delete_branch(self, ref: RepoRef, branch: str) -> None:
         with self._lock:
             refs = self.refs(ref)
-            if branch not in refs["branches"] or branch == "main":
-                raise StorageError(404 if branch != "main" else 403, "RevisionNotFound", f"cannot delete {branch}")
+            if branch == "main":
+                raise StorageError(403, "Forbidden", "the default branch 'main' cannot be deleted")
+            if branch not in refs["branches"]:
+                raise StorageError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
             del refs["branches"][branch]
-            write_json_atomic(self.repo_dir(ref) / "refs.json", refs)
+            self._write_refs(ref, refs)
+
+    def _head(self, refs: dict[str, Any], revision: str) -> tuple[str, str]:
+        """(kind, key) of a writable ref: a branch or an open PR's refs/pr/N; 404 otherwise."""
+        if revision in refs["branches"]:
+            return "branches", revision
+        pr = PR_REF_RE.fullmatch(revision)
+        if pr and pr.group(1) in refs["prs"]:
+            return "prs", pr.group(1)
+        raise StorageError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
 
     # ------------------------------------------------------------------ commits
     def commit(self, ref: RepoRef, commit_id: str) -> dict[str, Any]:
-        return json.loads((self.repo_dir(ref) / "commits" / f"{commit_id}.json").read_text())
+        if not validate.is_commit_id(commit_id):
+            raise StorageError(404, "RevisionNotFound", f"Invalid rev id: {commit_id}")
+        try:
+            return json.loads((self.repo_dir(ref) / "commits" / f"{commit_id}.json").read_text())
+        except FileNotFoundError:
+            raise StorageError(404, "RevisionNotFound", f"Invalid rev id: {commit_id}") from None
 
     def files_at(self, ref: RepoRef, revision: str) -> tuple[str, dict[str, dict[str, Any]]]:
         commit_id = self.resolve(ref, revision)
         return commit_id, self.commit(ref, commit_id)["files"]
 
     def history(self, ref: RepoRef, revision: str) -> list[dict[str, Any]]:
+        """Commits reachable by first parents, newest first."""
         out = []
         commit_id: str | None = self.resolve(ref, revision)
         while commit_id:
@@ -245,72 +343,250 @@ class Storage:
             commit_id = data["parents"][0] if data["parents"] else None
         return out
 
+    def last_commits(self, ref: RepoRef, revision: str, paths: list[str]) -> dict[str, dict[str, str]]:
+        """path (file or folder) -> {id, title, date} of the newest commit that changed it."""
+        history = self.history(ref, revision)
+        out: dict[str, dict[str, str]] = {}
+        for i, commit in enumerate(history):
+            older = history[i + 1]["files"] if i + 1 < len(history) else {}
+            changed = {p for p in set(commit["files"]) | set(older) if commit["files"].get(p) != older.get(p)}
+            for path in paths:
+                if path in out:
+                    continue
+                if path in changed or any(c.startswith(path + "/") for c in changed):
+                    out[path] = {"id": commit["id"], "title": commit["title"], "date": commit["date"]}
+            if len(out) == len(paths):
+                break
+        return out
+
     def apply_commit(
         self,
         ref: RepoRef,
-        branch: str,
+        revision: str,
         *,
         title: str,
         message: str,
         author: str,
         parent: str | None,
         operations: list[dict[str, Any]],
-    ) -> str:
-        """Apply add/delete operations on top of BRANCH's head; 412 if `parent` is stale."""
+        create_pr: bool = False,
+    ) -> tuple[str, int | None]:
+        """Apply operations on top of REVISION (a branch or refs/pr/N); 412 if `parent` is stale.
+
+        With `create_pr`, the commit goes to a new pull request against REVISION (from `parent`
+        when given) instead; returns (commit id, PR number or None).
+        """
+        with self._lock:
+            refs = self.refs(ref)
+            kind, key = self._head(refs, revision)
+            head = refs[kind][key]
+            if create_pr:
+                if kind != "branches":
+                    raise StorageError(400, "BadRequest", "a pull request can only target a branch")
+                base_commit = self.resolve(ref, parent) if parent else head
+            else:
+                if parent and parent != head:
+                    raise StorageError(412, "PreconditionFailed", f"A commit has happened since {parent}; head is {head}")
+                base_commit = head
+            files = dict(self.commit(ref, base_commit)["files"])
+            for op in operations:
+                self._apply(files, op)
+            commit_id = self._write_commit(ref, parents=[base_commit], title=title, message=message, author=author, files=files)
+            if create_pr:
+                num = self._new_discussion(ref, refs, title=title, description=message, author=author,
+                                           pull_request=True, base=key, start=base_commit)
+                refs["prs"][str(num)] = commit_id
+                self._add_event(ref, num, "commit", author, {"subject": title, "oid": commit_id})
+                self._write_refs(ref, refs)
+                return commit_id, num
+            if kind == "prs":
+                self._add_event(ref, int(key), "commit", author, {"subject": title, "oid": commit_id})
+            refs[kind][key] = commit_id
+            self._write_refs(ref, refs)
+            return commit_id, None
+
+    def squash(self, ref: RepoRef, branch: str, message: str, author: str) -> str:
+        """Replace BRANCH's history with one parentless commit holding its current files."""
         with self._lock:
             refs = self.refs(ref)
             if branch not in refs["branches"]:
                 raise StorageError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
-            head = refs["branches"][branch]
-            if parent and parent != head:
-                raise StorageError(412, "PreconditionFailed", f"A commit has happened since {parent}; head is {head}")
-            files = dict(self.commit(ref, head)["files"])
-            for op in operations:
-                self._apply(files, op)
-            commit_id = self._write_commit(ref, parents=[head], title=title, message=message, author=author, files=files)
+            files = self.commit(ref, refs["branches"][branch])["files"]
+            commit_id = self._write_commit(ref, parents=[], title=message, message="", author=author, files=files)
             refs["branches"][branch] = commit_id
-            write_json_atomic(self.repo_dir(ref) / "refs.json", refs)
+            self._write_refs(ref, refs)
             return commit_id
 
-    def _apply(self, files: dict[str, dict[str, Any]], op: dict[str, Any]) -> None:
-        key, value = op["key"], op["value"]
-        path = str(value.get("path", "")).strip("/")
-        if not path or ".." in path.split("/"):
-            raise StorageError(400, "BadRequest", f"invalid path {path!r}")
+    def _apply(self, files: dict[str, dict[str, Any]], op: Any) -> None:
+        if not isinstance(op, dict) or not isinstance(op.get("value"), dict):
+            raise StorageError(400, "BadRequest", "each commit operation must be an object {key, value}")
+        key, value = op.get("key"), op["value"]
+        if key == "deletedFolder":
+            path = validate.file_path(str(value.get("path", "")).rstrip("/"))
+        else:
+            path = validate.file_path(value.get("path"))
         if key == "file":
-            import base64
-
-            data = base64.b64decode(value["content"]) if value.get("encoding", "base64") == "base64" else value["content"].encode()
+            content = value.get("content")
+            if not isinstance(content, str):
+                raise StorageError(400, "BadRequest", f"file {path}: 'content' must be a string")
+            encoding = value.get("encoding", "base64")
+            if encoding == "base64":
+                try:
+                    data = base64.b64decode(content, validate=True)
+                except (binascii.Error, ValueError):
+                    raise StorageError(400, "BadRequest", f"file {path}: content is not valid base64") from None
+            elif encoding in ("utf-8", "utf8"):
+                data = content.encode()
+            else:
+                raise StorageError(400, "BadRequest", f"file {path}: unsupported encoding {str(encoding)[:40]!r}")
             files[path] = _entry_regular(data, self.put_bytes(data))
         elif key == "lfsFile":
-            oid, size = value["oid"], int(value["size"])
+            oid = validate.oid(value.get("oid"))
+            if value.get("algo", "sha256") != "sha256":
+                raise StorageError(400, "BadRequest", f"{path}: only sha256 LFS objects are supported")
+            known = self.blob_size(oid)
             xet_hash = None
+            if known is None:
+                raise StorageError(
+                    400, "BadRequest",
+                    f"LFS object {oid} for {path} was never uploaded (no LFS upload, and no hf-xet shard under "
+                    f"{self.xet.cas_dir} records it: if this was a Xet upload, this hf-xet's local CAS layout "
+                    "is not the one xet.py reads)",
+                )
             if not self.has_blob(oid):
                 found = self.xet.lookup(oid)
-                if found is None:
-                    raise StorageError(
-                        400, "BadRequest",
-                        f"LFS object {oid} for {path} was never uploaded (no LFS upload, and no hf-xet shard under "
-                        f"{self.xet.cas_dir} records it: if this was a Xet upload, this hf-xet's local CAS layout "
-                        "is not the one xet.py reads)",
-                    )
-                xet_hash, size = found
-            files[path] = {"size": size, "sha256": oid, "lfs": True, "xet": xet_hash, "oid": git_blob_sha1(lfs_pointer(oid, size))}
+                xet_hash = found[0] if found else None
+            else:
+                xet_hash = next((e.get("xet") for e in files.values() if e.get("sha256") == oid and e.get("xet")), None)
+            # A copy of an LFS file names only the oid: the size is the stored object's.
+            if "size" in value and int(value["size"]) != known:
+                raise StorageError(400, "BadRequest", f"{path}: size {value['size']} does not match LFS object {oid} ({known} bytes)")
+            files[path] = {"size": known, "sha256": oid, "lfs": True, "xet": xet_hash, "oid": git_blob_sha1(lfs_pointer(oid, known))}
         elif key == "deletedFile":
             if path not in files:
-                raise StorageError(404, "EntryNotFound", f"cannot delete {path}: no such file")
+                raise StorageError(404, "EntryNotFound", f"cannot delete {path}: A file with this name doesn't exist")
             del files[path]
         elif key == "deletedFolder":
             for name in [p for p in files if p.startswith(path + "/")]:
                 del files[name]
         else:
-            raise StorageError(400, "BadRequest", f"unsupported commit operation {key!r}")
+            raise StorageError(400, "BadRequest", f"unsupported commit operation {str(key)[:40]!r}")
 
     def _write_commit(self, ref: RepoRef, *, parents: list[str], title: str, message: str, author: str, files: dict) -> str:
         body = {"parents": parents, "title": title, "message": message, "author": author, "date": _now(), "files": files}
         commit_id = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
         write_json_atomic(self.repo_dir(ref) / "commits" / f"{commit_id}.json", body)
         return commit_id
+
+    # ------------------------------------------------------------------ discussions and pull requests
+    def discussions(self, ref: RepoRef) -> list[dict[str, Any]]:
+        self.repo_meta(ref)
+        try:
+            return json.loads((self.repo_dir(ref) / "discussions.json").read_text())
+        except FileNotFoundError:
+            return []
+
+    def discussion(self, ref: RepoRef, num: int) -> dict[str, Any]:
+        for item in self.discussions(ref):
+            if item["num"] == num:
+                return item
+        raise StorageError(404, "DiscussionNotFound", f"Discussion #{num} not found on {ref.repo_id}")
+
+    def _save_discussions(self, ref: RepoRef, items: list[dict[str, Any]]) -> None:
+        write_json_atomic(self.repo_dir(ref) / "discussions.json", items)
+
+    def create_discussion(self, ref: RepoRef, *, title: str, description: str, author: str, pull_request: bool) -> int:
+        """A discussion, or a pull request whose refs/pr/N starts at main's head (as on the Hub)."""
+        with self._lock:
+            refs = self.refs(ref)
+            head = refs["branches"]["main"]
+            num = self._new_discussion(ref, refs, title=title, description=description, author=author,
+                                       pull_request=pull_request, base="main", start=head)
+            if pull_request:
+                refs["prs"][str(num)] = head
+                self._write_refs(ref, refs)
+            return num
+
+    def _new_discussion(self, ref: RepoRef, refs: dict[str, Any], *, title: str, description: str, author: str,
+                        pull_request: bool, base: str, start: str) -> int:
+        items = self.discussions(ref)
+        num = max((d["num"] for d in items), default=0) + 1
+        now = _now()
+        items.append({
+            "num": num, "title": title.strip() or f"#{num}", "isPullRequest": pull_request, "status": "open",
+            "author": author, "createdAt": now, "base": base if pull_request else None, "start": start if pull_request else None,
+            "mergeCommitId": None,
+            "events": [{"id": f"{num:08x}{0:08x}", "type": "comment", "author": author, "createdAt": now,
+                        "data": {"edited": False, "hidden": False, "latest": {"raw": description}}}],
+        })
+        self._save_discussions(ref, items)
+        return num
+
+    def _add_event(self, ref: RepoRef, num: int, kind: str, author: str, data: dict[str, Any]) -> None:
+        items = self.discussions(ref)
+        for item in items:
+            if item["num"] == num:
+                item["events"].append({"id": f"{num:08x}{len(item['events']):08x}", "type": kind, "author": author,
+                                       "createdAt": _now(), "data": data})
+        self._save_discussions(ref, items)
+
+    def change_status(self, ref: RepoRef, num: int, status: str, author: str) -> None:
+        if status not in ("open", "closed"):
+            raise StorageError(400, "BadRequest", f"invalid status {str(status)[:20]!r}: open or closed")
+        with self._lock:
+            items = self.discussions(ref)
+            item = next((d for d in items if d["num"] == num), None)
+            if item is None:
+                raise StorageError(404, "DiscussionNotFound", f"Discussion #{num} not found on {ref.repo_id}")
+            if item["status"] == "merged":
+                raise StorageError(400, "BadRequest", f"#{num} is merged; its status cannot change")
+            item["status"] = status
+            self._save_discussions(ref, items)
+            self._add_event(ref, num, "status-change", author, {"status": status})
+
+    def merge_pull_request(self, ref: RepoRef, num: int, author: str, comment: str | None = None) -> str:
+        """Merge refs/pr/NUM into its base branch with a merge commit; 409 naming conflicting files."""
+        with self._lock:
+            item = self.discussion(ref, num)
+            if not item["isPullRequest"]:
+                raise StorageError(400, "BadRequest", f"#{num} is a discussion, not a pull request")
+            if item["status"] != "open":
+                raise StorageError(400, "BadRequest", f"pull request #{num} is {item['status']}, not open")
+            refs = self.refs(ref)
+            if item["base"] not in refs["branches"]:
+                raise StorageError(404, "RevisionNotFound", f"Invalid rev id: {item['base']}")
+            pr_head = refs["prs"][str(num)]
+            base_head = refs["branches"][item["base"]]
+            start = self.commit(ref, item["start"])["files"]
+            ours = self.commit(ref, base_head)["files"]
+            theirs = self.commit(ref, pr_head)["files"]
+            merged = dict(ours)
+            conflicts = []
+            for path in sorted(set(start) | set(theirs)):
+                if theirs.get(path) == start.get(path):
+                    continue  # the PR did not touch it
+                if ours.get(path) not in (start.get(path), theirs.get(path)):
+                    conflicts.append(path)
+                elif path in theirs:
+                    merged[path] = theirs[path]
+                else:
+                    merged.pop(path, None)
+            if conflicts:
+                raise StorageError(409, "Conflict", f"pull request #{num} conflicts with {item['base']} on: {', '.join(conflicts[:20])}")
+            commit_id = self._write_commit(ref, parents=[base_head, pr_head], title=f"Merge refs/pr/{num}: {item['title']}",
+                                           message=comment or "", author=author, files=merged)
+            refs["branches"][item["base"]] = commit_id
+            self._write_refs(ref, refs)
+            items = self.discussions(ref)
+            for d in items:
+                if d["num"] == num:
+                    d["status"] = "merged"
+                    d["mergeCommitId"] = commit_id
+            self._save_discussions(ref, items)
+            if comment:
+                self._add_event(ref, num, "comment", author, {"edited": False, "hidden": False, "latest": {"raw": comment}})
+            self._add_event(ref, num, "status-change", author, {"status": "merged"})
+            return commit_id
 
 
 def _entry_regular(data: bytes, sha256: str) -> dict[str, Any]:

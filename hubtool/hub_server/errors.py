@@ -1,0 +1,12 @@
+"""The local Hub's one error type: a refusal that handlers turn into an HTTP status + X-Error-Code."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """A request the server refuses; the handler turns it into an HTTP error with this code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
