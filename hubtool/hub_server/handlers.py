@@ -480,6 +480,9 @@ class HubHandler(BaseHTTPRequestHandler):
     def settings(self, ref: RepoRef) -> None:
         spec = self.body_json(required=True)
         self._require_write(ref)
+        unknown = sorted(set(spec) - {"private", "visibility", "gated"})
+        if unknown or not spec:
+            raise StorageError(400, "BadRequest", f"unsupported settings {unknown[:5]}: the local Hub knows visibility, private, gated=false")
         if "gated" in spec and spec["gated"] not in (False, None):
             raise StorageError(400, "BadRequest", "gated repos are not supported by the local Hub")
         visibility = spec.get("visibility")
@@ -664,6 +667,8 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def lfs_batch(self, ref: RepoRef) -> None:
         spec = self.body_json(required=True)
+        if spec.get("operation") not in ("upload", "download") or not isinstance(spec.get("objects"), list):
+            raise StorageError(400, "BadRequest", "LFS batch needs operation upload|download and a list of objects")
         upload = spec.get("operation") == "upload"
         if upload:
             # Blobs are content-addressed and inert until a commit names them: anyone who may
@@ -672,7 +677,7 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             self._require_read(ref)
         objects = []
-        for obj in spec.get("objects") or []:
+        for obj in spec["objects"]:
             if not isinstance(obj, dict):
                 raise StorageError(400, "BadRequest", "each object must be {oid, size}")
             oid, size = validate.oid(obj.get("oid")), int(obj["size"])

@@ -1,0 +1,463 @@
+"""Hostile requests against the local Hub: each must get a 4xx, touch nothing outside the root,
+read nothing outside it, and leave the server serving. Loopback only; every loop is bounded."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+from huggingface_hub import HfApi
+
+from hubtool.hub_server import bind_warning, serve_in_thread
+
+ALICE, BOB = "hf_ALICEtokenNEVERshown012345", "hf_BOBtokenNEVERshown0123456789"
+SECRET = b"top secret outside the root\n"
+
+
+def request(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 10):
+    """(status, headers, body) of one request on a fresh connection."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def raw_exchange(url: str, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes and read until the server answers and closes (or the timeout)."""
+    parts = urlsplit(url)
+    out = b""
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and b'"error"' in out:
+                break
+    return out
+
+
+def commit_body(*ops: dict, summary: str = "probe") -> bytes:
+    lines = [{"key": "header", "value": {"summary": summary, "description": ""}}, *ops]
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def tree_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """A root for the Hub and, beside it, files a probe must never read, write or delete."""
+    outside = tmp_path / "outside"
+    (outside / "victim").mkdir(parents=True)
+    (outside / "victim" / "repo.json").write_text('{"private": false, "created": "x"}')
+    (outside / "secret.txt").write_bytes(SECRET)
+    return tmp_path / "root", outside
+
+
+@pytest.fixture
+def open_hub(sandbox):
+    root, outside = sandbox
+    before = tree_of(outside)
+    with serve_in_thread(root, read_timeout=2.0, max_body=1 << 20, max_upload=1 << 22) as hub:
+        api = HfApi(endpoint=hub.url, token=False)
+        api.create_repo("acme/target")
+        yield hub, outside
+        assert_serving(hub)
+    assert tree_of(outside) == before  # nothing outside the root was written or deleted
+
+
+def assert_serving(hub) -> None:
+    status, _, body = request(hub.url, "GET", "/api/models/acme/target")
+    assert status == 200 and json.loads(body)["id"] == "acme/target"
+
+
+def assert_4xx(status: int, body: bytes) -> None:
+    assert 400 <= status < 500, (status, body[:200])
+    assert SECRET not in body
+
+
+# ---------------------------------------------------------------------------- file read / write outside root
+@pytest.mark.parametrize("oid", ["/etc/passwd", "../../outside/secret.txt", "../x", "a" * 63, "A" * 64, "g" * 64, "0" * 64 + "/x"])
+def test_lfs_oid_must_be_64_hex(open_hub, oid):
+    hub, outside = open_hub
+    oid = oid.replace("outside/secret.txt", str(outside / "secret.txt"))
+    body = commit_body({"key": "lfsFile", "value": {"path": "stolen.bin", "algo": "sha256", "oid": oid, "size": 5}})
+    status, _, answer = request(hub.url, "POST", "/api/models/acme/target/commit/main", body, {"Content-Type": "application/x-ndjson"})
+    assert_4xx(status, answer)
+    status, _, answer = request(hub.url, "GET", "/acme/target/resolve/main/stolen.bin")
+    assert status == 404 and SECRET not in answer
+
+
+@pytest.mark.parametrize("oid", ["..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "abc"])
+def test_lfs_upload_and_verify_refuse_bad_oids(open_hub, oid):
+    hub, _ = open_hub
+    status, _, answer = request(hub.url, "PUT", f"/_hubtool/lfs/{oid}", b"data")
+    assert_4xx(status, answer)
+    status, _, answer = request(hub.url, "POST", f"/_hubtool/lfs/{oid}/verify", b"{}")
+    assert_4xx(status, answer)
+
+
+@pytest.mark.parametrize("name", ["../../../outside/victim", "../victim", "..", "a/../../b", "/abs"])
+def test_delete_repo_cannot_leave_root(open_hub, name):
+    hub, outside = open_hub
+    body = json.dumps({"name": name, "organization": None, "type": "model"}).encode()
+    status, _, answer = request(hub.url, "DELETE", "/api/repos/delete", body, {"Content-Type": "application/json"})
+    assert_4xx(status, answer)
+    assert (outside / "victim" / "repo.json").is_file()
+
+
+@pytest.mark.parametrize("org", ["..", "../..", "acme/../..", "x" * 97])
+def test_create_repo_cannot_leave_root(open_hub, org):
+    hub, _ = open_hub
+    body = json.dumps({"name": "victim", "organization": org}).encode()
+    status, _, answer = request(hub.url, "POST", "/api/repos/create", body, {"Content-Type": "application/json"})
+    assert_4xx(status, answer)
+
+
+def test_symlinked_repo_folder_is_not_followed_out_of_root(open_hub):
+    hub, outside = open_hub
+    link = hub.root / "repos" / "model" / "evil"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)  # repos/model/evil/victim -> outside/victim (holds a repo.json)
+    status, _, answer = request(hub.url, "GET", "/api/models/evil/victim")
+    assert_4xx(status, answer)
+    status, _, answer = request(hub.url, "DELETE", "/api/repos/delete", json.dumps({"name": "victim", "organization": "evil"}).encode(),
+                                {"Content-Type": "application/json"})
+    assert_4xx(status, answer)
+    assert (outside / "victim" / "repo.json").is_file()
+
+
+# ---------------------------------------------------------------------------- names and paths
+BAD_PATHS = ["/abs", "a\\b", "a\x00b", "a\nb", "a\rb", "a//b", "./x", "x/./y", "../x", "a/../../x", "dir/", ".git/config",
+             "x/.git/hooks/post", "", "a" * 1001, "\x7f"]
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
+def test_commit_refuses_bad_paths(open_hub, path):
+    hub, _ = open_hub
+    body = commit_body({"key": "file", "value": {"path": path, "content": base64.b64encode(b"x").decode(), "encoding": "base64"}})
+    status, _, answer = request(hub.url, "POST", "/api/models/acme/target/commit/main", body)
+    assert_4xx(status, answer)
+    files = HfApi(endpoint=hub.url).list_repo_files("acme/target")
+    assert files == [".gitattributes"]
+
+
+@pytest.mark.parametrize("path", ["a\nb", "../x", "/abs"])
+def test_preupload_refuses_bad_paths(open_hub, path):
+    hub, _ = open_hub
+    body = json.dumps({"files": [{"path": path, "size": 1, "sample": ""}]}).encode()
+    status, _, answer = request(hub.url, "POST", "/api/models/acme/target/preupload/main", body, {"Content-Type": "application/json"})
+    assert_4xx(status, answer)
+
+
+@pytest.mark.parametrize("branch", ["..%2Fx", "a..b", "refs%2Fheads%2Fx", "with%20space", "a%00b", "x.lock", "%2Fabs", "a%5Cb", "-x"])
+def test_bad_branch_names(open_hub, branch):
+    hub, _ = open_hub
+    status, _, answer = request(hub.url, "POST", f"/api/models/acme/target/branch/{branch}", b"{}")
+    assert_4xx(status, answer)
+    refs = json.loads(request(hub.url, "GET", "/api/models/acme/target/refs")[2])
+    assert [b["name"] for b in refs["branches"]] == ["main"]
+
+
+@pytest.mark.parametrize("repo", ["acme/" + "x" * 300, "acme/a--b", "acme/.hidden", "acme/x.git", "%2E%2E/x", "acme/caf%C3%A9"])
+def test_bad_repo_ids_are_400_not_500(open_hub, repo):
+    hub, _ = open_hub
+    status, _, answer = request(hub.url, "GET", f"/api/models/{repo}")
+    assert_4xx(status, answer)
+    ns, name = repo.split("/", 1)
+    body = json.dumps({"name": name, "organization": ns}).encode()
+    status, _, answer = request(hub.url, "POST", "/api/repos/create", body, {"Content-Type": "application/json"})
+    assert_4xx(status, answer)
+
+
+def test_tree_and_resolve_paths_cannot_escape(open_hub):
+    hub, _ = open_hub
+    for path in ["/api/models/acme/target/tree/main/..%2F..%2F..", "/acme/target/resolve/main/..%2F..%2Foutside%2Fsecret.txt",
+                 "/acme/target/resolve/..%2F..%2F/x", "/api/models/acme/target/tree/%2E%2E"]:
+        status, _, answer = request(hub.url, "GET", path)
+        assert_4xx(status, answer)
+
+
+# ---------------------------------------------------------------------------- malformed bodies
+@pytest.mark.parametrize("body", [b"{bad json", b"[1, 2]", b'"a string"', b"\xff\xfe", b"null", b'{"name": 5}', b'{"name": ["x"]}'])
+def test_malformed_json_is_400(open_hub, body):
+    hub, _ = open_hub
+    for method, path in [("POST", "/api/repos/create"), ("DELETE", "/api/repos/delete"), ("PUT", "/api/models/acme/target/settings"),
+                         ("POST", "/api/models/acme/target/preupload/main"), ("POST", "/acme/target.git/info/lfs/objects/batch"),
+                         ("POST", "/api/models/acme/target/discussions"), ("POST", "/api/repos/move")]:
+        status, _, answer = request(hub.url, method, path, body, {"Content-Type": "application/json"})
+        assert_4xx(status, answer)
+
+
+@pytest.mark.parametrize("lines", [
+    b"not json\n", b"[1]\n", b'{"key": "header", "value": 3}\n', b'{"key": "header", "value": {}}\n"str"\n',
+    b'{"key": "header", "value": {}}\n{"key": "file", "value": []}\n', b'{"key": "header", "value": {"summary": 5}}\n',
+    b'{"key": "header", "value": {}}\n{"key": "nope", "value": {"path": "a"}}\n',
+])
+def test_malformed_commit_payload_is_400(open_hub, lines):
+    hub, _ = open_hub
+    status, _, answer = request(hub.url, "POST", "/api/models/acme/target/commit/main", lines)
+    assert_4xx(status, answer)
+
+
+def test_invalid_base64_is_refused_not_committed_empty(open_hub):
+    hub, _ = open_hub
+    body = commit_body({"key": "file", "value": {"path": "a.txt", "content": "!!!not base64!!!", "encoding": "base64"}})
+    status, _, answer = request(hub.url, "POST", "/api/models/acme/target/commit/main", body)
+    assert_4xx(status, answer)
+    assert "a.txt" not in HfApi(endpoint=hub.url).list_repo_files("acme/target")
+
+
+def test_huge_content_length_is_413_without_reading(open_hub):
+    hub, _ = open_hub
+    reply = raw_exchange(hub.url, b"POST /api/repos/create HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000000\r\n\r\n{}")
+    assert reply.startswith(b"HTTP/1.1 413") or reply.startswith(b"HTTP/1.0 413"), reply[:100]
+    reply = raw_exchange(hub.url, b"PUT /_hubtool/lfs/" + b"0" * 64 + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n")
+    assert b" 413 " in reply.split(b"\r\n")[0], reply[:100]
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-5", b"1e9", b"99999999999999999999999"])
+def test_bad_content_length_is_answered(open_hub, length):
+    hub, _ = open_hub
+    reply = raw_exchange(hub.url, b"POST /api/repos/create HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n{}")
+    status = int(reply.split(b" ", 2)[1]) if reply else 0
+    assert 400 <= status < 500, reply[:100]
+
+
+def test_bad_chunked_body_is_400(open_hub):
+    hub, _ = open_hub
+    reply = raw_exchange(hub.url, b"POST /api/repos/create HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    assert b" 400 " in reply.split(b"\r\n")[0], reply[:100]
+
+
+def test_stalled_body_frees_the_thread_and_leaves_no_temp_file(open_hub):
+    """A client that announces a body and stops sending is cut off after read_timeout (2 s here)."""
+    hub, _ = open_hub
+    oid = hashlib.sha256(b"x" * 1000).hexdigest()
+    parts = urlsplit(hub.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(f"PUT /_hubtool/lfs/{oid} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode() + b"x" * 10)
+        time.sleep(0.5)
+        assert list(hub.root.glob("blobs/.upload-*"))  # the upload is in flight
+        start = time.monotonic()
+        try:
+            leftover = sock.recv(1024)
+        except (ConnectionResetError, socket.timeout):
+            leftover = b""
+        assert time.monotonic() - start < 8  # closed by the server's timeout, not ours
+    assert not leftover.startswith(b"HTTP/1.1 200")
+    deadline = time.monotonic() + 5
+    while list(hub.root.glob("blobs/.upload-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(hub.root.glob("blobs/.upload-*"))
+    assert not (hub.root / "blobs" / oid[:2] / oid).exists()
+
+
+def test_chunked_upload_over_max_upload_is_refused_mid_stream(open_hub):
+    """No Content-Length to refuse up front: the limit (4 MiB here) stops the stream on the way."""
+    hub, _ = open_hub
+    data = os.urandom((1 << 22) + 65536)
+    oid = hashlib.sha256(data).hexdigest()
+    parts = urlsplit(hub.url)
+    reply = b""
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(f"PUT /_hubtool/lfs/{oid} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        try:
+            for i in range(0, len(data), 65536):
+                piece = data[i:i + 65536]
+                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            reply = sock.recv(4096)
+        except (ConnectionResetError, socket.timeout):
+            pass
+    if reply:
+        assert b" 413 " in reply.split(b"\r\n")[0], reply[:100]
+    assert not list(hub.root.glob("blobs/.upload-*")) and not (hub.root / "blobs" / oid[:2] / oid).exists()
+
+
+def test_non_ascii_error_message_is_answered(open_hub):
+    hub, _ = open_hub
+    name = "données/модель-文件.txt"
+    status, headers, answer = request(hub.url, "GET", f"/acme/target/resolve/main/{quote(name)}")
+    assert status == 404 and headers["X-Error-Code"] == "EntryNotFound"
+    assert name in json.loads(answer)["error"]
+    status, _, answer = request(hub.url, "GET", f"/api/models/acme/target/tree/{quote('ветка', safe='')}")
+    assert status == 404 and "ветка" in json.loads(answer)["error"]
+
+
+# ---------------------------------------------------------------------------- auth
+@pytest.fixture
+def users_hub(sandbox):
+    root, _ = sandbox
+    users = {ALICE: ("alice", []), BOB: ("bob", [])}
+    with serve_in_thread(root, users=users, read_timeout=2.0) as hub:
+        bob = HfApi(endpoint=hub.url, token=BOB)
+        bob.create_repo("bob/secret", private=True)
+        bob.upload_file(path_or_fileobj=b"bob's private weights", path_in_repo="w.txt", repo_id="bob/secret")
+        yield hub
+
+
+@pytest.mark.parametrize("encoded", ["..%2Fbob%2Fsecret", "%2E%2E%2Fbob%2Fsecret", "x%2F..%2F..%2Fbob%2Fsecret"])
+def test_namespace_check_uses_the_repo_actually_addressed(users_hub, encoded):
+    hub = users_hub
+    alice = {"Authorization": f"Bearer {ALICE}"}
+    for method, path, body in [
+        ("GET", f"/api/models/alice/{encoded}", None),
+        ("GET", f"/alice/{encoded}/resolve/main/w.txt", None),
+        ("GET", f"/api/models/alice/{encoded}/tree/main", None),
+        ("POST", f"/api/models/alice/{encoded}/commit/main", commit_body({"key": "deletedFile", "value": {"path": "w.txt"}})),
+        ("PUT", f"/api/models/alice/{encoded}/settings", b'{"visibility": "public"}'),
+        ("PUT", f"/api/models/alice/{encoded}/settings", b'{"private": false}'),
+    ]:
+        status, _, answer = request(hub.url, method, path, body, alice)
+        assert_4xx(status, answer)
+        assert b"bob's private weights" not in answer
+    bob = HfApi(endpoint=hub.url, token=BOB)
+    assert bob.repo_info("bob/secret").private is True
+    assert bob.list_repo_files("bob/secret") == [".gitattributes", "w.txt"]
+
+
+def test_foreign_private_repo_is_invisible_and_unwritable(users_hub):
+    hub = users_hub
+    alice = HfApi(endpoint=hub.url, token=ALICE)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for call in (lambda: alice.list_repo_files("bob/secret"),
+                 lambda: alice.update_repo_settings("bob/secret", private=False),
+                 lambda: alice.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="bob/secret"),
+                 lambda: alice.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="bob/secret", create_pr=True),
+                 lambda: alice.delete_repo("bob/secret"),
+                 lambda: alice.move_repo("bob/secret", "alice/stolen")):
+        with pytest.raises(HfHubHTTPError) as err:
+            call()
+        assert 400 <= err.value.response.status_code < 500
+    assert [m.id for m in HfApi(endpoint=hub.url, token=ALICE).list_models(author="bob")] == []
+    assert [m.id for m in HfApi(endpoint=hub.url, token=BOB).list_models(author="bob")] == ["bob/secret"]
+
+
+def test_faults_endpoint_needs_a_token_in_users_mode(users_hub):
+    hub = users_hub
+    spec = json.dumps({"method": "GET", "path_regex": ".*", "status": 503, "times": 100}).encode()
+    status, _, _ = request(hub.url, "POST", "/_hubtool/faults", spec, {"Content-Type": "application/json"})
+    assert status == 401
+    status, _, _ = request(hub.url, "DELETE", "/_hubtool/faults")
+    assert status == 401
+    assert hub.state.faults.snapshot() == []
+    status, _, _ = request(hub.url, "GET", "/api/models/bob/secret", headers={"Authorization": f"Bearer {BOB}"})
+    assert status == 200  # no fault was installed
+    status, _, body = request(hub.url, "POST", "/_hubtool/faults", spec.replace(b"100", b"1"),
+                              {"Content-Type": "application/json", "Authorization": f"Bearer {ALICE}"})
+    assert status == 200 and json.loads(body)["remaining"] == 1
+
+
+def test_lfs_put_without_signature_needs_a_token_in_users_mode(users_hub):
+    hub = users_hub
+    data = b"unsigned upload"
+    oid = hashlib.sha256(data).hexdigest()
+    status, _, _ = request(hub.url, "PUT", f"/_hubtool/lfs/{oid}", data)
+    assert status == 401
+    status, _, _ = request(hub.url, "PUT", f"/_hubtool/lfs/{oid}?sig=0123456789abcdef0123456789abcdef", data)
+    assert status == 401
+    assert not (hub.root / "blobs" / oid[:2] / oid).exists()
+    status, _, _ = request(hub.url, "PUT", f"/_hubtool/lfs/{oid}?sig={hub.state.sign(oid)}", data)
+    assert status == 200 and (hub.root / "blobs" / oid[:2] / oid).read_bytes() == data
+
+
+# ---------------------------------------------------------------------------- start-up hygiene
+def test_stale_temp_files_are_removed_at_start(tmp_path):
+    root = tmp_path / "root"
+    (root / "blobs").mkdir(parents=True)
+    stale = root / "blobs" / ".upload-abc123"
+    fresh = root / "blobs" / ".upload-live"
+    stale_json = root / "repos" / "model" / "acme" / "m" / ".refs.json.xyz"
+    stale_json.parent.mkdir(parents=True)
+    keep = root / "blobs" / "ab" / ("ab" + "0" * 62)
+    keep.parent.mkdir()
+    for path in (stale, fresh, stale_json, keep):
+        path.write_bytes(b"")
+    old = time.time() - 3600
+    for path in (stale, stale_json, keep):
+        os.utime(path, (old, old))
+    with serve_in_thread(root) as hub:
+        assert hub.state.storage.removed_temp_files == 2
+    assert not stale.exists() and not stale_json.exists()
+    assert fresh.exists() and keep.exists()  # a live upload of another server, and real data
+
+
+def test_non_loopback_bind_warns(tmp_path):
+    assert bind_warning("127.0.0.1", None) is None and bind_warning("::1", None) is None and bind_warning("localhost", None) is None
+    assert "open mode" in bind_warning("0.0.0.0", None)
+    assert "not loopback" in bind_warning("192.168.1.5", {"t" * 8: ("a", [])})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "root"), "--port", "0", "--host", "0.0.0.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://0.0.0.0:")
+        warning = proc.stderr.readline()
+        assert warning.startswith("warning: the local Hub listens on 0.0.0.0, not loopback")
+        port = int(url.rsplit(":", 1)[1])
+        status, _, _ = request(f"http://127.0.0.1:{port}", "GET", "/api/models/acme/none")
+        assert status == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_users_file_enables_auth_from_the_cli(tmp_path):
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({ALICE: {"name": "alice", "orgs": ["acme"]}}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "root"), "--port", "0", "--users", str(users)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        body = json.dumps({"name": "m", "organization": "acme"}).encode()
+        assert request(url, "POST", "/api/repos/create", body)[0] == 401
+        assert request(url, "POST", "/api/repos/create", body, {"Authorization": f"Bearer {ALICE}"})[0] == 200
+        assert request(url, "POST", "/_hubtool/faults", b'{"method": "GET", "path_regex": "x", "status": 500}')[0] == 401
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert ALICE not in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    done = subprocess.run([sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "r2"), "--users", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: ") and "bad.json" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_server_keeps_serving_after_a_burst_of_probes(open_hub):
+    hub, _ = open_hub
+    probes = [b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"POST /api/repos/create HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+              b"GET /api/models/%ff%fe/x HTTP/1.1\r\nHost: x\r\n\r\n", b"DELETE /_hubtool/lfs/x HTTP/1.1\r\nHost: x\r\n\r\n"]
+    for probe in probes * 3:
+        raw_exchange(hub.url, probe, timeout=4)
+    assert_serving(hub)
