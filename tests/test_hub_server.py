@@ -195,3 +195,136 @@ def test_auth_401_403_409_and_no_token_stored(tmp_path, monkeypatch):
         assert "model.safetensors" in api.list_repo_files("acme/secure")
     stored = [p for p in (tmp_path / "hub").rglob("*") if p.is_file()]
     assert stored and not any(TOKEN.encode() in p.read_bytes() for p in stored)
+
+
+# ---------------------------------------------------------------------------- Hub behaviours beyond upload/download
+def test_create_pr_upload_and_merge(local_hub, tmp_path):
+    """`create_pr=True` opens refs/pr/N (main untouched); the client lists, reads and merges it."""
+    api = HfApi(endpoint=local_hub.url, token=TOKEN)
+    api.create_repo("acme/pr")
+    main_before = api.repo_info("acme/pr").sha
+    info = api.upload_file(path_or_fileobj=b"v2 weights", path_in_repo="w.bin", repo_id="acme/pr",
+                           commit_message="Add v2", create_pr=True)
+    assert info.pr_url == f"{local_hub.url}/acme/pr/discussions/1" and info.pr_num == 1
+    assert info.pr_revision == "refs/pr/1"
+    assert api.repo_info("acme/pr").sha == main_before  # main did not move
+    assert "w.bin" in api.list_repo_files("acme/pr", revision="refs/pr/1")
+    assert "w.bin" not in api.list_repo_files("acme/pr")
+    got = hf_hub_download("acme/pr", "w.bin", revision="refs/pr/1", endpoint=local_hub.url, cache_dir=tmp_path / "dl")
+    assert Path(got).read_bytes() == b"v2 weights"
+    # a folder as a second PR (in Xet mode the client opens it with create_pull_request first)
+    src = make_folder(tmp_path / "src")
+    folder = api.upload_folder(folder_path=src, repo_id="acme/pr", commit_message="Add folder", create_pr=True)
+    assert folder.pr_url == f"{local_hub.url}/acme/pr/discussions/2"
+    prs = list(api.get_repo_discussions("acme/pr", discussion_type="pull_request"))
+    assert [(d.num, d.title, d.status, d.is_pull_request) for d in prs] == [(2, "Add folder", "open", True), (1, "Add v2", "open", True)]
+    refs = api.list_repo_refs("acme/pr", include_pull_requests=True)
+    assert sorted(r.ref for r in refs.pull_requests) == ["refs/pr/1", "refs/pr/2"]
+    details = api.get_discussion_details("acme/pr", 1)
+    assert details.target_branch == "refs/heads/main" and details.merge_commit_oid is None
+    assert any(e.type == "commit" for e in details.events)
+
+    api.merge_pull_request("acme/pr", 1, comment="ship it")
+    assert "w.bin" in api.list_repo_files("acme/pr")
+    merged = api.get_discussion_details("acme/pr", 1)
+    assert merged.status == "merged" and merged.merge_commit_oid == api.repo_info("acme/pr").sha
+    api.merge_pull_request("acme/pr", 2)
+    assert set(api.list_repo_files("acme/pr")) == {".gitattributes", "w.bin", *files_of(src)}
+    with pytest.raises(HfHubHTTPError):  # already merged
+        api.merge_pull_request("acme/pr", 2)
+    assert [d.status for d in api.get_repo_discussions("acme/pr")] == ["merged", "merged"]
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_conflicting_pr_is_refused_and_can_be_closed(local_hub):
+    api = HfApi(endpoint=local_hub.url)
+    api.create_repo("acme/conflict")
+    api.upload_file(path_or_fileobj=b"pr", path_in_repo="a.txt", repo_id="acme/conflict", create_pr=True)
+    api.upload_file(path_or_fileobj=b"main", path_in_repo="a.txt", repo_id="acme/conflict")
+    with pytest.raises(HfHubHTTPError) as err:
+        api.merge_pull_request("acme/conflict", 1)
+    assert err.value.response.status_code == 409 and "a.txt" in str(err.value)
+    pr = api.create_pull_request("acme/conflict", title="Empty PR")
+    assert pr.num == 2 and pr.git_reference == "refs/pr/2"
+    api.change_discussion_status("acme/conflict", 1, new_status="closed")
+    assert [d.status for d in api.get_repo_discussions("acme/conflict")] == ["open", "closed"]
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_visibility_tags_squash_move_and_list(local_hub):
+    api = HfApi(endpoint=local_hub.url)
+    api.create_repo("acme/vis")
+    api.update_repo_settings("acme/vis", private=True)
+    assert api.repo_info("acme/vis").private is True
+    api.update_repo_settings("acme/vis", private=False)
+    assert api.repo_info("acme/vis").private is False
+
+    api.upload_file(path_or_fileobj=b"1", path_in_repo="a.txt", repo_id="acme/vis")
+    api.upload_file(path_or_fileobj=b"2", path_in_repo="a.txt", repo_id="acme/vis")
+    api.create_tag("acme/vis", tag="v1")
+    api.delete_tag("acme/vis", tag="v1")
+    assert api.list_repo_refs("acme/vis").tags == []
+    with pytest.raises(HfHubHTTPError):
+        api.delete_tag("acme/vis", tag="v1")
+
+    api.super_squash_history("acme/vis", commit_message="squashed")
+    commits = api.list_repo_commits("acme/vis")
+    assert [c.title for c in commits] == ["squashed"]
+    assert api.hf_hub_download("acme/vis", "a.txt", cache_dir=str(local_hub.root.parent / "dl")) and \
+        Path(api.hf_hub_download("acme/vis", "a.txt", cache_dir=str(local_hub.root.parent / "dl"))).read_bytes() == b"2"
+
+    api.move_repo("acme/vis", "acme/renamed")
+    assert api.repo_exists("acme/renamed") and not api.repo_exists("acme/vis")
+    api.create_repo("other/x")
+    assert [m.id for m in api.list_models(author="acme")] == ["acme/renamed"]
+    assert [m.id for m in api.list_models(search="x")] == ["other/x"]
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_copy_of_lfs_and_regular_files(local_hub):
+    from huggingface_hub import CommitOperationCopy
+
+    api = HfApi(endpoint=local_hub.url)
+    api.create_repo("acme/copy")
+    api.upload_file(path_or_fileobj=b"\0binary" * 100, path_in_repo="w.safetensors", repo_id="acme/copy")
+    api.upload_file(path_or_fileobj=b"text", path_in_repo="t.txt", repo_id="acme/copy")
+    api.create_commit("acme/copy", [CommitOperationCopy("w.safetensors", "copy/w.safetensors"), CommitOperationCopy("t.txt", "copy/t.txt")],
+                      commit_message="copy")
+    info = {f.path: f for f in api.get_paths_info("acme/copy", ["w.safetensors", "copy/w.safetensors", "copy/t.txt"])}
+    assert info["copy/w.safetensors"].lfs.sha256 == info["w.safetensors"].lfs.sha256
+    assert info["copy/w.safetensors"].size == 700 and info["copy/t.txt"].size == 4
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_tree_pagination_and_last_commit(tmp_path, hub_mode):
+    from huggingface_hub import CommitOperationAdd
+
+    with serve_in_thread(tmp_path / "hub", tree_page_size=3, tree_page_size_expand=2) as hub:
+        api = HfApi(endpoint=hub.url)
+        api.create_repo("acme/many")
+        api.create_commit("acme/many", [CommitOperationAdd(f"d/f{i}.txt", str(i).encode()) for i in range(7)], commit_message="seven")
+        api.upload_file(path_or_fileobj=b"new", path_in_repo="d/f3.txt", repo_id="acme/many", commit_message="touch f3")
+        mark = len(hub.requests)
+        entries = list(api.list_repo_tree("acme/many", recursive=True))
+        pages = [p for m, p in hub.requests[mark:] if "/tree/" in p]
+        assert len(pages) == 3  # 9 entries (.gitattributes, 7 files, d/) in pages of 3
+        assert sorted(e.path for e in entries) == sorted([".gitattributes", "d", *[f"d/f{i}.txt" for i in range(7)]])
+        expanded = {e.path: e for e in api.list_repo_tree("acme/many", path_in_repo="d", expand=True)}
+        assert len(expanded) == 7
+        assert expanded["d/f3.txt"].last_commit.title == "touch f3"
+        assert expanded["d/f1.txt"].last_commit.title == "seven"
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_non_ascii_names_get_a_404_not_a_dropped_connection(local_hub, tmp_path):
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+    api = HfApi(endpoint=local_hub.url)
+    api.create_repo("acme/intl")
+    api.upload_file(path_or_fileobj=b"ok", path_in_repo="données/файл.txt", repo_id="acme/intl")
+    got = hf_hub_download("acme/intl", "données/файл.txt", endpoint=local_hub.url, cache_dir=tmp_path / "dl")
+    assert Path(got).read_bytes() == b"ok"
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("acme/intl", "données/нет.txt", endpoint=local_hub.url, cache_dir=tmp_path / "dl")
+    with pytest.raises(RevisionNotFoundError):
+        api.list_repo_files("acme/intl", revision="ветка")

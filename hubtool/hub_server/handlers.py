@@ -590,7 +590,7 @@ class HubHandler(BaseHTTPRequestHandler):
             "numComments": sum(1 for e in item["events"] if e["type"] == "comment"),
         }
         if details:
-            out["events"] = item["events"]
+            out["events"] = [{**e, "author": {"name": e["author"], "type": "user"}} for e in item["events"]]
             if item["isPullRequest"]:
                 out["changes"] = {"base": f"refs/heads/{item['base']}", "mergeCommitId": item.get("mergeCommitId")}
                 out["filesWithConflicts"] = []
@@ -637,8 +637,8 @@ class HubHandler(BaseHTTPRequestHandler):
         item = self.hub.storage.discussion(ref, num)
         if not self._can_write(ref, user) and item["author"] != user[0]:
             raise StorageError(403, "Forbidden", f"You don't have the rights to change #{num} of {ref.repo_id}")
-        self.hub.storage.change_status(ref, num, spec.get("status"), user[0])
-        self._json(200, {"status": spec.get("status")})
+        event = self.hub.storage.change_status(ref, num, spec.get("status"), user[0])
+        self._json(200, {"newStatus": {**event, "author": {"name": event["author"], "type": "user"}}})
 
     # ------------------------------------------------------------------ uploads
     def preupload(self, ref: RepoRef, rev: str) -> None:

@@ -522,15 +522,18 @@ class Storage:
         self._save_discussions(ref, items)
         return num
 
-    def _add_event(self, ref: RepoRef, num: int, kind: str, author: str, data: dict[str, Any]) -> None:
+    def _add_event(self, ref: RepoRef, num: int, kind: str, author: str, data: dict[str, Any]) -> dict[str, Any]:
         items = self.discussions(ref)
+        event: dict[str, Any] = {}
         for item in items:
             if item["num"] == num:
-                item["events"].append({"id": f"{num:08x}{len(item['events']):08x}", "type": kind, "author": author,
-                                       "createdAt": _now(), "data": data})
+                event = {"id": f"{num:08x}{len(item['events']):08x}", "type": kind, "author": author, "createdAt": _now(), "data": data}
+                item["events"].append(event)
         self._save_discussions(ref, items)
+        return event
 
-    def change_status(self, ref: RepoRef, num: int, status: str, author: str) -> None:
+    def change_status(self, ref: RepoRef, num: int, status: str, author: str) -> dict[str, Any]:
+        """Open or close a discussion/PR; returns the status-change event."""
         if status not in ("open", "closed"):
             raise StorageError(400, "BadRequest", f"invalid status {str(status)[:20]!r}: open or closed")
         with self._lock:
@@ -542,7 +545,7 @@ class Storage:
                 raise StorageError(400, "BadRequest", f"#{num} is merged; its status cannot change")
             item["status"] = status
             self._save_discussions(ref, items)
-            self._add_event(ref, num, "status-change", author, {"status": status})
+            return self._add_event(ref, num, "status-change", author, {"status": status})
 
     def merge_pull_request(self, ref: RepoRef, num: int, author: str, comment: str | None = None) -> str:
         """Merge refs/pr/NUM into its base branch with a merge commit; 409 naming conflicting files."""
