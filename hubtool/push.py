@@ -4,6 +4,14 @@ Re-running is the resume story: unchanged files are skipped by the client (the H
 each file's oid on preupload), blobs already stored are not sent again (LFS batch / Xet
 dedup), and a push with nothing changed makes no commit. Every failure becomes one PushError
 line; the token is scrubbed from anything we print.
+
+With `create_pr`, an existing repo/branch is changed through one pull request (the way to
+change a repo you don't own, or to stage a release for review); a repo or branch that does not
+exist yet is created and pushed directly, since there is nothing to review against.
+
+The folder is checked before anything is sent: a symlink leading outside it (e.g. to
+/etc/passwd) or a file name the Hub refuses (newline, backslash, control characters) is a
+one-line InputError naming the file.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ class PushResult:
     files_uploaded: int  # paths added or changed by this push (0 when nothing changed)
     files_deleted: int
     changed: bool  # False: the remote already matched, no commit was made
+    pr_url: str | None = None  # the pull request this push opened (create_pr on an existing repo/branch)
+    pr_num: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,39 +77,58 @@ def push_folder(
     repo_type: str = "model",
     delete_missing: bool = False,
     ignore_patterns: list[str] | None = None,
+    create_pr: bool = False,
+    follow_symlinks: bool = False,
 ) -> PushResult:
     """Create REPO_ID (and BRANCH) if needed and upload FOLDER to it; re-run to resume.
 
     The token comes from `token`, else HF_TOKEN / the huggingface_hub login. With
     `delete_missing`, remote files absent from FOLDER are deleted in the same commit;
-    `ignore_patterns` (globs) leaves matching local files out.
+    `ignore_patterns` (globs) leaves matching local files out. With `create_pr`, changes to an
+    existing repo/branch go into one new pull request (`pr_url`) instead of a direct commit.
+    Symlinks leading outside FOLDER are refused unless `follow_symlinks`.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a directory; pass the folder to upload")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise InputError(f"{repo_id}: repo id must look like NAMESPACE/NAME")
+    local_files = scan_folder(folder, ignore_patterns=ignore_patterns, follow_symlinks=follow_symlinks)
     from huggingface_hub import HfApi, get_token
 
     endpoint = resolve_endpoint(endpoint)
     token = token or get_token()
     target = branch or "main"
     api = HfApi(endpoint=endpoint, token=token)
+    commit_message = message or f"Upload {folder.name} with hubtool"
+    pr_url: str | None = None
+    pr_num: int | None = None
     try:
-        repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type))
-        if target != "main":
+        existed = create_pr and api.repo_exists(repo_id, repo_type=repo_type)
+        if existed:  # no create_repo: a PR author usually cannot write to the namespace
+            repo_url = f"{endpoint}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
+        else:
+            repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type))
+        if create_pr and existed and target != "main":
+            existed = target in {b.name for b in api.list_repo_refs(repo_id, repo_type=repo_type).branches}
+        if target != "main" and not (create_pr and existed):
             api.create_branch(repo_id, branch=target, exist_ok=True, repo_type=repo_type)
         before_sha, before = _remote_files(api, repo_id, target, repo_type)
-        log(f"push: uploading {folder} to {repo_id}@{target} on {endpoint}")
-        info = api.upload_folder(
-            folder_path=folder,
-            repo_id=repo_id,
-            repo_type=repo_type,
-            revision=target,
-            commit_message=message or f"Upload {folder.name} with hubtool",
-            delete_patterns="*" if delete_missing else None,
-            ignore_patterns=ignore_patterns,
-        )
+        if create_pr and existed:
+            log(f"push: opening a pull request on {repo_id}@{target} on {endpoint} with {folder}")
+            info = _commit_as_pr(api, folder, local_files, repo_id, repo_type, target, commit_message, before, delete_missing)
+            pr_url, pr_num = info.pr_url, info.pr_num
+        else:
+            log(f"push: uploading {folder} to {repo_id}@{target} on {endpoint}")
+            info = api.upload_folder(
+                folder_path=folder,
+                repo_id=repo_id,
+                repo_type=repo_type,
+                revision=target,
+                commit_message=commit_message,
+                delete_patterns="*" if delete_missing else None,
+                ignore_patterns=ignore_patterns,
+            )
         after_sha = info.oid
         after = before if after_sha == before_sha else _remote_files(api, repo_id, after_sha, repo_type)[1]
     except PushError:
@@ -118,7 +147,71 @@ def push_folder(
         files_uploaded=uploaded,
         files_deleted=deleted,
         changed=after_sha != before_sha,
+        pr_url=scrub(pr_url, token) if pr_url else None,
+        pr_num=pr_num,
     )
+
+
+def _commit_as_pr(api: Any, folder: Path, files: list[str], repo_id: str, repo_type: str, target: str,
+                  message: str, before: dict[str, str], delete_missing: bool) -> Any:
+    """One commit holding every change, opened as a pull request against TARGET.
+
+    `create_commit` (not `upload_folder`, which only opens PRs against main) so that a branch
+    can be the PR's base; unchanged files are dropped by the client, and a push with nothing to
+    change opens no PR at all.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    ops: list[Any] = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(folder / rel)) for rel in files]
+    if delete_missing:
+        keep = set(files) | {".gitattributes"}
+        ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(before) if p not in keep]
+    return api.create_commit(repo_id, ops, commit_message=message, repo_type=repo_type,
+                             revision=target, create_pr=True)
+
+
+def scan_folder(folder: Path, *, ignore_patterns: list[str] | None = None, follow_symlinks: bool = False) -> list[str]:
+    """Relative POSIX paths of the files a push would send, after refusing what must not go.
+
+    Refused with a one-line InputError naming the file: a symlink (to a file or a folder) whose
+    target is outside FOLDER unless `follow_symlinks`, a dangling symlink, and a name the Hub
+    refuses (control characters such as a newline, a backslash, over 1000 bytes). What
+    huggingface_hub always leaves out (.git/, .cache/huggingface/) is left out here too.
+    """
+    from huggingface_hub.utils import filter_repo_objects
+    from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+    from hubtool.hub_server import validate
+    from hubtool.hub_server.errors import StorageError
+
+    root = folder.resolve()
+    patterns = [*(ignore_patterns or []), *DEFAULT_IGNORE_PATTERNS]
+    candidates: list[tuple[str, Path, bool]] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_symlinks):
+        here = Path(dirpath)
+        candidates += [(path.relative_to(folder).as_posix(), path, name in filenames)
+                       for name in sorted(dirnames + filenames) for path in [here / name]]
+    kept = set(filter_repo_objects([rel for rel, _, _ in candidates], ignore_patterns=patterns))
+    found: list[str] = []
+    for rel, path, is_file in candidates:
+        if rel not in kept:
+            continue
+        shown = repr(str(path))
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.exists():
+                raise InputError(f"{shown}: dangling symlink; remove it or point it at a real file")
+            if not follow_symlinks and target != root and root not in target.parents:
+                raise InputError(f"{shown}: symlink to {target}, outside {folder}; refusing to upload it "
+                                 "(copy the file in, or pass --follow-symlinks)")
+        if not is_file:
+            continue
+        try:
+            validate.file_path(rel)
+        except StorageError as exc:
+            raise InputError(f"{shown}: the Hub refuses this file name ({exc}); rename it") from None
+        found.append(rel)
+    return sorted(found)
 
 
 def _remote_files(api: Any, repo_id: str, revision: str, repo_type: str) -> tuple[str, dict[str, str]]:

@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from hubtool.cli import main
-from hubtool.errors import PushError
+from hubtool.errors import InputError, PushError
 from hubtool.hub_server import serve_in_thread
 from hubtool.push import push_folder, scrub
 from tests.test_hub_server import TOKEN, make_folder
@@ -208,3 +208,123 @@ def test_hub_serve_command(tmp_path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------------- --create-pr
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_create_pr_on_existing_repo_and_branch(local_hub, tmp_path, capsys):
+    src = make_folder(tmp_path / "src")
+    created = push_folder(src, "acme/prs", create_pr=True)  # new repo: nothing to review against, pushed directly
+    assert created.changed and created.pr_url is None and created.files_uploaded == 5
+    api = HfApi(endpoint=local_hub.url)
+    main_sha = api.repo_info("acme/prs").sha
+
+    (src / "config.json").write_text('{"v": 2}')
+    (src / "sub" / "notes.txt").unlink()
+    pr = push_folder(src, "acme/prs", create_pr=True, delete_missing=True, message="v2 for review")
+    assert pr.pr_url == f"{local_hub.url}/acme/prs/discussions/1" and pr.pr_num == 1
+    assert pr.files_uploaded == 1 and pr.files_deleted == 1
+    assert api.repo_info("acme/prs").sha == main_sha  # main untouched until the PR is merged
+    assert remote_state(local_hub.url, "acme/prs", "refs/pr/1")["config.json"] != remote_state(local_hub.url, "acme/prs")["config.json"]
+    assert [(d.num, d.title) for d in api.get_repo_discussions("acme/prs")] == [(1, "v2 for review")]
+
+    again = push_folder(src, "acme/prs", create_pr=True, delete_missing=True)  # main still differs: a second PR
+    assert again.pr_num == 2
+    api.merge_pull_request("acme/prs", 1)
+    noop = push_folder(src, "acme/prs", create_pr=True, delete_missing=True)  # main now matches: no PR
+    assert not noop.changed and noop.pr_url is None
+    assert len(list(api.get_repo_discussions("acme/prs"))) == 2
+
+    # a branch that exists takes a PR against it; the CLI prints the PR URL
+    push_folder(src, "acme/prs", branch="gguf")
+    (src / "config.json").write_text('{"v": 3}')
+    assert main(["push", str(src), "acme/prs", "--branch", "gguf", "--create-pr"]) == 0
+    out = capsys.readouterr().out
+    assert "opened pull request #3" in out and f"pull request {local_hub.url}/acme/prs/discussions/3" in out
+    details = api.get_discussion_details("acme/prs", 3)
+    assert details.target_branch == "refs/heads/gguf"
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_create_pr_on_a_repo_you_do_not_own(tmp_path, hub_mode):
+    """A maintainer without write access changes someone's repo through a PR; the owner merges it."""
+    owner, helper = "hf_OWNERtoken0123456789abcdef", "hf_HELPERtoken0123456789abcdef"
+    with serve_in_thread(tmp_path / "hub", users={owner: ("org-owner", ["bigorg"]), helper: ("helper", [])}) as hub:
+        src = make_folder(tmp_path / "src")
+        push_folder(src, "bigorg/model", endpoint=hub.url, token=owner)
+        (src / "README.md").write_text("---\nlicense: mit\n---\n# fixed card\n")
+        with pytest.raises(PushError, match="403"):
+            push_folder(src, "bigorg/model", endpoint=hub.url, token=helper)
+        pr = push_folder(src, "bigorg/model", endpoint=hub.url, token=helper, create_pr=True)
+        assert pr.pr_num == 1 and pr.files_uploaded == 1
+        api = HfApi(endpoint=hub.url, token=owner)
+        assert api.get_discussion_details("bigorg/model", 1).author == "helper"
+        with pytest.raises(Exception):
+            HfApi(endpoint=hub.url, token=helper).merge_pull_request("bigorg/model", 1)
+        api.merge_pull_request("bigorg/model", 1)
+        assert remote_state(hub.url, "bigorg/model")["README.md"] == remote_state(hub.url, "bigorg/model", "refs/pr/1")["README.md"]
+
+
+# ---------------------------------------------------------------------------- folders the Hub must not get
+def test_symlink_outside_folder_is_refused_before_upload(local_hub, tmp_path, capsys):
+    src = make_folder(tmp_path / "src")
+    (src / "passwd").symlink_to("/etc/passwd")
+    mark = len(local_hub.requests)
+    with pytest.raises(InputError, match=r"passwd'?: symlink to /etc/passwd, outside .*--follow-symlinks"):
+        push_folder(src, "acme/links")
+    assert local_hub.requests[mark:] == []  # refused before the first request
+    assert main(["push", str(src), "acme/links"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "passwd" in err and len(err.splitlines()) == 1
+    (src / "passwd").unlink()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (src / "linked-dir").symlink_to(outside)
+    with pytest.raises(InputError, match="linked-dir"):
+        push_folder(src, "acme/links")
+    (src / "inside").symlink_to(src / "config.json")  # a link that stays inside is fine
+    (src / "linked-dir").unlink()
+    (src / "dangling").symlink_to(tmp_path / "nope")
+    with pytest.raises(InputError, match="dangling symlink"):
+        push_folder(src, "acme/links")
+    (src / "dangling").unlink()
+    push_folder(src, "acme/links")
+    assert "inside" in remote_state(local_hub.url, "acme/links")
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_follow_symlinks_uploads_the_target(local_hub, tmp_path):
+    src = make_folder(tmp_path / "src")
+    outside = tmp_path / "shared.txt"
+    outside.write_text("shared tokenizer")
+    (src / "shared.txt").symlink_to(outside)
+    assert main(["push", str(src), "acme/follow", "--follow-symlinks"]) == 0
+    got = HfApi(endpoint=local_hub.url).hf_hub_download("acme/follow", "shared.txt", cache_dir=str(tmp_path / "dl"))
+    assert Path(got).read_text() == "shared tokenizer"
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+@pytest.mark.parametrize("name", ["bad\nname.txt", "tab\there.txt", "back\\slash.txt", "nul\x01.txt"])
+def test_file_names_the_hub_refuses_are_refused_before_upload(local_hub, tmp_path, name, capsys):
+    src = make_folder(tmp_path / "src")
+    (src / "sub" / name).write_text("x")
+    mark = len(local_hub.requests)
+    with pytest.raises(InputError, match="the Hub refuses this file name"):
+        push_folder(src, "acme/names")
+    assert local_hub.requests[mark:] == []
+    assert main(["push", str(src), "acme/names"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "rename it" in err
+
+
+def test_git_and_cache_folders_are_left_out_not_refused(tmp_path):
+    from hubtool.push import scan_folder
+
+    src = make_folder(tmp_path / "src")
+    (src / ".git").mkdir()
+    (src / ".git" / "bad\nname").write_text("x")
+    (src / ".cache" / "huggingface").mkdir(parents=True)
+    (src / ".cache" / "huggingface" / "x.lock").write_text("")
+    assert scan_folder(src) == sorted(["README.md", "config.json", "model.safetensors", "sub/large.dat", "sub/notes.txt"])
+    assert scan_folder(src, ignore_patterns=["*.dat"]) == sorted(["README.md", "config.json", "model.safetensors", "sub/notes.txt"])

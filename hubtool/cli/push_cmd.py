@@ -1,4 +1,4 @@
-"""`hubtool push DIR REPO_ID`: upload a folder to a Hub repo or branch; re-run to resume."""
+"""`hubtool push DIR REPO_ID [--create-pr]`: upload a folder to a Hub repo or branch (or open a PR); re-run to resume."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co); e.g. a `hubtool hub serve` URL")
     p.add_argument("--repo-type", default="model", choices=["model", "dataset", "space"])
     p.add_argument("--delete-missing", action="store_true", help="delete remote files that are not in DIR")
+    p.add_argument("--create-pr", action="store_true",
+                   help="change an existing repo/branch through one pull request (prints its URL) instead of committing; "
+                        "a repo or branch that does not exist yet is created directly")
+    p.add_argument("--follow-symlinks", action="store_true", help="upload the targets of symlinks that lead outside DIR (refused by default)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=run)
 
@@ -35,9 +39,15 @@ def run(args: argparse.Namespace) -> int:
         endpoint=args.endpoint,
         repo_type=args.repo_type,
         delete_missing=args.delete_missing,
+        create_pr=args.create_pr,
+        follow_symlinks=args.follow_symlinks,
     )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
+    elif result.pr_url:
+        print(f"opened pull request #{result.pr_num} on {result.repo_url} @ {result.branch}: "
+              f"{result.files_uploaded} file(s) changed, {result.files_deleted} deleted")
+        print(f"pull request {result.pr_url}")
     elif result.changed:
         print(f"pushed {result.files_uploaded} file(s), deleted {result.files_deleted} to {result.repo_url} @ {result.branch}")
         print(f"commit {result.commit_url}")
