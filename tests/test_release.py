@@ -439,6 +439,37 @@ def test_local_hub_rehearsal(released, inputs, tmp_path):
     assert usage.value.code == 2 and not (tmp_path / "x").exists()
 
 
+def test_release_create_pr_rehearsal(released, inputs, tmp_path):
+    """`--create-pr`: a changed release reaches existing repos as pull requests; main is untouched."""
+    from hubtool.cli.release_cmd import format_summary
+
+    args = release_args(inputs, "--local-hub", str(tmp_path / "hub"), "--create-pr")
+    rc, out, err = run_cli(args)
+    assert rc == 0, err[-2000:]
+    first = json.loads(out)  # the repos did not exist: created and pushed directly
+    assert all(r["changed"] and r["pr_url"] is None for r in first["repos"])
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(inputs["yaml"].replace("license: apache-2.0", "license: mit"))
+    args[args.index("--config") + 1] = str(cfg)
+    rc, out, err = run_cli(args)
+    assert rc == 0, err[-2000:]
+    s = json.loads(out)
+    assert all(st["cached"] for st in s["stages"])
+    assert len({r["pr_url"] for r in s["repos"]}) == len(s["repos"])  # one PR per repo and branch
+    with serve_in_thread(tmp_path / "hub") as hub:
+        api = HfApi(endpoint=hub.url)
+        for r in s["repos"]:
+            # the rehearsal Hub was on another port: compare the path
+            assert r["pr_url"].split("/", 3)[3].startswith(f"{r['repo_id']}/discussions/") and r["files_uploaded"] == 1
+            num = int(r["pr_url"].rsplit("/", 1)[1])
+            assert api.get_discussion_details(r["repo_id"], num).target_branch == f"refs/heads/{r['branch']}"
+            assert "license: mit" in Path(api.hf_hub_download(r["repo_id"], "README.md", revision=f"refs/pr/{num}",
+                                                               cache_dir=str(tmp_path / "dl"))).read_text()
+        assert all_state(hub.url, first) == all_state(released["hub"].url, released["summary"])  # main and branches unchanged
+    text = format_summary(s)
+    assert all(f"pull request {r['pr_url']}" in text for r in s["repos"])
+
+
 def test_examples_are_valid(inputs):
     import yaml
 

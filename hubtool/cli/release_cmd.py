@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     hub.add_argument("--local-hub", type=Path, metavar="DIR",
                      help="rehearse: push to an in-process local Hub storing repos in DIR (no token, no internet; browse later with `hubtool hub serve --root DIR`)")
     p.add_argument("--private", action="store_true", default=None, help="create the repos private")
+    p.add_argument("--create-pr", action="store_true",
+                   help="update existing repos through pull requests (one per repo and branch; their URLs are printed) "
+                        "instead of committing; repos and branches that do not exist yet are created directly")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
     p.set_defaults(func=run)
@@ -80,9 +83,9 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
         from hubtool.hub_server import serve_in_thread
 
         with serve_in_thread(args.local_hub) as hub:
-            summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=hub.url)
+            summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=hub.url, create_pr=args.create_pr)
     else:
-        summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint)
+        summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint, create_pr=args.create_pr)
     summary["plan"] = plan.as_dict()
     return summary
 
@@ -94,7 +97,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [quality_table(summary["quality"]), ""]
     for r in summary["repos"]:
         state = f"{r['files_uploaded']} file(s) uploaded" if r["changed"] else "unchanged"
-        lines.append(f"{r['url']} @ {r['branch']}: {state}, commit {r['commit'][:12]}")
+        if r.get("pr_url"):
+            lines.append(f"{r['url']} @ {r['branch']}: pull request {r['pr_url']} ({r['files_uploaded']} file(s) changed)")
+        else:
+            lines.append(f"{r['url']} @ {r['branch']}: {state}, commit {r['commit'][:12]}")
     return "\n".join(lines)
 
 

@@ -109,8 +109,12 @@ def run_release(
     work_dir: Path,
     endpoint: str | None = None,
     token: str | None = None,
+    create_pr: bool = False,
 ) -> dict[str, Any]:
-    """Do the planned release; returns the summary (repos, commits, file hashes, quality, stages)."""
+    """Do the planned release; returns the summary (repos, commits, file hashes, quality, stages).
+
+    With `create_pr`, each existing repo/branch is changed through a pull request (`pr_url` in
+    its row) instead of a direct commit; new repos/branches are created directly."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     hasher = Hasher(work_dir)
@@ -130,7 +134,7 @@ def run_release(
         log(f"{idx()}cards")
         folders = build_publish_folders(cfg, plan, inputs, fp16_dir, gptq_results, gguf_results, results, work_dir, hasher)
         log(f"{idx()}push")
-        pushes = push_all(cfg, plan, folders, endpoint=endpoint, token=token)
+        pushes = push_all(cfg, plan, folders, endpoint=endpoint, token=token, create_pr=create_pr)
     finally:
         hasher.save()
     return {
@@ -340,7 +344,8 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
     return out
 
 
-def push_all(cfg: ReleaseConfig, plan: Plan, folders: list[PublishFolder], *, endpoint: str | None, token: str | None) -> list[dict[str, Any]]:
+def push_all(cfg: ReleaseConfig, plan: Plan, folders: list[PublishFolder], *, endpoint: str | None, token: str | None,
+             create_pr: bool = False) -> list[dict[str, Any]]:
     """Push every folder; main branches first so branches can be created from them."""
     from hubtool.push import push_folder
 
@@ -352,13 +357,17 @@ def push_all(cfg: ReleaseConfig, plan: Plan, folders: list[PublishFolder], *, en
             f.folder, t.repo_id, branch=None if t.branch == "main" else t.branch, private=cfg.private,
             message=f"hubtool release {cfg.name}: {t.what}", endpoint=endpoint, token=token,
             delete_missing=t.branch != "main",  # a branch starts as a copy of main: drop main's files it does not have
+            create_pr=create_pr,
         )
         state = "uploaded " + f"{result.files_uploaded} file(s)" if result.changed else "unchanged"
+        if result.pr_url:
+            state = f"pull request {result.pr_url} ({result.files_uploaded} file(s) changed)"
         log(f"push: {t.repo_id}@{t.branch}: {state} (commit {result.commit_sha[:12]})")
         rows.append({
             "key": t.key, "repo_id": t.repo_id, "branch": t.branch, "what": t.what, "url": result.repo_url,
             "commit": result.commit_sha, "commit_url": result.commit_url, "changed": result.changed,
             "files_uploaded": result.files_uploaded, "files_deleted": result.files_deleted, "files": f.hashes,
+            "pr_url": result.pr_url,
         })
     return rows
 
