@@ -4,10 +4,13 @@ Layout under the root:
     blobs/ab/<sha256>                      file contents (LFS uploads, regular files, Xet reads)
     xet-cas/                               hf-xet's file-backed CAS (see xet.py)
     repos/<type>/<ns>/<name>/repo.json     {private, created}
-    repos/<type>/<ns>/<name>/refs.json     {branches: {name: commit id}}
+    repos/<type>/<ns>/<name>/refs.json     {branches, tags: {name: commit id}, prs: {N: commit id}}
     repos/<type>/<ns>/<name>/commits/<id>.json   {parents, title, message, date, author, files}
+    repos/<type>/<ns>/<name>/discussions.json    discussions and pull requests, with events
 Every JSON write goes to a temp file and is renamed into place, so a killed server never
-leaves a half-written repo. One lock serialises ref updates (commits are small).
+leaves a half-written repo (leftover temp files are removed at the next start). One lock
+serialises ref updates (commits are small). Names reach the disk only through validate.py and
+`validate.under`, which refuses any path resolving outside the root.
 """
 
 from __future__ import annotations
