@@ -98,11 +98,11 @@ def assert_4xx(status: int, body: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------- file read / write outside root
-@pytest.mark.parametrize("oid", ["/etc/passwd", "../../outside/secret.txt", "../x", "a" * 63, "A" * 64, "g" * 64, "0" * 64 + "/x"])
+@pytest.mark.parametrize("oid", ["/etc/passwd", "SECRET", "../outside/secret.txt", "../x", "a" * 63, "A" * 64, "g" * 64, "0" * 64 + "/x"])
 def test_lfs_oid_must_be_64_hex(open_hub, oid):
     hub, outside = open_hub
-    oid = oid.replace("outside/secret.txt", str(outside / "secret.txt"))
-    body = commit_body({"key": "lfsFile", "value": {"path": "stolen.bin", "algo": "sha256", "oid": oid, "size": 5}})
+    oid = str(outside / "secret.txt") if oid == "SECRET" else oid
+    body = commit_body({"key": "lfsFile", "value": {"path": "stolen.bin", "algo": "sha256", "oid": oid, "size": len(SECRET)}})
     status, _, answer = request(hub.url, "POST", "/api/models/acme/target/commit/main", body, {"Content-Type": "application/x-ndjson"})
     assert_4xx(status, answer)
     status, _, answer = request(hub.url, "GET", "/acme/target/resolve/main/stolen.bin")
@@ -118,10 +118,12 @@ def test_lfs_upload_and_verify_refuse_bad_oids(open_hub, oid):
     assert_4xx(status, answer)
 
 
-@pytest.mark.parametrize("name", ["../../../outside/victim", "../victim", "..", "a/../../b", "/abs"])
-def test_delete_repo_cannot_leave_root(open_hub, name):
+# root/repos/model/acme/<name>: four levels up from an existing namespace is the folder holding root/ and outside/
+@pytest.mark.parametrize("name", ["../../../../outside/victim", "../../../../../outside/victim", "../victim", "..", "a/../../b", "/abs"])
+@pytest.mark.parametrize("org", ["acme", None])
+def test_delete_repo_cannot_leave_root(open_hub, name, org):
     hub, outside = open_hub
-    body = json.dumps({"name": name, "organization": None, "type": "model"}).encode()
+    body = json.dumps({"name": name, "organization": org, "type": "model"}).encode()
     status, _, answer = request(hub.url, "DELETE", "/api/repos/delete", body, {"Content-Type": "application/json"})
     assert_4xx(status, answer)
     assert (outside / "victim" / "repo.json").is_file()
@@ -223,10 +225,11 @@ def test_malformed_commit_payload_is_400(open_hub, lines):
 
 def test_invalid_base64_is_refused_not_committed_empty(open_hub):
     hub, _ = open_hub
-    body = commit_body({"key": "file", "value": {"path": "a.txt", "content": "!!!not base64!!!", "encoding": "base64"}})
-    status, _, answer = request(hub.url, "POST", "/api/models/acme/target/commit/main", body)
-    assert_4xx(status, answer)
-    assert "a.txt" not in HfApi(endpoint=hub.url).list_repo_files("acme/target")
+    for content in ["!!!!", "@@@@====", "not base64!!"]:
+        body = commit_body({"key": "file", "value": {"path": "a.txt", "content": content, "encoding": "base64"}})
+        status, _, answer = request(hub.url, "POST", "/api/models/acme/target/commit/main", body)
+        assert_4xx(status, answer)
+        assert "a.txt" not in HfApi(endpoint=hub.url).list_repo_files("acme/target")
 
 
 def test_huge_content_length_is_413_without_reading(open_hub):

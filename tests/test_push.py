@@ -211,7 +211,6 @@ def test_hub_serve_command(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- --create-pr
-@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
 def test_create_pr_on_existing_repo_and_branch(local_hub, tmp_path, capsys):
     src = make_folder(tmp_path / "src")
     created = push_folder(src, "acme/prs", create_pr=True)  # new repo: nothing to review against, pushed directly
