@@ -280,7 +280,6 @@ def test_visibility_tags_squash_move_and_list(local_hub):
     assert [m.id for m in api.list_models(search="x")] == ["other/x"]
 
 
-@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
 def test_copy_of_lfs_and_regular_files(local_hub):
     from huggingface_hub import CommitOperationCopy
 
