@@ -411,12 +411,24 @@ def test_stale_temp_files_are_removed_at_start(tmp_path):
     assert fresh.exists() and keep.exists()  # a live upload of another server, and real data
 
 
+def test_open_mode_refuses_non_loopback_without_explicit_flag(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "root"), "--port", "0", "--host", "0.0.0.0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --host 0.0.0.0:") and "--users FILE" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "root").exists()
+
+
 def test_non_loopback_bind_warns(tmp_path):
     assert bind_warning("127.0.0.1", None) is None and bind_warning("::1", None) is None and bind_warning("localhost", None) is None
     assert "open mode" in bind_warning("0.0.0.0", None)
     assert "not loopback" in bind_warning("192.168.1.5", {"t" * 8: ("a", [])})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "root"), "--port", "0", "--host", "0.0.0.0"],
+        [sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "root"), "--port", "0", "--host", "0.0.0.0",
+         "--allow-open-network"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

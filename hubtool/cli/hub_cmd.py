@@ -22,16 +22,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--users", type=Path, metavar="FILE",
                    help='require tokens: JSON {"TOKEN": {"name": "alice", "orgs": ["acme"]}}; writes need a token owning the namespace, '
                         "private repos are hidden, fault injection needs a token (default: open, any caller may write)")
+    p.add_argument("--allow-open-network", action="store_true",
+                   help="with a non-loopback --host and no --users, let anyone on the network write (refused without this flag)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hubtool.errors import InputError
-    from hubtool.hub_server import bind_warning, make_server
+    from hubtool.hub_server import bind_warning, is_loopback, make_server
     from hubtool.progress import log
 
     users = load_users(args.users) if args.users else None
+    if users is None and not is_loopback(args.host) and not args.allow_open_network:
+        # Open mode takes no token at all: on a network interface that is a world-writable store.
+        raise InputError(f"--host {args.host}: an open local Hub (no --users) only listens on loopback; "
+                         "pass --users FILE to require tokens, or --allow-open-network to expose it anyway")
     try:
         server = make_server(args.root, args.host, args.port, users=users, verbose=args.verbose)
     except OSError as exc:
