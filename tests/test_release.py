@@ -245,8 +245,12 @@ def test_interrupted_release_resumes_to_identical_content(released, inputs, tmp_
         rule = hub.inject_fault("POST", r"/api/models/acme/tiny-chat-GPTQ/commit/", 507, times=1)  # not retried
         rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
         assert rc == 6 and rule.hits == 1
-        assert json.loads(out) == {"ok": False, "error": json.loads(out)["error"], "exit_code": 6}
-        assert "507" in err and "re-run" in err
+        summary = json.loads(out)
+        assert set(summary) == {"ok", "error", "exit_code"} and summary["ok"] is False and summary["exit_code"] == 6
+        # the JSON error is the same sentence the user reads on stderr, and it says what failed and what to do
+        last = [line for line in err.splitlines() if line.startswith("error:")]
+        assert last == [f"error: {summary['error']}"]
+        assert "507" in summary["error"] and "re-run" in summary["error"]
         assert set(remote_state(hub.url, REPOS["fp16"])) > {"README.md"}  # pushed before the failure
         assert set(remote_state(hub.url, REPOS["gptq"])) == {".gitattributes"}  # nothing committed
         rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
