@@ -316,8 +316,22 @@ def test_dry_run_plans_without_work(inputs, tmp_path):
     q4, q8 = gguf["files"][0]["size_bytes"], gguf["files"][1]["size_bytes"]
     assert 0.5 < q4 / q8 < 0.65 and plan["targets"][2]["files"][0]["size_bytes"] < plan["targets"][3]["files"][0]["size_bytes"]
     assert not work.exists()
+    assert plan["warnings"] == []  # the config sets a license
     rc, text, _ = run_cli(["release", str(inputs["base"]), "--namespace", "me", "--quants", "gguf", "--dry-run"])
     assert rc == 0 and "me/base-GGUF@main" in text and "GPTQ" not in text and "merge " not in text
+    assert "warning" not in text  # the base's own card has a license
+
+
+def test_dry_run_warns_when_cards_would_have_no_license(inputs, tmp_path):
+    import shutil
+
+    source = tmp_path / "nolicense"
+    shutil.copytree(inputs["base"], source)
+    (source / "README.md").write_text("# a model\n\nNo header at all.\n", encoding="utf-8")
+    rc, text, err = run_cli(["release", str(source), "--namespace", "me", "--quants", "gguf", "--dry-run"])
+    assert rc == 0, err
+    warnings = [line.strip() for line in text.splitlines() if line.strip().startswith("warning")]
+    assert len(warnings) == 1 and "no license" in warnings[0] and "license" in warnings[0].split("set one")[1]
 
 
 def test_custom_repo_names_from_config(inputs, tmp_path):

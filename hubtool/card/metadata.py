@@ -21,7 +21,7 @@ QUANT_KINDS = ("gptq", "gguf")
 CARRY_KEYS = ("license", "license_name", "license_link", "datasets", "language", "tags")
 
 # Keys of a release config that steer rendering but are not header fields.
-RELEASE_KEYS = ("repos", "gptq_variants", "gguf_files", "source_card")
+RELEASE_KEYS = ("repos", "gptq_variants", "gguf_files", "source_card", "hub_url")
 OPTION_KEYS = ("prompt_format", "system_message", "description", "embed_original", "context_length") + RELEASE_KEYS
 
 # Header keys in the order people read them; unknown keys follow in insertion order.

@@ -71,6 +71,7 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
              "max_position_embeddings": args.max_position_embeddings}
     cfg = build_config(file_data, flags, default_name=default_name, source=str(args.config or "release options"))
     plan = make_plan(cfg, source=inputs.source, base=inputs.base, adapter=inputs.adapter)
+    plan.warnings += release_card_warnings(cfg, inputs)
     text = plan.render()
     if args.dry_run:
         return {"ok": True, "dry_run": True, "plan": plan.as_dict(), "plan_text": text}
@@ -85,6 +86,15 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
         summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint)
     summary["plan"] = plan.as_dict()
     return summary
+
+
+def release_card_warnings(cfg: Any, inputs: Any) -> list[str]:
+    """What the plan should warn about the cards (a source header we had to repair, no license at all)."""
+    from hubtool.card import card_warnings
+
+    folder = inputs.base if inputs.adapter is not None else inputs.source
+    source = Path(folder) / "README.md" if folder is not None else None
+    return card_warnings(cfg.card, source_card=source if source is not None and source.is_file() else None)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

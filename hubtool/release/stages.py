@@ -128,7 +128,8 @@ def run_release(
         gguf_results = _gguf_stages(cfg, fp16_dir, fp16_id, cache, idx)
         results = _verify_stage(cfg, fp16_dir, gptq_results, gguf_results, hasher, cache, idx) if "verify" in plan.stages else None
         log(f"{idx()}cards")
-        folders = build_publish_folders(cfg, plan, inputs, fp16_dir, gptq_results, gguf_results, results, work_dir, hasher)
+        folders = build_publish_folders(cfg, plan, inputs, fp16_dir, gptq_results, gguf_results, results, work_dir, hasher,
+                                        hub_url=_card_hub_url(endpoint))
         log(f"{idx()}push")
         pushes = push_all(cfg, plan, folders, endpoint=endpoint, token=token)
     finally:
@@ -297,8 +298,18 @@ def _link_into(src_dir: Path, dst: Path, files: dict[str, Path]) -> None:
         files[rel.as_posix()] = p
 
 
+def _card_hub_url(endpoint: str | None) -> str | None:
+    """Where the cards' repo links point: huggingface.co, or for any other Hub (a local rehearsal) root-relative
+    links ("/org/name"), which open on whichever Hub serves the card and do not change with its port."""
+    from hubtool.push import resolve_endpoint
+
+    url = resolve_endpoint(endpoint).rstrip("/")
+    return None if url in ("https://huggingface.co", "https://hf.co") else "/"
+
+
 def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_dir: Path, gptq: dict[str, StageResult],
-                          gguf: dict[str, StageResult], results: dict[str, Any] | None, work_dir: Path, hasher: Hasher) -> list[PublishFolder]:
+                          gguf: dict[str, StageResult], results: dict[str, Any] | None, work_dir: Path, hasher: Hasher,
+                          *, hub_url: str | None = None) -> list[PublishFolder]:
     """WORK/publish/<n>-<repo>@<branch>: the artifact's files plus its rendered, checked README.md."""
     from hubtool.card import render_card
 
@@ -315,7 +326,7 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
             "damp_percent": p.get("damp_percent"), "seq_len": p.get("seq_len"), "size_bytes": s.summary.get("size_bytes"),
             "dataset": (s.summary.get("calibration") or {}).get("source"),
         })
-    release = {"repos": repos, "gptq_variants": gptq_variants, **_source_card(inputs)}
+    release = {"repos": repos, "gptq_variants": gptq_variants, **_source_card(inputs), **({"hub_url": hub_url} if hub_url else {})}
     kinds = {"fp16": "merged", "adapter": "adapter", "gptq": "gptq", "gguf": "gguf"}
     out: list[PublishFolder] = []
     for i, t in enumerate(plan.targets):
