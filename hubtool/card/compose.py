@@ -24,6 +24,7 @@ from hubtool.card.metadata import (
     is_repo_id,
     looks_like_local_path,
     merge_metadata,
+    model_index,
 )
 from hubtool.card.prompt_format import resolve_prompt
 from hubtool.card.recover import read_source_card
@@ -112,6 +113,13 @@ def compose_card(
             del header["tags"]
     if kind not in QUANT_KINDS and "quantized_by" not in overrides:
         header.pop("quantized_by", None)  # a release-wide field that only quant cards state
+    quality = _quality(results, kind)
+    model_name = header.get("model_name") or model_dir.name
+    index = _model_index(kind, header, quality, results)
+    if index:
+        # the Hub takes the model's name from model-index when there is one (huggingface_hub drops model_name)
+        header.pop("model_name", None)
+        header["model-index"] = index
     header = header_fields(header)
     base = header.get("base_model")
     for b in base if isinstance(base, list) else [base]:
@@ -131,7 +139,7 @@ def compose_card(
     context = {
         "kind": kind,
         "header": header,
-        "model_name": header.get("model_name") or model_dir.name,
+        "model_name": model_name,
         "description": options.get("description"),
         "repo_id": this_repo or model_dir.name,
         "this_repo": this_repo,
@@ -152,7 +160,7 @@ def compose_card(
         "gguf_pick": gguf_pick["file"] if gguf_pick else None,
         "gguf_pick_sh": shlex.quote(gguf_pick["file"]) if gguf_pick else "",
         "gguf_download_sh": shlex.quote(gguf_pick["download"]) if gguf_pick else "",
-        "quality": _quality(results, kind),
+        "quality": quality,
         "original": source_body if options.get("embed_original", True) else None,
         "generated_mark": GENERATED_MARK,
         "hub_url": hub_url,
@@ -325,6 +333,20 @@ def _gguf_files(release: dict, facts: dict, rope: dict | None) -> list[dict[str,
         for key in ("type", "bits_per_weight", "size_bytes", "max_ram_bytes", "use_case"):
             row.setdefault(key, None)
     return rows
+
+
+def _model_index(kind: str, header: dict[str, Any], quality: dict[str, Any] | None, results: dict | None) -> list[dict[str, Any]]:
+    """model-index rows for this card: a quant's own variants; the fp16/adapter card's reference perplexity."""
+    if not quality or "model-index" in header:
+        return []
+    if kind in QUANT_KINDS:
+        rows = quality["rows"]
+    else:
+        ref = (results or {}).get("ref_perplexity") or next((r.get("ref_perplexity") for r in quality["rows"] if r.get("ref_perplexity")), None)
+        rows = [{"variant": quality["reference"], "kind": "fp16", "perplexity": ref}] if ref else []
+    name = str(header.get("model_name") or "model")
+    return model_index(name, rows, text=quality.get("text"), context=quality.get("context"), tokens=quality.get("tokens"),
+                       reference=str(quality.get("reference") or "fp16"))
 
 
 def _quality(results: dict | None, kind: str) -> dict[str, Any] | None:
