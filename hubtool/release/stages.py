@@ -328,6 +328,7 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
         })
     release = {"repos": repos, "gptq_variants": gptq_variants, **_source_card(inputs), **({"hub_url": hub_url} if hub_url else {})}
     kinds = {"fp16": "merged", "adapter": "adapter", "gptq": "gptq", "gguf": "gguf"}
+    notes: set[str] = set()
     out: list[PublishFolder] = []
     for i, t in enumerate(plan.targets):
         folder = root / f"{i:02d}-{t.repo_id.replace('/', '--')}@{t.branch}"
@@ -342,6 +343,7 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
         else:
             for stage in gguf.values():
                 _link_into(stage.out, folder, files)
+        _portable_tokenizer(folder, files, notes)
         text = render_card(kinds[t.key], folder, meta=cfg.card, results=results, release=release)
         (folder / "README.md").write_text(text, encoding="utf-8")
         hashes = {rel: hasher.file(src) for rel, src in files.items()}
@@ -349,6 +351,25 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
         out.append(PublishFolder(t, folder, dict(sorted(hashes.items()))))
         log(f"card: {t.repo_id}@{t.branch} README.md ({kinds[t.key]})")
     return out
+
+
+def _portable_tokenizer(folder: Path, files: dict[str, Path], notes: set[str]) -> None:
+    """Publish a tokenizer_config.json that transformers 4.x loads too (the linked one may name a 5-only class)."""
+    from hubtool.tokenizer_compat import portable_tokenizer_config
+
+    if "tokenizer_config.json" not in files:
+        return
+    portable = portable_tokenizer_config(files["tokenizer_config.json"].parent)
+    if portable is None:
+        return
+    if portable.note and portable.note not in notes:
+        notes.add(portable.note)
+        log(f"{'tokenizer' if portable.changed else 'warning'}: {portable.note}")
+    if portable.changed:
+        target = folder / "tokenizer_config.json"
+        target.unlink()  # a hard link to the artifact's own file: never write through it
+        target.write_text(json.dumps(portable.config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        files["tokenizer_config.json"] = target
 
 
 def push_all(cfg: ReleaseConfig, plan: Plan, folders: list[PublishFolder], *, endpoint: str | None, token: str | None) -> list[dict[str, Any]]:
