@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
+import warnings
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -22,6 +24,64 @@ def set_quiet(quiet: bool) -> None:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
+
+
+# Set before the libraries load: they read these at import time.
+_QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@contextlib.contextmanager
+def quiet_libraries(verbose: bool = False) -> Iterator[None]:
+    """What a user reads is hubtool's own progress: library chatter only with --verbose.
+
+    gptqmodel prints an ASCII-art banner and INFO/WARN lines through its own logger (which forces
+    itself to INFO, so a logger level is not enough), torchao logs "Failed to load" for GPU kernels,
+    torch's _pytree warns about enums, transformers/peft emit FutureWarnings and tqdm bars. hubtool
+    reports through print (log/track), so while this is active library logging below ERROR is off,
+    Python warnings from outside hubtool are ignored and library progress bars are off; all of it is
+    restored on exit (the CLI runs in-process in tests). Enter before the heavy libraries load.
+    """
+    if verbose:
+        yield
+        return
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    hub_bars = None
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+
+        hub_bars = not are_progress_bars_disabled()
+        disable_progress_bars()
+    tf_state = None
+    if "transformers" in sys.modules:  # already imported: switch its own knobs too
+        from transformers.utils import logging as tf_logging
+
+        tf_state = (tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled())
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore")
+            warnings.filterwarnings("default", module=r"hubtool(\.|$)")
+            yield
+    finally:
+        logging.disable(previous)
+        if hub_bars:
+            from huggingface_hub.utils import enable_progress_bars
+
+            enable_progress_bars()
+        if tf_state is not None:
+            tf_logging.set_verbosity(tf_state[0])
+            if tf_state[1]:
+                tf_logging.enable_progress_bar()
 
 
 def log(message: str) -> None:

@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true", default=None, help="create the repos private")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
+    p.add_argument("--verbose", action="store_true", help="also show the libraries' own logs, warnings and progress bars")
     p.set_defaults(func=run)
 
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress.set_quiet(args.json)
     try:
-        with stdout_to_stderr():
+        with stdout_to_stderr(), progress.quiet_libraries(args.verbose):
             summary = release(args)
     except HubtoolError as exc:
         if args.json:
