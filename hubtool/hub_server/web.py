@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +23,7 @@ from hubtool.hub_server.storage import RepoRef, StorageError
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
 MAX_TEXT_BYTES = 256_000
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
 # Header fields shown as metadata chips, in this order; others go to the "other metadata" table.
 CHIP_KEYS = ("license", "license_name", "base_model", "base_model_relation", "pipeline_tag", "library_name", "language", "datasets", "tags")
 
@@ -157,7 +159,7 @@ def render_markdown(text: str) -> str:
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(["table", "strikethrough"])
-    return md.render(text)
+    return md.render(_COMMENT.sub("", text))  # HTML comments are hidden on the Hub; removing them adds nothing
 
 
 def _split(text: str) -> tuple[dict[str, Any], str]:
