@@ -56,6 +56,8 @@ def test_unfenced_table_header_is_recovered():
     "---\n|\n- a |\n- b |\n---\nbody\n",
     # a value would still end in a pipe after the repair
     "---\n|\nlicense: mit | |\n---\nbody\n",
+    # valid YAML (no table lines) whose value happens to end in " |": left as written
+    "---\nlicense: mit\nmodel_name: a |\n---\nbody\n",
 ])
 def test_ambiguous_headers_are_not_guessed(text):
     assert recover_pipe_mangled(text) is None

@@ -58,6 +58,8 @@ def recover_pipe_mangled(text: str) -> tuple[dict[str, Any], str] | None:
     block = [line.rstrip("\r\n") for line in lines[start:end]]
     if not any(_LONE_PIPE.match(b) or _TRAILING.search(b) for b in block):
         return None
+    if not any(_LONE_PIPE.match(b) for b in block) and _parses_to_mapping(block):
+        return None  # valid YAML whose values merely end in " |": not ours to rewrite
     cleaned: list[str] = []
     for i, line in enumerate(block):
         if _LONE_PIPE.match(line):
@@ -96,6 +98,13 @@ def _mangled_span(lines: list[str]) -> tuple[int, int, int] | None:
         if stripped and not _is_junk(stripped):
             return None
     return None
+
+
+def _parses_to_mapping(block: list[str]) -> bool:
+    try:
+        return isinstance(yaml.safe_load("\n".join(block)), dict)
+    except yaml.YAMLError:
+        return False
 
 
 def _is_junk(stripped: str) -> bool:
