@@ -31,6 +31,7 @@ _QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",  # bars libraries draw with tqdm directly (transformers' GGUF loader, ...)
     "TORCH_CPP_LOG_LEVEL": "ERROR",
     "TOKENIZERS_PARALLELISM": "false",
 }
@@ -50,8 +51,8 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
     if verbose:
         yield
         return
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    added = [key for key in _QUIET_ENV if key not in os.environ]
+    os.environ.update({key: _QUIET_ENV[key] for key in added})
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     hub_bars = None
@@ -73,6 +74,8 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
             warnings.filterwarnings("default", module=r"hubtool(\.|$)")
             yield
     finally:
+        for key in added:
+            os.environ.pop(key, None)
         logging.disable(previous)
         if hub_bars:
             from huggingface_hub.utils import enable_progress_bars

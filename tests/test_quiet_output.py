@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent("""
         import gptqmodel  # banner, ENV INFO lines, GIL WARN; torchao 'Failed to load'; torch _pytree warnings
         warnings.warn("a library FutureWarning", FutureWarning)
         log("hubtool: stage 1/1 done")
-    import logging
+    import logging, os
+    assert "TQDM_DISABLE" not in os.environ  # the quiet block's environment is undone too
     logging.getLogger("after").warning("logging restored after the quiet block")
 """)
 

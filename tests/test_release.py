@@ -162,6 +162,12 @@ def test_cards_link_the_release(released):
     meta = check_card(gguf_card)
     assert meta["base_model"] == REPOS["fp16"] and meta["base_model_relation"] == "quantized" and meta["license"] == "apache-2.0"
     assert f"{NAME}.Q8_0.gguf" in gguf_card and REPOS["gptq"] in gguf_card
+    # released to a local Hub: the links to the release's repos stay on that Hub (root-relative), not huggingface.co
+    assert f"](/{REPOS['gptq']})" in gguf_card and f"](/{REPOS['fp16']})" in gguf_card
+    assert f"huggingface.co/{REPOS['gptq']}" not in gguf_card
+    # the verify stage's numbers are in the header as model-index
+    metrics = {m["type"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert metrics == {"perplexity", "kl_divergence", "top1_agreement"}
     gptq_card = Path(api.hf_hub_download(REPOS["gptq"], "README.md", cache_dir=released["root"] / "dl")).read_text()
     assert BRANCH in gptq_card
     adapter_card = Path(api.hf_hub_download(REPOS["adapter"], "README.md", cache_dir=released["root"] / "dl")).read_text()
