@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 _QUIET = False
+_DISCARD_LIBRARY_STDOUT = False  # set by quiet_libraries: what libraries print to stdout is chatter
 
 
 def set_quiet(quiet: bool) -> None:
@@ -53,8 +54,10 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
         return
     added = [key for key in _QUIET_ENV if key not in os.environ]
     os.environ.update({key: _QUIET_ENV[key] for key in added})
+    global _DISCARD_LIBRARY_STDOUT
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
+    discard_before, _DISCARD_LIBRARY_STDOUT = _DISCARD_LIBRARY_STDOUT, True
     hub_bars = None
     with contextlib.suppress(ImportError):
         from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
@@ -77,6 +80,7 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
         for key in added:
             os.environ.pop(key, None)
         logging.disable(previous)
+        _DISCARD_LIBRARY_STDOUT = discard_before
         if hub_bars:
             from huggingface_hub.utils import enable_progress_bars
 
@@ -97,9 +101,10 @@ def track(items: Iterable[T], *, total: int | None = None, description: str = ""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     if sys.stderr.isatty() and not _QUIET:
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
+        with Progress(transient=True, console=Console(stderr=True)) as bar:
             task = bar.add_task(description, total=total)
             for item in items:
                 yield item
@@ -116,16 +121,20 @@ def track(items: Iterable[T], *, total: int | None = None, description: str = ""
 
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
-    """Keep stdout for results alone: libraries (gptqmodel's logger and banner, llama.cpp) print to
-    stdout, which would corrupt `--json` in CI. Redirects both sys.stdout and file descriptor 1."""
+    """Keep stdout for results alone: libraries (gptqmodel's logger, banner and progress bars, llama.cpp)
+    print to stdout, which would corrupt `--json` in CI. Redirects both sys.stdout and file descriptor 1
+    to stderr, or to /dev/null while quiet_libraries is active (hubtool itself reports on stderr)."""
     sys.stdout.flush()
     saved = os.dup(1)
+    sink = open(os.devnull, "w") if _DISCARD_LIBRARY_STDOUT else None  # noqa: SIM115 - closed below
     try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
+        os.dup2(sink.fileno() if sink is not None else 2, 1)
+        with contextlib.redirect_stdout(sink if sink is not None else sys.stderr):
             yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved, 1)
         os.close(saved)
+        if sink is not None:
+            sink.close()

@@ -14,10 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import sys, warnings
-    from hubtool.progress import log, quiet_libraries
-    with quiet_libraries(verbose=sys.argv[1] == "verbose"):
+    import os
+    from hubtool.progress import log, quiet_libraries, stdout_to_stderr
+    with quiet_libraries(verbose=sys.argv[1] == "verbose"), stdout_to_stderr():
         import gptqmodel  # banner, ENV INFO lines, GIL WARN; torchao 'Failed to load'; torch _pytree warnings
         warnings.warn("a library FutureWarning", FutureWarning)
+        print("a library progress bar on stdout")  # gptqmodel's logbar bars, llama.cpp prints
+        os.write(1, b"a C library line on fd 1\n")
         log("hubtool: stage 1/1 done")
     import logging, os
     assert "TQDM_DISABLE" not in os.environ  # the quiet block's environment is undone too
@@ -41,6 +44,7 @@ def test_library_chatter_only_with_verbose():
     everything = loud.stdout + loud.stderr
     # the noise is real (so this test can fail) ...
     assert "GPT-QModel" in everything and "INFO" in everything and "a library FutureWarning" in everything
+    assert "a library progress bar on stdout" in loud.stderr and "a C library line on fd 1" in loud.stderr
     # ... and quiet mode leaves hubtool's own line, and restores logging afterwards
     lines = [line for line in (quiet.stdout + quiet.stderr).splitlines() if line.strip()]
     assert lines == ["hubtool: stage 1/1 done", "WARNING:after:logging restored after the quiet block"], lines
