@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
         import gptqmodel  # banner, ENV INFO lines, GIL WARN; torchao 'Failed to load'; torch _pytree warnings
         warnings.warn("a library FutureWarning", FutureWarning)
         print("a library progress bar on stdout")  # gptqmodel's logbar bars, llama.cpp prints
-        os.write(1, b"a C library line on fd 1\n")
+        os.write(1, b"a C library line on fd 1\\n")
         log("hubtool: stage 1/1 done")
     import logging, os
     assert "TQDM_DISABLE" not in os.environ  # the quiet block's environment is undone too
