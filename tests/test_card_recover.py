@@ -114,3 +114,16 @@ def test_local_hub_cards_link_to_the_local_hub(tmp_path):
     assert "](https://huggingface.co/huggyllama/llama-65b)" in merged and f"](/{RELEASE['repos']['gptq']})" in merged
     assert "hub_url" not in split_front_matter(local)[0]
 
+
+
+def test_llama3_rope_card_gives_no_linear_flags(tmp_path):
+    from tests.cardkit import LLAMA_CONFIG, model_folder
+
+    config = dict(LLAMA_CONFIG, max_position_embeddings=32768,
+                  rope_parameters={"rope_type": "llama3", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 8192,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0})
+    config.pop("rope_scaling")
+    text = render_card("merged", model_folder(tmp_path, "m", config=config), meta={"license": "mit"}, release=RELEASE)
+    section = text.split("## Context length and RoPE scaling")[1].split("\n## ")[0]
+    assert "**llama3**" in section and "32768 tokens" in section
+    assert "--rope-scaling" not in section and "rope_freqs" in section and "-c 32768" in section
