@@ -4,17 +4,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import make_tiny_llama, train_tokenizer
+# tests.tiny imports torch; it is imported inside the fixtures that build models, so the pure card and
+# server tests start without loading torch.
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
+    from tests.tiny import train_tokenizer
+
     return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, tokenizer_dir) -> Path:
     """A random fp16 tiny Llama, two shards, with tokenizer and chat template."""
+    from tests.tiny import make_tiny_llama
+
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", tokenizer_dir, max_shard_size="60KB")
 
 

@@ -28,7 +28,8 @@ def test_render_then_check(tmp_path, capsys):
     assert rc == 0 and out.is_file()
     meta, body = read_front_matter(out)
     assert meta["license"] == "apache-2.0" and meta["datasets"] == ["ns/data: v2"] and meta["tags"] == ["gptq", "llama"]
-    assert meta["model_name"] == "Bagel 8k" and meta["base_model"] == RELEASE["repos"]["fp16"]
+    # with measured results the name lives in model-index (huggingface_hub reads model_name from there)
+    assert "model_name" not in meta and meta["model-index"][0]["name"] == "Bagel 8k" and meta["base_model"] == RELEASE["repos"]["fp16"]
     assert "| main | gptq | 10.21 |" in body and "repos" not in meta and "gptq_variants" not in meta
     assert not list(out.parent.glob(".README.md.tmp-*"))  # staged write left nothing behind
     capsys.readouterr()

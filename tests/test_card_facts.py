@@ -8,10 +8,11 @@ import pytest
 from hubtool.card import render_card
 from hubtool.card.facts import model_facts
 from hubtool.frontmatter import split_front_matter
+from tests.extras import require_extra
 
 
 def write_gguf(path, *, chat_template: str) -> None:
-    gguf = pytest.importorskip("gguf", reason="gguf ships with the hubtool[gguf] extra")
+    gguf = require_extra("gguf", "gguf")
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(8192)
     w.add_block_count(2)

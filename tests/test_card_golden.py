@@ -36,7 +36,8 @@ def test_golden(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_header_round_trips(kind, tmp_path):
-    text = render_card(kind, CASES[kind](tmp_path), meta=META, results=RESULTS, release=RELEASE)
+    model_dir = CASES[kind](tmp_path)
+    text = render_card(kind, model_dir, meta=META, results=RESULTS, release=RELEASE)
     meta, body = split_front_matter(text)
     assert check_card(text) == meta
     again = yaml.safe_load(yaml.safe_dump(meta, allow_unicode=True))
@@ -44,7 +45,11 @@ def test_header_round_trips(kind, tmp_path):
     from huggingface_hub import ModelCard
 
     assert ModelCard(text).data.to_dict() == meta
-    assert "Original model card" in body if kind == "merged" else True
+    # a source README is quoted under "Original model card" exactly when the folder has one (only the merged case)
+    has_source = (model_dir / "README.md").is_file()
+    assert has_source == (kind == "merged")
+    assert ("## Original model card" in body) == has_source
+    assert not body.lstrip().startswith("---")  # the header is not repeated as text
 
 
 def test_kind_specific_header(tmp_path):

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_cpp", reason="needs hubtool[gguf] (llama-cpp-python)")  # a missing extra, not a failure to hide
+from tests.extras import require_extra
+
+require_extra("llama_cpp", "gguf")  # skipped locally without the extra; a failure in CI
 
 from hubtool.errors import InputError, QuantizeError
 from hubtool.gguf import export_gguf, verify_gguf

@@ -12,6 +12,7 @@ from hubtool.errors import InputError
 from hubtool.gguf import export_gguf, verify_gguf
 from hubtool.gguf.convert import SUPPORTED_ARCHITECTURES
 from hubtool.gguf.types import parse_size, parse_types
+from tests.extras import require_extra
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -72,7 +73,7 @@ def test_imatrix_and_calibration_exclusive(tiny_llama, tmp_path):
 
 
 def test_bad_imatrix_file_fails_before_converting(tiny_llama, tmp_path):
-    pytest.importorskip("llama_cpp", reason="needs hubtool[gguf] (llama-cpp-python)")
+    require_extra("llama_cpp", "gguf")
     bad = tmp_path / "bad.imatrix.gguf"
     bad.write_bytes(b"junk")
     with pytest.raises(InputError, match="not a GGUF imatrix"):
@@ -92,7 +93,7 @@ def test_bad_imatrix_file(tmp_path):
 
 
 def test_verify_rejects_non_gguf_and_missing_shards(tiny_llama, tmp_path):
-    pytest.importorskip("llama_cpp", reason="needs hubtool[gguf] (llama-cpp-python)")
+    require_extra("llama_cpp", "gguf")
     bad = tmp_path / "model.Q4_K_M.gguf"
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(InputError, match="not a valid GGUF"):

@@ -14,6 +14,7 @@ from hubtool.gptq import DEFAULT_PRESET, list_presets, load_preset
 from hubtool.gptq.calibration import calibration_dataset, load_calibration_text, token_windows
 from hubtool.gptq.presets import branch_name, presets_dir
 from hubtool.gptq.rtn import rtn_dequantized
+from tests.extras import require_extra
 
 EXPECTED = {
     "gptq-4bit-32g-actorder": (4, 32, True, "gptq-4bit-32g-actorder_True"),
@@ -151,7 +152,7 @@ def test_rtn_grid_is_symmetric_and_close():
 
 
 def test_calibration_from_a_saved_dataset(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = require_extra("datasets", "gptq")  # installed with gptqmodel
     ds = datasets.Dataset.from_dict({"text": ["First paragraph about files.", "Second one about paths."], "id": [1, 2]})
     ds.save_to_disk(str(tmp_path / "ds"))
     text, desc = load_calibration_text(str(tmp_path / "ds"))

@@ -162,6 +162,12 @@ def test_cards_link_the_release(released):
     meta = check_card(gguf_card)
     assert meta["base_model"] == REPOS["fp16"] and meta["base_model_relation"] == "quantized" and meta["license"] == "apache-2.0"
     assert f"{NAME}.Q8_0.gguf" in gguf_card and REPOS["gptq"] in gguf_card
+    # released to a local Hub: the links to the release's repos stay on that Hub (root-relative), not huggingface.co
+    assert f"](/{REPOS['gptq']})" in gguf_card and f"](/{REPOS['fp16']})" in gguf_card
+    assert f"huggingface.co/{REPOS['gptq']}" not in gguf_card
+    # the verify stage's numbers are in the header as model-index
+    metrics = {m["type"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert metrics == {"perplexity", "kl_divergence", "top1_agreement"}
     gptq_card = Path(api.hf_hub_download(REPOS["gptq"], "README.md", cache_dir=released["root"] / "dl")).read_text()
     assert BRANCH in gptq_card
     adapter_card = Path(api.hf_hub_download(REPOS["adapter"], "README.md", cache_dir=released["root"] / "dl")).read_text()
@@ -245,8 +251,12 @@ def test_interrupted_release_resumes_to_identical_content(released, inputs, tmp_
         rule = hub.inject_fault("POST", r"/api/models/acme/tiny-chat-GPTQ/commit/", 507, times=1)  # not retried
         rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
         assert rc == 6 and rule.hits == 1
-        assert json.loads(out) == {"ok": False, "error": json.loads(out)["error"], "exit_code": 6}
-        assert "507" in err and "re-run" in err
+        summary = json.loads(out)
+        assert set(summary) == {"ok", "error", "exit_code"} and summary["ok"] is False and summary["exit_code"] == 6
+        # the JSON error is the same sentence the user reads on stderr, and it says what failed and what to do
+        last = [line for line in err.splitlines() if line.startswith("error:")]
+        assert last == [f"error: {summary['error']}"]
+        assert "507" in summary["error"] and "re-run" in summary["error"]
         assert set(remote_state(hub.url, REPOS["fp16"])) > {"README.md"}  # pushed before the failure
         assert set(remote_state(hub.url, REPOS["gptq"])) == {".gitattributes"}  # nothing committed
         rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
@@ -312,8 +322,22 @@ def test_dry_run_plans_without_work(inputs, tmp_path):
     q4, q8 = gguf["files"][0]["size_bytes"], gguf["files"][1]["size_bytes"]
     assert 0.5 < q4 / q8 < 0.65 and plan["targets"][2]["files"][0]["size_bytes"] < plan["targets"][3]["files"][0]["size_bytes"]
     assert not work.exists()
+    assert plan["warnings"] == []  # the config sets a license
     rc, text, _ = run_cli(["release", str(inputs["base"]), "--namespace", "me", "--quants", "gguf", "--dry-run"])
     assert rc == 0 and "me/base-GGUF@main" in text and "GPTQ" not in text and "merge " not in text
+    assert "warning" not in text  # the base's own card has a license
+
+
+def test_dry_run_warns_when_cards_would_have_no_license(inputs, tmp_path):
+    import shutil
+
+    source = tmp_path / "nolicense"
+    shutil.copytree(inputs["base"], source)
+    (source / "README.md").write_text("# a model\n\nNo header at all.\n", encoding="utf-8")
+    rc, text, err = run_cli(["release", str(source), "--namespace", "me", "--quants", "gguf", "--dry-run"])
+    assert rc == 0, err
+    warnings = [line.strip() for line in text.splitlines() if line.strip().startswith("warning")]
+    assert len(warnings) == 1 and "no license" in warnings[0] and "license" in warnings[0].split("set one")[1]
 
 
 def test_custom_repo_names_from_config(inputs, tmp_path):
@@ -403,7 +427,13 @@ def test_train_lora_is_trained_on_top_layers_with_hub_base(tiny_llama, tmp_path)
 def test_demo_release_config_is_valid_and_small():
     cfg = build_config(release_config(16, 256), {}, default_name="x")
     assert cfg.gptq_presets == ["gptq-4bit-32g-actorder"] and cfg.gptq_overrides == {"samples": 16, "seq_len": 256}
-    assert cfg.gguf_types == ["Q4_K_M", "Q8_0"] and cfg.rope == "linear:4" and cfg.repo_id("gguf") == "demo/SmolLM2-135M-Instruct-demo-LoRA-32k-GGUF"
+    assert cfg.gguf_types == ["Q4_K_M", "Q8_0"] and cfg.repo_id("gguf") == "demo/SmolLM2-135M-Instruct-demo-LoRA-32k-GGUF"
+    # Llama-3-style scaling x4 of SmolLM2's 8k context: the "32k" in the name, short-range dimensions untouched
+    from hubtool.rope import parse_rope_arg
+
+    rope = parse_rope_arg(cfg.rope, original_ctx=8192)
+    assert rope.rope_type == "llama3" and rope.factor == 4.0 and rope.effective_context(8192) == 32768
+    assert rope.extra["high_freq_factor"] > rope.extra["low_freq_factor"]
 
 
 def test_download_and_check_matches_pushed_hashes(released, tmp_path):

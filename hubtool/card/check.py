@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hubtool.card.metadata import check_no_token, validate_metadata
+from hubtool.card.metadata import check_no_token, validate_metadata, validate_model_index
 from hubtool.errors import CardError
 from hubtool.frontmatter import split_front_matter
 
@@ -27,6 +27,7 @@ def check_card(text: str, *, source: str = "README.md") -> dict[str, Any]:
     if not meta:
         raise CardError(f"{source}: empty or invalid YAML header; it must be a mapping of fields between '---' lines")
     validate_metadata(meta, source=source)
+    validate_model_index(meta, source=source)
     _hub_parse(text, meta, source=source)
     if not body.strip():
         raise CardError(f"{source}: the card has no text after the header; describe the model")

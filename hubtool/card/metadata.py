@@ -21,7 +21,7 @@ QUANT_KINDS = ("gptq", "gguf")
 CARRY_KEYS = ("license", "license_name", "license_link", "datasets", "language", "tags")
 
 # Keys of a release config that steer rendering but are not header fields.
-RELEASE_KEYS = ("repos", "gptq_variants", "gguf_files", "source_card")
+RELEASE_KEYS = ("repos", "gptq_variants", "gguf_files", "source_card", "hub_url")
 OPTION_KEYS = ("prompt_format", "system_message", "description", "embed_original", "context_length") + RELEASE_KEYS
 
 # Header keys in the order people read them; unknown keys follow in insertion order.
@@ -226,3 +226,63 @@ def check_no_token(text: str, *, source: str = "README.md") -> None:
     """A Hub token must never be published in a card."""
     if _TOKEN.search(text):
         raise CardError(f"{source}: contains what looks like a Hugging Face token (hf_...); remove it before publishing")
+
+
+def model_index(model_name: str, rows: list[dict[str, Any]], *, text: str | None, context: int | None,
+                tokens: int | None, reference: str = "fp16") -> list[dict[str, Any]]:
+    """Measured quality rows as the Hub's `model-index` (built with huggingface_hub's own EvalResult).
+
+    One result per measured variant: perplexity on the held-out text, and for quants the KL divergence
+    and top-1 agreement against the REFERENCE model, so leaderboards and tools read the numbers as data.
+    """
+    from huggingface_hub import EvalResult
+    from huggingface_hub.repocard_data import eval_results_to_model_index
+
+    args = {k: v for k, v in (("context", context), ("tokens", tokens)) if v}  # how it was measured
+    dataset = {"dataset_type": str(text or "held-out text"), "dataset_name": f"held-out text ({text})" if text else "held-out text",
+               "dataset_args": args or None}
+    results = []
+    for row in rows:
+        label = str(row.get("variant") or reference)
+        metrics = [("perplexity", row.get("perplexity"), f"Perplexity ({label})")]
+        if row.get("kind") in QUANT_KINDS:
+            metrics += [("kl_divergence", row.get("kl_div"), f"KL divergence vs {reference} ({label})"),
+                        ("top1_agreement", row.get("top1"), f"Top-1 agreement with {reference} ({label})")]
+        for metric_type, value, name in metrics:
+            if value is None:
+                continue
+            results.append(EvalResult(task_type="text-generation", task_name="Text Generation", metric_type=metric_type,
+                                      metric_value=float(f"{float(value):.6g}"), metric_name=name, **dataset))
+    return eval_results_to_model_index(model_name, results) if results else []
+
+
+def validate_model_index(meta: dict[str, Any], *, source: str = "README.md") -> None:
+    """`model-index` the Hub can read: a list of {name, results: [{task.type, dataset.type/name, metrics}]}."""
+    import math
+
+    index = meta.get("model-index")
+    if index is None:
+        return
+    if not isinstance(index, list) or not index:
+        raise CardError(f"{source}: model-index must be a non-empty list of {{name, results}}; fix or remove it")
+    for i, entry in enumerate(index):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
+            raise CardError(f"{source}: model-index[{i}] needs a name (the model's name)")
+        results = entry.get("results")
+        if not isinstance(results, list) or not results:
+            raise CardError(f"{source}: model-index[{i}].results must be a non-empty list")
+        for j, result in enumerate(results):
+            where = f"model-index[{i}].results[{j}]"
+            task, dataset, metrics = (result or {}).get("task"), (result or {}).get("dataset"), (result or {}).get("metrics")
+            if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+                raise CardError(f"{source}: {where}.task.type is missing; set it (e.g. text-generation)")
+            if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), str) and dataset[k] for k in ("type", "name")):
+                raise CardError(f"{source}: {where}.dataset needs a type and a name")
+            if not isinstance(metrics, list) or not metrics:
+                raise CardError(f"{source}: {where}.metrics must be a non-empty list of {{type, value}}")
+            for k, metric in enumerate(metrics):
+                value = (metric or {}).get("value") if isinstance(metric, dict) else None
+                if not isinstance(metric, dict) or not isinstance(metric.get("type"), str):
+                    raise CardError(f"{source}: {where}.metrics[{k}].type is missing")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise CardError(f"{source}: {where}.metrics[{k}] ({metric.get('type')}) value must be a finite number, got {value!r}")

@@ -120,6 +120,6 @@ def code_block(text: Any, lang: str = "") -> str:
     return f"{fence}{lang}\n{text}\n{fence}"
 
 
-def repo_link(repo_id: Any) -> str:
-    """Markdown link to a Hub repo."""
-    return f"[{repo_id}](https://huggingface.co/{repo_id})"
+def repo_link(repo_id: Any, hub_url: str = "https://huggingface.co") -> str:
+    """Markdown link to a Hub repo (on HUB_URL: a card rendered for a local Hub links to that Hub)."""
+    return f"[{repo_id}]({str(hub_url).rstrip('/')}/{repo_id})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     render.add_argument("--results", type=Path, help="quality.json from the verify step, for the measured-quality table")
     render.add_argument("-o", "--output", type=Path, required=True, help="where to write the card (e.g. MODEL_DIR/README.md)")
     render.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    render.add_argument("--hub-url", help="Hub the card's repo links point at (default https://huggingface.co; a local Hub's URL for a rehearsal)")
     render.set_defaults(func=run_render)
 
     check = group.add_parser("check", help="validate a README.md against the Hub's metadata rules (offline)")
     check.add_argument("card", type=Path, help="README.md to check")
+    check.add_argument("--strict", action="store_true", help="also refuse what the Hub accepts but a release should not have (no license)")
     check.set_defaults(func=run_check)
 
 
@@ -40,7 +43,7 @@ def load_release_config(path: Path) -> dict[str, Any]:
 
 def run_render(args: argparse.Namespace) -> int:
     from hubtool.atomic import check_output_free, staged_file
-    from hubtool.card import parse_overrides, render_card, split_release_config
+    from hubtool.card import compose_card, parse_overrides, split_release_config
     from hubtool.quality import read_results
 
     check_output_free(args.output, overwrite=args.overwrite)
@@ -53,10 +56,14 @@ def run_render(args: argparse.Namespace) -> int:
         if not args.results.is_file():
             raise CardError(f"{args.results}: results file not found; run the verify step first or drop --results")
         results = read_results(args.results)
-    text = render_card(args.kind, args.model_dir, meta=meta, overrides=overrides, results=results,
-                       release=release, template_dir=args.template_dir)
+    if args.hub_url:
+        release["hub_url"] = args.hub_url
+    card = compose_card(args.kind, args.model_dir, meta=meta, overrides=overrides, results=results,
+                        release=release, template_dir=args.template_dir)
+    for warning in card.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     with staged_file(args.output, overwrite=args.overwrite) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(card.text, encoding="utf-8")
     print(args.output)
     return 0
 
@@ -65,6 +72,8 @@ def run_check(args: argparse.Namespace) -> int:
     from hubtool.card import check_card_file
 
     meta = check_card_file(args.card)
+    if args.strict and not meta.get("license"):
+        raise CardError(f"{args.card}: no license in the header (--strict); add license: <id> (or license: other with license_name and license_link)")
     fields = ", ".join(f"{k}={meta[k]}" for k in ("license", "base_model", "base_model_relation") if k in meta)
     print(f"{args.card}: ok ({fields or 'no license/base_model'})")
     return 0

@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "instead of committing; repos and branches that do not exist yet are created directly")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
+    p.add_argument("--verbose", action="store_true", help="also show the libraries' own logs, warnings and progress bars")
     p.set_defaults(func=run)
 
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress.set_quiet(args.json)
     try:
-        with stdout_to_stderr():
+        with stdout_to_stderr(), progress.quiet_libraries(args.verbose):
             summary = release(args)
     except HubtoolError as exc:
         if args.json:
@@ -74,6 +75,7 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
              "max_position_embeddings": args.max_position_embeddings}
     cfg = build_config(file_data, flags, default_name=default_name, source=str(args.config or "release options"))
     plan = make_plan(cfg, source=inputs.source, base=inputs.base, adapter=inputs.adapter)
+    plan.warnings += release_card_warnings(cfg, inputs)
     text = plan.render()
     if args.dry_run:
         return {"ok": True, "dry_run": True, "plan": plan.as_dict(), "plan_text": text}
@@ -88,6 +90,15 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
         summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint, create_pr=args.create_pr)
     summary["plan"] = plan.as_dict()
     return summary
+
+
+def release_card_warnings(cfg: Any, inputs: Any) -> list[str]:
+    """What the plan should warn about the cards (a source header we had to repair, no license at all)."""
+    from hubtool.card import card_warnings
+
+    folder = inputs.base if inputs.adapter is not None else inputs.source
+    source = Path(folder) / "README.md" if folder is not None else None
+    return card_warnings(cfg.card, source_card=source if source is not None and source.is_file() else None)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

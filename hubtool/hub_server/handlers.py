@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
+from hubtool.hub_server import web
 from hubtool.hub_server.faults import DROP_CONNECTION
 from hubtool.hub_server import validate
 from hubtool.hub_server.errors import StorageError
@@ -319,6 +320,8 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._route_api(method, segs[1:])
         if segs[:1] == ["_hubtool"]:
             return self._route_internal(method, segs[1:])
+        if web.is_page(method, segs):  # the Hub's web pages (HTML), see hubtool/hub_server/web.py
+            return web.serve_page(self, segs)
         repo_type = "model"
         if segs and segs[0] in _TYPE_PLURALS and len(segs) > 3:
             repo_type, segs = _TYPE_PLURALS[segs[0]], segs[1:]

@@ -48,6 +48,7 @@ class Plan:
     targets: list[Target]
     stages: list[str]
     params: int
+    warnings: list[str] = field(default_factory=list)  # shown under the plan (a card without a license, ...)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +65,7 @@ class Plan:
             lines.append(f"  {t.repo_id}@{t.branch}  [{t.what}]  {_size(t.size_bytes, any(f.estimated for f in t.files))}")
             for f in t.files:
                 lines.append(f"      {f.path:<44} {_size(f.size_bytes, f.estimated)}")
+        lines += [f"  warning  {w}" for w in self.warnings]
         return "\n".join(lines)
 
 

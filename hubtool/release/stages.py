@@ -132,7 +132,8 @@ def run_release(
         gguf_results = _gguf_stages(cfg, fp16_dir, fp16_id, cache, idx)
         results = _verify_stage(cfg, fp16_dir, gptq_results, gguf_results, hasher, cache, idx) if "verify" in plan.stages else None
         log(f"{idx()}cards")
-        folders = build_publish_folders(cfg, plan, inputs, fp16_dir, gptq_results, gguf_results, results, work_dir, hasher)
+        folders = build_publish_folders(cfg, plan, inputs, fp16_dir, gptq_results, gguf_results, results, work_dir, hasher,
+                                        hub_url=_card_hub_url(endpoint))
         log(f"{idx()}push")
         pushes = push_all(cfg, plan, folders, endpoint=endpoint, token=token, create_pr=create_pr)
     finally:
@@ -301,8 +302,18 @@ def _link_into(src_dir: Path, dst: Path, files: dict[str, Path]) -> None:
         files[rel.as_posix()] = p
 
 
+def _card_hub_url(endpoint: str | None) -> str | None:
+    """Where the cards' repo links point: huggingface.co, or for any other Hub (a local rehearsal) root-relative
+    links ("/org/name"), which open on whichever Hub serves the card and do not change with its port."""
+    from hubtool.push import resolve_endpoint
+
+    url = resolve_endpoint(endpoint).rstrip("/")
+    return None if url in ("https://huggingface.co", "https://hf.co") else "/"
+
+
 def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_dir: Path, gptq: dict[str, StageResult],
-                          gguf: dict[str, StageResult], results: dict[str, Any] | None, work_dir: Path, hasher: Hasher) -> list[PublishFolder]:
+                          gguf: dict[str, StageResult], results: dict[str, Any] | None, work_dir: Path, hasher: Hasher,
+                          *, hub_url: str | None = None) -> list[PublishFolder]:
     """WORK/publish/<n>-<repo>@<branch>: the artifact's files plus its rendered, checked README.md."""
     from hubtool.card import render_card
 
@@ -319,8 +330,9 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
             "damp_percent": p.get("damp_percent"), "seq_len": p.get("seq_len"), "size_bytes": s.summary.get("size_bytes"),
             "dataset": (s.summary.get("calibration") or {}).get("source"),
         })
-    release = {"repos": repos, "gptq_variants": gptq_variants, **_source_card(inputs)}
+    release = {"repos": repos, "gptq_variants": gptq_variants, **_source_card(inputs), **({"hub_url": hub_url} if hub_url else {})}
     kinds = {"fp16": "merged", "adapter": "adapter", "gptq": "gptq", "gguf": "gguf"}
+    notes: set[str] = set()
     out: list[PublishFolder] = []
     for i, t in enumerate(plan.targets):
         folder = root / f"{i:02d}-{t.repo_id.replace('/', '--')}@{t.branch}"
@@ -335,6 +347,7 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
         else:
             for stage in gguf.values():
                 _link_into(stage.out, folder, files)
+        _portable_tokenizer(folder, files, notes)
         text = render_card(kinds[t.key], folder, meta=cfg.card, results=results, release=release)
         (folder / "README.md").write_text(text, encoding="utf-8")
         hashes = {rel: hasher.file(src) for rel, src in files.items()}
@@ -342,6 +355,25 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
         out.append(PublishFolder(t, folder, dict(sorted(hashes.items()))))
         log(f"card: {t.repo_id}@{t.branch} README.md ({kinds[t.key]})")
     return out
+
+
+def _portable_tokenizer(folder: Path, files: dict[str, Path], notes: set[str]) -> None:
+    """Publish a tokenizer_config.json that transformers 4.x loads too (the linked one may name a 5-only class)."""
+    from hubtool.tokenizer_compat import portable_tokenizer_config
+
+    if "tokenizer_config.json" not in files:
+        return
+    portable = portable_tokenizer_config(files["tokenizer_config.json"].parent)
+    if portable is None:
+        return
+    if portable.note and portable.note not in notes:
+        notes.add(portable.note)
+        log(f"{'tokenizer' if portable.changed else 'warning'}: {portable.note}")
+    if portable.changed:
+        target = folder / "tokenizer_config.json"
+        target.unlink()  # a hard link to the artifact's own file: never write through it
+        target.write_text(json.dumps(portable.config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        files["tokenizer_config.json"] = target
 
 
 def push_all(cfg: ReleaseConfig, plan: Plan, folders: list[PublishFolder], *, endpoint: str | None, token: str | None,
