@@ -38,10 +38,19 @@ class LoraModule:
     scale: float = 0.0
     rank: int = 0
     alpha: float = 0.0
+    parameter: bool = False  # PEFT `target_parameters`: LoRA on a bare (often 3-D expert) parameter named `module`
+    experts: int = 1  # parameter LoRA: lora_A is [rank·experts, in], lora_B [out, rank·experts]
 
     @property
     def weight_name(self) -> str:
-        return f"{self.module}.weight"
+        """The base tensor (in-memory parameter name for `target_parameters` LoRA) this module changes."""
+        return self.module if self.parameter else f"{self.module}.weight"
+
+    def expert_factors(self, a: torch.Tensor, b: torch.Tensor, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B_e [out, r], A_e [r, in]) of one expert, in PEFT ParamWrapper's layout (A rows expert-major, B columns rank-major)."""
+        a_e = a.reshape(self.experts, self.rank, a.shape[-1])[expert]
+        b_e = b.reshape(b.shape[0], self.rank, self.experts)[:, :, expert]
+        return b_e, a_e
 
 
 @dataclass
@@ -74,6 +83,24 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return patterns.get(key, default) if key in patterns else default
 
 
+def _target_parameter(module: str, target_parameters: list[str]) -> str | None:
+    """The parameter a `target_parameters` LoRA key belongs to, or None for an ordinary module LoRA.
+
+    PEFT wraps each targeted parameter of one module in its own ParamWrapper, nesting them in the
+    order of `target_parameters`: the last one listed is outermost (`experts.lora_A`), earlier ones
+    sit under `.base_layer` (`experts.base_layer.lora_A`).
+    """
+    depth = 0
+    while module.endswith(".base_layer"):
+        module, depth = module[: -len(".base_layer")], depth + 1
+    owned = [t for t in target_parameters if f"{module}.{t.rsplit('.', 1)[-1]}".endswith(t)]
+    if not owned:
+        return None
+    if depth >= len(owned):
+        raise MergeError(f"adapter key {module}{'.base_layer' * depth}: more nested LoRA wrappers than target_parameters name for {module}")
+    return f"{module}.{owned[len(owned) - 1 - depth].rsplit('.', 1)[-1]}"
+
+
 def load_adapter(path: Path | str) -> Adapter:
     """Open a PEFT LoRA/DoRA adapter folder with clear errors for what we can't merge."""
     path = Path(path)
@@ -102,6 +129,7 @@ def load_adapter(path: Path | str) -> Adapter:
     r_default = int(config.get("r", 8))
     alpha_default = float(config.get("lora_alpha", r_default))
     rslora = bool(config.get("use_rslora", False))
+    target_parameters = [str(t) for t in (config.get("target_parameters") or [])]
     modules: dict[str, LoraModule] = {}
     replacements: dict[str, str] = {}
     for key in handle.keys():
@@ -122,7 +150,11 @@ def load_adapter(path: Path | str) -> Adapter:
                 replacements[target] = key
             continue
         module, part = match["module"], match["part"]
-        entry = modules.setdefault(f"{module}.weight", LoraModule(module=module))
+        param = _target_parameter(module, target_parameters) if target_parameters else None
+        if param is not None:
+            entry = modules.setdefault(param, LoraModule(module=param, parameter=True))
+        else:
+            entry = modules.setdefault(f"{module}.weight", LoraModule(module=module))
         if part in ("lora_A.weight", "lora_embedding_A"):
             entry.a_key = key
             entry.embedding = part == "lora_embedding_A"
@@ -138,9 +170,14 @@ def load_adapter(path: Path | str) -> Adapter:
         a_shape = list(handle.get_slice(entry.a_key).get_shape())
         b_shape = list(handle.get_slice(entry.b_key).get_shape())
         actual = a_shape[0]
-        if actual != int(r):
+        if entry.parameter:  # ParamWrapper stacks one rank-r factor per expert
+            if actual % int(r) or b_shape[-1] != actual:
+                raise MergeError(f"{weights}: {entry.module} (target_parameters) has lora_A {a_shape}, lora_B {b_shape}; "
+                                 f"expected [r·experts, in] and [out, r·experts] with r={r}; fix r/rank_pattern")
+            entry.experts, actual = actual // int(r), int(r)
+        elif actual != int(r):
             raise MergeError(f"{weights}: {entry.a_key} has rank {actual} but adapter_config.json says r={r} for {entry.module}; fix r/rank_pattern")
-        if b_shape[-1] != actual:
+        if not entry.parameter and b_shape[-1] != actual:
             raise MergeError(f"{weights}: rank mismatch in {entry.module}: lora_A is {a_shape}, lora_B is {b_shape}")
         entry.rank, entry.alpha = actual, alpha
         entry.scale = alpha / math.sqrt(actual) if rslora else alpha / actual

@@ -102,6 +102,33 @@ def _gptqmodel() -> Any:
     return gptqmodel
 
 
+def gptq_model_types() -> dict[str, str]:
+    """config.json `model_type` -> gptqmodel's model definition class, as the installed gptqmodel registers them."""
+    _gptqmodel()
+    from gptqmodel.models.auto import MODEL_MAP
+
+    return {model_type: cls.__name__ for model_type, cls in MODEL_MAP.items()}
+
+
+def check_gptq_architecture(config: dict[str, Any], *, source: Path) -> str:
+    """gptqmodel's definition for this model's `model_type`, or an error naming the architecture.
+
+    gptqmodel would otherwise fall back to guessing the layer tree, which fails (or quantizes the
+    wrong modules) an hour into a run; we refuse up front instead.
+    """
+    model_type = str((config.get("text_config") or {}).get("model_type") or config.get("model_type") or "")
+    archs = ", ".join(config.get("architectures") or []) or "unknown architecture"
+    supported = gptq_model_types()
+    if model_type.lower() in supported:
+        return supported[model_type.lower()]
+    if config.get("model_type", "").lower() in supported:
+        return supported[config["model_type"].lower()]
+    raise InputError(
+        f"{Path(source) / 'config.json'}: {archs} (model_type {model_type or 'missing'!r}) is not supported by the installed "
+        f"gptqmodel {_gptqmodel().__version__}; drop gptq from --quants, or pick a model whose type is one of: {', '.join(sorted(supported))}"
+    )
+
+
 def quantize_gptq(
     model_dir: Path,
     out_dir: Path,
@@ -110,6 +137,7 @@ def quantize_gptq(
     calibration: str = "builtin",
     device: str | None = None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Quantize `model_dir` (fp16/bf16/fp32 safetensors) to a standard GPTQ folder at `out_dir`.
 
@@ -119,14 +147,15 @@ def quantize_gptq(
     from transformers import AutoTokenizer
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    source = load_model_dir(model_dir)
+    source = load_model_dir(model_dir, trust_remote_code=trust_remote_code)
     if source.config.get("quantization_config"):
         raise InputError(f"{model_dir}: already quantized ({source.config['quantization_config'].get('quant_method', '?')}); quantize the fp16 model")
     check_output_free(out_dir, overwrite=overwrite)
     dev = resolve_device(device)
     gptqmodel = _gptqmodel()
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    check_gptq_architecture(source.config, source=model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=source.remote_code)
     examples, cal_desc = calibration_dataset(calibration, tokenizer, preset.samples, preset.seq_len)
     log(f"gptq: {preset.label} on {dev}, {cal_desc['samples']}x{preset.seq_len} calibration tokens ({cal_desc['source']})")
 
@@ -148,7 +177,8 @@ def quantize_gptq(
                 offload_to_disk_path=str(tmp / ".gptqmodel-offload"),
             )
             with stdout_to_stderr(), _gptqmodel_logs_in(tmp / ".gptqmodel-logs"):
-                model = gptqmodel.GPTQModel.load(str(model_dir), qcfg, dtype=compute_dtype(dev), device=dev)
+                model = gptqmodel.GPTQModel.load(str(model_dir), qcfg, dtype=compute_dtype(dev), device=dev,
+                                                 trust_remote_code=source.remote_code)
                 model.quantize(examples, batch_size=1, tokenizer=tokenizer)
                 model.save(str(raw))
         except (RuntimeError, ValueError, torch.linalg.LinAlgError) as exc:
