@@ -74,6 +74,13 @@ def per_expert_slices(
     return None
 
 
+def disk_name(model_type: str, name: str, has: Callable[[str], bool]) -> str | None:
+    """An in-memory parameter NAME as the checkpoint spells it (Mixtral's `mlp.gate` is `block_sparse_moe.gate` on disk)."""
+    renames = [(s, t) for tr in _conversions(model_type) if type(tr).__name__ == "WeightRenaming"
+               for s, t in zip(_patterns(tr, "source"), _patterns(tr, "target"))]
+    return _on_disk(name, renames, has)
+
+
 def _on_disk(name: str, renames: list[tuple[str, str]], has: Callable[[str], bool]) -> str | None:
     """NAME as the checkpoint spells it: as is, or with one of the mapping's renames undone."""
     if has(name):

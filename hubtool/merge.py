@@ -139,7 +139,7 @@ def _missing(adapter: Adapter, names: list[str], base: ModelDir) -> MergeError:
 
 def _resolve_deltas(base: ModelDir, adapter: Adapter) -> dict[str, list[Delta]]:
     """Base tensor -> the LoRA updates it receives, for plain modules and `target_parameters` experts alike."""
-    from hubtool.expert_layout import per_expert_slices
+    from hubtool.expert_layout import disk_name, per_expert_slices
 
     deltas: dict[str, list[Delta]] = {}
     missing: list[str] = []
@@ -158,7 +158,9 @@ def _resolve_deltas(base: ModelDir, adapter: Adapter) -> dict[str, list[Delta]]:
             deltas.setdefault(name, []).append(Delta(mod))
             continue
         out_rows, in_cols = b_shape[0], a_shape[1]
-        if name in base.weight_map:  # the checkpoint stores the fused parameter itself
+        model_type = str(base.config.get("model_type", ""))
+        name = disk_name(model_type, name, lambda n: n in base.weight_map) or name
+        if name in base.weight_map:  # the checkpoint stores the (fused) parameter itself
             shape = base.tensor_shape(name)
             if mod.experts == 1 and shape == [out_rows, in_cols]:
                 deltas.setdefault(name, []).append(Delta(mod))
@@ -168,7 +170,6 @@ def _resolve_deltas(base: ModelDir, adapter: Adapter) -> dict[str, list[Delta]]:
                 raise MergeError(f"{adapter.path}: {name} (target_parameters) gives {mod.experts} experts of [{out_rows}, {in_cols}], "
                                  f"base is {shape}; was this adapter trained on a different base model?")
             continue
-        model_type = str(base.config.get("model_type", ""))
         slices = per_expert_slices(model_type, name, mod.experts, out_rows, has=lambda n: n in base.weight_map,
                                    rows_of=lambda n: base.tensor_shape(n)[0])
         if slices is None:
@@ -212,7 +213,7 @@ def _plan(base: ModelDir, adapter: Adapter, dtype: torch.dtype) -> MergePlan:
     head_touched = head in replacements or head in deltas
     if tied and embed is not None and not head_touched and (embed in deltas or embed in replacements):
         same_vocab = embed not in replacements or adapter.shape(replacements[embed])[0] == base.tensor_shape(embed)[0]
-        if embed in replacements and same_vocab and not adapter.config.get("ensure_weight_tying", False):
+        if embed in replacements and embed not in deltas and same_vocab and not adapter.config.get("ensure_weight_tying", False):
             # modules_to_save on a tied embedding trains a copy; the head kept the original weights (PEFT's
             # merge_and_unload leaves them so). Untie and keep that head, rather than silently swapping it.
             config_changes["tie_word_embeddings"] = False
@@ -266,7 +267,7 @@ def _plan(base: ModelDir, adapter: Adapter, dtype: torch.dtype) -> MergePlan:
 def check_merge(base_dir: Path | str, adapter_dir: Path | str, *, dtype: str = "float16", trust_remote_code: bool = False) -> str:
     """Plan-time check: the adapter maps onto the base (plain, fused, tied and expert layouts), from headers only."""
     base = load_model_dir(base_dir, kind="base model", trust_remote_code=trust_remote_code)
-    adapter = load_adapter(adapter_dir)
+    adapter = load_adapter(adapter_dir, base_dir=base.path, trust_remote_code=trust_remote_code)
     plan = _plan(base, adapter, DTYPES.get(dtype, torch.float16))
     base.close()
     n = sum(len(ds) for ds in plan.deltas.values())
@@ -417,7 +418,7 @@ def merge_adapter(
         raise InputError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
     check_output_free(out_dir, overwrite=overwrite)
     base = load_model_dir(base_dir, kind="base model", trust_remote_code=trust_remote_code)
-    adapter = load_adapter(adapter_dir)
+    adapter = load_adapter(adapter_dir, base_dir=base.path, trust_remote_code=trust_remote_code)
     torch_dtype = DTYPES[dtype]
     scaling = resolve_rope(base.config, adapter.path, rope)
     if max_position_embeddings is not None and scaling is None:
