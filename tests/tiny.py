@@ -116,14 +116,15 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "Qwen2ForCausalLM": ("Qwen2Config", dict(tie_word_embeddings=True)),
     "Qwen3ForCausalLM": ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True)),
     "Gemma2ForCausalLM": ("Gemma2Config", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=32)),
-    "Gemma3ForCausalLM": ("Gemma3TextConfig", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=32,
-                                                   layer_types=["sliding_attention", "full_attention"])),
+    # six layers: Gemma-3's own 5 sliding : 1 full pattern, which llama.cpp assumes
+    "Gemma3ForCausalLM": ("Gemma3TextConfig", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=32, num_hidden_layers=6)),
     "Phi3ForCausalLM": ("Phi3Config", dict()),
     "MixtralForCausalLM": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
     "Qwen2MoeForCausalLM": ("Qwen2MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                                    shared_expert_intermediate_size=64, decoder_sparse_step=1)),
+    # norm_topk_prob as in the released Qwen3-MoE checkpoints (llama.cpp always renormalises for qwen3moe)
     "Qwen3MoeForCausalLM": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16,
-                                                   decoder_sparse_step=1)),
+                                                   decoder_sparse_step=1, norm_topk_prob=True)),
 }
 MOE_ARCHITECTURES = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 
@@ -139,6 +140,27 @@ def tiny_config(arch: str, vocab_size: int, **overrides: Any):
 # a tiny vocabulary, and the Qwen-MoE converters always take the GPT-2 route, which accepts only
 # pre-tokenizers it recognises by hash (a freshly trained one never matches).
 BPE_ARCHITECTURES = ("Phi3ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+# transformers 5 re-reads a qwen2 folder's SentencePiece tokenizer with Qwen2's own pre-tokenizer (spaces
+# dropped), and the converter refuses SmolLM2's BPE for qwen2 (pre-tokenizer hash not recognised), so no
+# offline tokenizer gives a tiny Qwen2 that both sides tokenize alike: its GGUF run is left out.
+GGUF_UNTESTED = ("Qwen2ForCausalLM",)
+# Gemma's SentencePiece tokenizers add no dummy prefix (llama.cpp's Gemma converters assume so).
+GEMMA_TOKENIZER_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+
+def gemma_tokenizer(sp_tok_dir: Path, out_dir: Path) -> Path:
+    """The same SentencePiece model as a GemmaTokenizer folder (no dummy prefix), with the chat template."""
+    from transformers import AutoTokenizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sp_tok_dir / "tokenizer.model", out_dir / "tokenizer.model")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+    }))
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(out_dir)
+    return out_dir
 
 
 def bpe_tokenizer(out_dir: Path) -> Path:
