@@ -9,6 +9,7 @@ release dry-run. The README's architecture table is filled from what these tests
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -263,10 +264,16 @@ def _dry_run(argv: list[str], capsys) -> tuple[int, dict]:
 def test_release_dry_run_checks_architecture(arch, tiny_models, tmp_path, capsys):
     base = tiny_models(arch)
     adapter = make_adapter(base, tmp_path / "adapter", **_lora_kwargs(arch))
-    rc, out = _dry_run(["--base", str(base), "--adapter", str(adapter), "--name", "x"], capsys)
+    argv = ["--base", str(base), "--adapter", str(adapter), "--name", "x"]
+    if arch == "Phi3ForCausalLM":  # GPTQ refused in the plan (see test_gptq_refuses_phi3_split_layout_up_front)
+        rc, out = _dry_run(argv, capsys)
+        assert rc == 2 and "gate_proj" in out["error"]
+        argv += ["--quants", "gguf"]
+    rc, out = _dry_run(argv, capsys)
     assert rc == 0, out
     checks = "\n".join(out["plan"]["checks"])
-    assert arch in checks and "gguf: llama.cpp converter maps it to" in checks and "gptq: gptqmodel definition" in checks
+    assert arch in checks and "gguf: llama.cpp converter maps it to" in checks
+    assert ("gptq: gptqmodel definition" in checks) == (arch != "Phi3ForCausalLM")
     assert "merge: " in checks and ("target_parameters" in checks) == (arch in MOE_ARCHITECTURES)
 
 
@@ -323,6 +330,7 @@ def test_custom_code_refused_without_flag(custom_code_model, tmp_path, capsys):
     from hubtool.cli import main
 
     adapter = make_adapter(tiny_models_base(custom_code_model, tmp_path), tmp_path / "adapter")
+    capsys.readouterr()
     rc = main(["merge", str(custom_code_model), str(adapter), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--trust-remote-code" in err and "modeling_tiny.TinyCustomForCausalLM" in err
@@ -361,3 +369,50 @@ def test_plain_model_needs_no_flag(tiny_models):
         from hubtool.model_dir import check_remote_code
 
         check_remote_code(Path("x"), {"auto_map": {"AutoModel": "m.M"}}, trust_remote_code=False)
+
+
+# ---- GPTQ -------------------------------------------------------------------------------------------
+# Dense families with different layer trees (fused qkv/gate_up, q/k norms, sliding layers) and both MoE layouts.
+GPTQ_ARCHS = ["Qwen3ForCausalLM", "Gemma3ForCausalLM", "MixtralForCausalLM", "Qwen3MoeForCausalLM"]
+
+
+@pytest.mark.parametrize("arch", GPTQ_ARCHS)
+def test_gptq_every_layer_and_expert(arch, tiny_models, tmp_path, monkeypatch):
+    """gptqmodel's own definition for the architecture: every decoder Linear quantized (every expert of a MoE),
+    the checkpoint loads in transformers, and its perplexity is measured next to round-to-nearest."""
+    from hubtool.gptq import load_preset, quantize_gptq, verify_gptq
+
+    model_dir = tiny_models(arch)
+    monkeypatch.chdir(tmp_path)
+    preset = load_preset("gptq-4bit-32g-actorder", {"samples": 16, "seq_len": 64})
+    quantize_gptq(model_dir, tmp_path / "gptq", preset, device="cpu")
+    base, quant = _tensors(model_dir), _tensors(tmp_path / "gptq")
+    # gptqmodel may split fused projections (Phi-3 gate_up_proj) or rename experts (Mixtral w1 -> gate_proj):
+    # count quantized weights, not names. qweight is int32 [in·bits/32, out].
+    linear = sum(t.numel() for n, t in base.items() if ".layers." in n and t.dim() == 2 and (n.endswith("proj.weight") or ".experts." in n))
+    packed = sum(t.shape[0] * 32 // preset.bits * t.shape[1] for n, t in quant.items() if n.endswith(".qweight"))
+    assert packed == linear, (packed, linear)
+    if arch in MOE_ARCHITECTURES:
+        assert sum(".experts." in n and n.endswith(".qweight") for n in quant) == 2 * 4 * 3  # layers × experts × projections
+    rows = {r["kind"]: r for r in verify_gptq(tmp_path / "gptq", model_dir, rtn=True, context=64, max_tokens=256)}
+    assert math.isfinite(rows["gptq"]["perplexity"]) and math.isfinite(rows["rtn"]["perplexity"])
+    assert rows["gptq"]["kl_div"] <= rows["rtn"]["kl_div"] * 1.5, rows  # GPTQ is no worse than RTN beyond noise
+
+
+def test_gptq_refuses_phi3_split_layout_up_front(tiny_models, tmp_path):
+    """gptqmodel 7.6 splits Phi-3's fused gate_up_proj; transformers can't load that (measured: IndexError in the
+    quantized gate_up_proj). Refused before calibration, naming the module, instead of a broken repo."""
+    from hubtool.gptq import load_preset, quantize_gptq
+
+    with pytest.raises(InputError, match=r"Phi3QModel quantizes mlp\.gate_proj.*Phi3ForCausalLM.*would not load"):
+        quantize_gptq(tiny_models("Phi3ForCausalLM"), tmp_path / "out", load_preset("gptq-4bit-32g-actorder", {"samples": 4, "seq_len": 32}), device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_gptq_refuses_unsupported_model_type(tiny_models, tmp_path):
+    from hubtool.gptq import load_preset, quantize_gptq
+
+    model = _with_config(tiny_models("LlamaForCausalLM"), tmp_path / "m", model_type="no_such_type")
+    with pytest.raises(InputError, match="no_such_type.*not supported by the installed gptqmodel"):
+        quantize_gptq(model, tmp_path / "out", load_preset("gptq-4bit-32g-actorder", {"samples": 4, "seq_len": 32}), device="cpu")
+    assert not (tmp_path / "out").exists()

@@ -117,7 +117,8 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "Qwen3ForCausalLM": ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True)),
     "Gemma2ForCausalLM": ("Gemma2Config", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=32)),
     # six layers: Gemma-3's own 5 sliding : 1 full pattern, which llama.cpp assumes
-    "Gemma3ForCausalLM": ("Gemma3TextConfig", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=32, num_hidden_layers=6)),
+    "Gemma3ForCausalLM": ("Gemma3TextConfig", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=32, num_hidden_layers=6,
+                                                   pad_token_id=0)),
     "Phi3ForCausalLM": ("Phi3Config", dict()),
     "MixtralForCausalLM": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
     "Qwen2MoeForCausalLM": ("Qwen2MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,

@@ -102,15 +102,43 @@ def _gptqmodel() -> Any:
     return gptqmodel
 
 
-def gptq_model_types() -> dict[str, str]:
+def gptq_model_types() -> dict[str, Any]:
     """config.json `model_type` -> gptqmodel's model definition class, as the installed gptqmodel registers them."""
     _gptqmodel()
     from gptqmodel.models.auto import MODEL_MAP
 
-    return {model_type: cls.__name__ for model_type, cls in MODEL_MAP.items()}
+    return dict(MODEL_MAP)
 
 
-def check_gptq_architecture(config: dict[str, Any], *, source: Path) -> str:
+def _unmatched_modules(definition: Any, weight_names: list[str]) -> list[str]:
+    """Decoder modules gptqmodel's definition quantizes that the checkpoint doesn't have under any of their names.
+
+    gptqmodel splits some fused projections (Phi-3's gate_up_proj into gate_proj/up_proj); transformers
+    then cannot load the result. Nested (MoE expert) trees and optional/skipped entries are not checked.
+    """
+    import re
+
+    tree = getattr(definition, "module_tree", None)
+    if not isinstance(tree, list) or not tree or not isinstance(tree[-1], dict):
+        return []
+    prefix = r"\.".join(re.escape(p) for p in tree[:-1] if isinstance(p, str) and p != "#")
+    missing = []
+    for parent, children in tree[-1].items():
+        if not isinstance(children, tuple):
+            continue
+        parents = parent.split(":")[0].split("|")
+        for child in children:
+            spec = str(child).split(":")
+            if any(flag in ("!", "?") for flag in spec[1:]):
+                continue
+            names = spec[0].split("|")
+            pattern = re.compile(rf"^{prefix}\.\d+\.({'|'.join(map(re.escape, parents))})\.({'|'.join(map(re.escape, names))})\.weight$")
+            if not any(pattern.match(n) for n in weight_names):
+                missing.append(f"{parents[0]}.{names[0]}")
+    return missing
+
+
+def check_gptq_architecture(config: dict[str, Any], *, source: Path, weight_names: list[str] | None = None) -> str:
     """gptqmodel's definition for this model's `model_type`, or an error naming the architecture.
 
     gptqmodel would otherwise fall back to guessing the layer tree, which fails (or quantizes the
@@ -119,10 +147,16 @@ def check_gptq_architecture(config: dict[str, Any], *, source: Path) -> str:
     model_type = str((config.get("text_config") or {}).get("model_type") or config.get("model_type") or "")
     archs = ", ".join(config.get("architectures") or []) or "unknown architecture"
     supported = gptq_model_types()
-    if model_type.lower() in supported:
-        return supported[model_type.lower()]
-    if config.get("model_type", "").lower() in supported:
-        return supported[config["model_type"].lower()]
+    definition = supported.get(model_type.lower()) or supported.get(str(config.get("model_type", "")).lower())
+    if definition is not None:
+        missing = _unmatched_modules(definition, weight_names or [])
+        if weight_names and missing:
+            raise InputError(
+                f"{Path(source) / 'config.json'}: gptqmodel {_gptqmodel().__version__}'s {definition.__name__} quantizes "
+                f"{', '.join(missing)}, which {archs} checkpoints do not have (fused in this layout); its output would not "
+                "load in transformers — drop gptq from --quants for this model"
+            )
+        return definition.__name__
     raise InputError(
         f"{Path(source) / 'config.json'}: {archs} (model_type {model_type or 'missing'!r}) is not supported by the installed "
         f"gptqmodel {_gptqmodel().__version__}; drop gptq from --quants, or pick a model whose type is one of: {', '.join(sorted(supported))}"
@@ -154,7 +188,7 @@ def quantize_gptq(
     dev = resolve_device(device)
     gptqmodel = _gptqmodel()
 
-    check_gptq_architecture(source.config, source=model_dir)
+    check_gptq_architecture(source.config, source=model_dir, weight_names=source.tensor_names())
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=source.remote_code)
     examples, cal_desc = calibration_dataset(calibration, tokenizer, preset.samples, preset.seq_len)
     log(f"gptq: {preset.label} on {dev}, {cal_desc['samples']}x{preset.seq_len} calibration tokens ({cal_desc['source']})")

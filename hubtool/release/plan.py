@@ -182,7 +182,7 @@ def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | N
     from hubtool.model_dir import load_model_dir, remote_code_files
 
     model = load_model_dir(weights_dir, kind="base model" if adapter is not None else "model", trust_remote_code=cfg.trust_remote_code)
-    config = model.config
+    config, weight_names = model.config, model.tensor_names()
     model.close()
     arch = ", ".join(config.get("architectures") or []) or "unknown architecture"
     checks = [f"architecture {arch} (model_type {config.get('model_type')!r})"]
@@ -200,5 +200,5 @@ def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | N
     if cfg.gptq_presets:
         from hubtool.gptq.quantize import check_gptq_architecture
 
-        checks.append(f"gptq: gptqmodel definition {check_gptq_architecture(config, source=weights_dir)}")
+        checks.append(f"gptq: gptqmodel definition {check_gptq_architecture(config, source=weights_dir, weight_names=weight_names)}")
     return checks
