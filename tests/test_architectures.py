@@ -416,3 +416,17 @@ def test_gptq_refuses_unsupported_model_type(tiny_models, tmp_path):
     with pytest.raises(InputError, match="no_such_type.*not supported by the installed gptqmodel"):
         quantize_gptq(model, tmp_path / "out", load_preset("gptq-4bit-32g-actorder", {"samples": 4, "seq_len": 32}), device="cpu")
     assert not (tmp_path / "out").exists()
+
+
+def test_gguf_refuses_untied_head_the_converter_drops(tiny_models, tmp_path):
+    """modules_to_save on Gemma-2's tied embedding unties it (as PEFT does); llama.cpp's Gemma-2 converter drops
+    lm_head, so the GGUF export refuses rather than silently running the embedding as head."""
+    from hubtool.errors import QuantizeError
+    from hubtool.gguf import export_gguf
+
+    base = tiny_models("Gemma2ForCausalLM")
+    adapter = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj"], modules_to_save=["embed_tokens"])
+    merge_adapter(base, adapter, tmp_path / "merged")
+    with pytest.raises(QuantizeError, match="drops it"):
+        export_gguf(tmp_path / "merged", tmp_path / "gguf", ["f16"], name="g")
+    assert not list(tmp_path.rglob("*.gguf"))  # nothing half-right left behind

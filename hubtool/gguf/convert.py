@@ -146,7 +146,33 @@ def convert_to_gguf(
         rc = proc.wait()
     if rc != 0 or not out_file.is_file():
         raise QuantizeError(f"{model_dir}: llama.cpp converter failed ({_last_error(tail)}); fix the model folder or report it")
+    check_output_head(model_dir, out_file)
     return out_file
+
+
+def check_output_head(model_dir: Path, gguf_file: Path) -> None:
+    """An untied model's own lm_head must reach the GGUF: some converters (Gemma, Gemma-2) drop it and
+    run the embedding as head, which silently changes the model (e.g. after modules_to_save untied it)."""
+    import gguf
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    if config.get("tie_word_embeddings", True):
+        return
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        has_head = "lm_head.weight" in json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+            has_head = "lm_head.weight" in f.keys()
+    if has_head and not any(t.name == "output.weight" for t in gguf.GGUFReader(str(gguf_file)).tensors):
+        gguf_file.unlink()
+        raise QuantizeError(
+            f"{model_dir}: the model has its own lm_head (tie_word_embeddings: false) but llama.cpp's converter for "
+            f"{text_architecture(config)} drops it, so the GGUF would run a different model; keep the embeddings tied (re-train without "
+            "modules_to_save on embed_tokens) to export GGUF"
+        )
 
 
 def _last_error(lines: list[str]) -> str:

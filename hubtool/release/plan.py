@@ -187,6 +187,9 @@ def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | N
     arch = ", ".join(config.get("architectures") or []) or "unknown architecture"
     checks = [f"architecture {arch} (model_type {config.get('model_type')!r})"]
     code = remote_code_files(weights_dir, config)
+    if code and cfg.verify and (cfg.gguf_types or cfg.gptq_presets):
+        raise InputError(f"{weights_dir / 'config.json'}: verifying a custom-code model is not supported yet; "
+                         "set `verify: {enabled: false}` in release.yaml for this release")
     if code:
         checks.append(f"custom code trusted (--trust-remote-code); ships in every repo: {', '.join(p.name for p in code)}")
     if adapter is not None:

@@ -299,6 +299,14 @@ def _link_into(src_dir: Path, dst: Path, files: dict[str, Path]) -> None:
         files[rel.as_posix()] = p
 
 
+def _link_into_file(src: Path, dst: Path, files: dict[str, Path]) -> None:
+    try:
+        os.link(src, dst / src.name)
+    except OSError:
+        shutil.copy2(src, dst / src.name)
+    files[src.name] = src
+
+
 def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_dir: Path, gptq: dict[str, StageResult],
                           gguf: dict[str, StageResult], results: dict[str, Any] | None, work_dir: Path, hasher: Hasher) -> list[PublishFolder]:
     """WORK/publish/<n>-<repo>@<branch>: the artifact's files plus its rendered, checked README.md."""
@@ -333,6 +341,10 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
         else:
             for stage in gguf.values():
                 _link_into(stage.out, folder, files)
+            from hubtool.model_dir import read_json, remote_code_files
+
+            for code in remote_code_files(fp16_dir, read_json(fp16_dir / "config.json")):  # custom code ships in every repo
+                _link_into_file(code, folder, files)
         text = render_card(kinds[t.key], folder, meta=cfg.card, results=results, release=release)
         (folder / "README.md").write_text(text, encoding="utf-8")
         hashes = {rel: hasher.file(src) for rel, src in files.items()}
