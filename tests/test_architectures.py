@@ -397,6 +397,7 @@ def test_gptq_every_layer_and_expert(arch, tiny_models, tmp_path, monkeypatch):
     assert packed == linear, (packed, linear)
     if arch in MOE_ARCHITECTURES:
         assert sum(".experts." in n and n.endswith(".qweight") for n in quant) == 2 * 4 * 3  # layers × experts × projections
+    assert "unquantized" not in json.loads((tmp_path / "gptq" / "quantize_config.json").read_text())["meta"]
     rows = {r["kind"]: r for r in verify_gptq(tmp_path / "gptq", model_dir, rtn=True, context=64, max_tokens=256)}
     assert math.isfinite(rows["gptq"]["perplexity"]) and math.isfinite(rows["rtn"]["perplexity"])
     assert rows["gptq"]["kl_div"] <= rows["rtn"]["kl_div"] * 1.5, rows  # GPTQ is no worse than RTN beyond noise
@@ -410,6 +411,27 @@ def test_gptq_refuses_phi3_split_layout_up_front(tiny_models, tmp_path):
     with pytest.raises(InputError, match=r"Phi3QModel quantizes mlp\.gate_proj.*Phi3ForCausalLM.*would not load"):
         quantize_gptq(tiny_models("Phi3ForCausalLM"), tmp_path / "out", load_preset("gptq-4bit-32g-actorder", {"samples": 4, "seq_len": 32}), device="cpu")
     assert not (tmp_path / "out").exists()
+
+
+def test_gptq_names_experts_left_unquantized(tiny_models, tmp_path):
+    """An expert gptqmodel skipped (no calibration token routed to it) is named, for quantize_config.json and the card."""
+    from safetensors.torch import save_file
+
+    from hubtool.card.facts import gptq_facts
+    from hubtool.gptq.quantize import _unquantized
+    from hubtool.model_dir import load_model_dir
+
+    source = load_model_dir(tiny_models("MixtralForCausalLM"))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    q = {}
+    for n in source.tensor_names():
+        if n.endswith("proj.weight") or (".experts." in n and ".experts.3." not in n):  # expert 3 left out, w1 renamed
+            q[n[: -len(".weight")].replace("block_sparse_moe", "mlp").replace(".w1", ".gate_proj") + ".qweight"] = torch.zeros(1, dtype=torch.int32)
+    save_file(q, str(raw / "model.safetensors"))
+    assert _unquantized(source, raw) == ["layer 0 expert 3", "layer 1 expert 3"]
+    (tmp_path / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 32, "meta": {"unquantized": ["layer 0 expert 3"]}}))
+    assert gptq_facts(tmp_path, {})["unquantized"] == ["layer 0 expert 3"]
 
 
 def test_gptq_refuses_unsupported_model_type(tiny_models, tmp_path):

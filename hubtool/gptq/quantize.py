@@ -219,7 +219,11 @@ def quantize_gptq(
             raise QuantizeError(f"{model_dir}: gptqmodel failed ({str(exc).splitlines()[0][:300]}); try more calibration samples or a larger --damp-percent") from None
         del model
         seconds = time.monotonic() - start
-        _write_clean(raw, tmp, source, preset, cal_desc)
+        unquantized = _unquantized(source, raw)
+        if unquantized:
+            log(f"gptq: warning: {len(unquantized)} decoder weight(s) left unquantized by gptqmodel: {', '.join(unquantized[:8])}"
+                + (" …" if len(unquantized) > 8 else "") + " (recorded in quantize_config.json and the card)")
+        _write_clean(raw, tmp, source, preset, cal_desc, unquantized)
         shutil.rmtree(raw)
         shutil.rmtree(tmp / ".gptqmodel-offload", ignore_errors=True)
         shutil.rmtree(tmp / ".gptqmodel-logs", ignore_errors=True)
@@ -235,7 +239,36 @@ def quantize_gptq(
     }
 
 
-def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc: dict[str, Any]) -> None:
+def _unquantized(source: Any, raw: Path) -> list[str]:
+    """Decoder Linear weights (MoE experts included) that gptqmodel left in floating point.
+
+    gptqmodel may rename (Mixtral w1 -> gate_proj) or split (gate_up_proj) modules, so experts are
+    matched by layer and expert index, other weights by their module name.
+    """
+    import re
+
+    from safetensors import safe_open
+
+    quantized: set[str] = set()
+    for shard in raw.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as f:
+            quantized |= {k[: -len(".qweight")] for k in f.keys() if k.endswith(".qweight")}
+    expert_re = re.compile(r"\.layers\.(\d+)\..*?experts\.(\d+)\.")
+    quant_experts = {(m.group(1), m.group(2)) for n in quantized if (m := expert_re.search(n + "."))}
+    missing = []
+    for name in source.tensor_names():
+        if ".layers." not in name or not name.endswith(".weight") or len(source.tensor_shape(name)) != 2:
+            continue
+        m = expert_re.search(name)
+        if m:
+            if (m.group(1), m.group(2)) not in quant_experts:
+                missing.append(f"layer {m.group(1)} expert {m.group(2)}")
+        elif name.endswith("proj.weight") and name[: -len(".weight")] not in quantized and not any(q.startswith(name.rsplit(".", 2)[0] + ".") for q in quantized):
+            missing.append(name[: -len(".weight")])
+    return list(dict.fromkeys(missing))
+
+
+def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc: dict[str, Any], unquantized: list[str] | None = None) -> None:
     """Keep gptqmodel's tensors, write our own configs, carry the source's tokenizer and generation files."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -268,6 +301,7 @@ def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc
         "preset": preset.name,
         "branch": preset.branch,
         "calibration": {**cal_desc, "samples": cal_desc["samples"], "seq_len": preset.seq_len},
+        **({"unquantized": unquantized} if unquantized else {}),
     }
     (out / QUANTIZE_CONFIG).write_text(json.dumps({**qconf, "meta": meta}, indent=2) + "\n", encoding="utf-8")
 
