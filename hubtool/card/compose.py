@@ -156,6 +156,7 @@ def compose_card(
         "context_length": (rope or {}).get("effective_context") or facts["config"].get("max_position_embeddings"),
         "local_name": shlex.quote((this_repo or model_dir.name).split("/")[-1]),
         "gptq_variants": gptq_variants,
+        "gptq_unquantized": ((facts.get("gptq") or {}).get("unquantized") or []) if kind == "gptq" else [],
         "gguf_files": gguf_files,
         "gguf_pick": gguf_pick["file"] if gguf_pick else None,
         "gguf_pick_sh": shlex.quote(gguf_pick["file"]) if gguf_pick else "",

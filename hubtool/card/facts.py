@@ -113,6 +113,7 @@ def gptq_facts(model_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None
         "branch": meta.get("branch"),
         "dataset": cal.get("description") or cal.get("name"),
         "seq_len": cal.get("seq_len"),
+        "unquantized": [str(n) for n in meta.get("unquantized") or []],  # decoder weights/experts gptqmodel left in fp16
     }
 
 

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--name", help="file name stem (default: card model_name or the folder name)")
     q.add_argument("--keep-f16", action="store_true", help="keep the 16-bit base GGUF even if not in --types")
     q.add_argument("--overwrite", action="store_true", help="replace existing GGUF files of the same name")
+    q.add_argument("--trust-remote-code", action="store_true", help="allow a custom-code model (auto_map in config.json)")
     q.add_argument("--json", action="store_true", help="print the written files as JSON")
     q.set_defaults(func=_quantize)
 
@@ -49,7 +50,7 @@ def _quantize(args: argparse.Namespace) -> int:
     set_quiet(args.json)
     rows = export_gguf(args.model_dir, args.output, args.types.split(","), name=args.name, imatrix=args.imatrix,
                        calibration=args.calibration, split_max_size=args.split_max_size,
-                       keep_f16=args.keep_f16, overwrite=args.overwrite)
+                       keep_f16=args.keep_f16, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seq-len", type=int, help="tokens per calibration sample (preset default: 2048)")
     q.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    q.add_argument("--trust-remote-code", action="store_true", help="allow a custom-code model (auto_map in config.json); its .py files are copied")
     q.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     q.set_defaults(func=run_quantize)
 
@@ -65,7 +66,8 @@ def run_quantize(args: argparse.Namespace) -> int:
     set_quiet(args.json)
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     preset = load_preset(args.config or args.preset or DEFAULT_PRESET, overrides)
-    summary = quantize_gptq(args.model_dir, args.output, preset, calibration=args.calibration, device=args.device, overwrite=args.overwrite)
+    summary = quantize_gptq(args.model_dir, args.output, preset, calibration=args.calibration, device=args.device, overwrite=args.overwrite,
+                            trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(summary))
     else:

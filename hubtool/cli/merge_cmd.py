@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rope", help="RoPE scaling the adapter was trained with: linear:4, dynamic:2, yarn:4[,key=value], llama3:8,...")
     p.add_argument("--max-position-embeddings", type=int, help="context length to write (default: base context × factor)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a custom-code base (auto_map in config.json); its .py files are copied")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=run)
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         rope=args.rope,
         max_position_embeddings=args.max_position_embeddings,
         overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code,
     )
     if args.json:
         print(json.dumps({**asdict(summary), "out_dir": str(summary.out_dir)}))

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--create-pr", action="store_true",
                    help="update existing repos through pull requests (one per repo and branch; their URLs are printed) "
                         "instead of committing; repos and branches that do not exist yet are created directly")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (after every per-architecture check) and stop")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom-code models (auto_map in config.json); their .py files ship in every repo")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
     p.add_argument("--verbose", action="store_true", help="also show the libraries' own logs, warnings and progress bars")
     p.set_defaults(func=run)
@@ -72,7 +73,7 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
     default_name = (inputs.source or inputs.adapter).resolve().name  # type: ignore[union-attr]
     flags = {"name": args.name, "namespace": args.namespace, "quants": args.quants, "gptq_presets": args.gptq_presets,
              "gguf_types": args.gguf_types, "private": args.private, "rope": args.rope,
-             "max_position_embeddings": args.max_position_embeddings}
+             "max_position_embeddings": args.max_position_embeddings, "trust_remote_code": args.trust_remote_code}
     cfg = build_config(file_data, flags, default_name=default_name, source=str(args.config or "release options"))
     plan = make_plan(cfg, source=inputs.source, base=inputs.base, adapter=inputs.adapter)
     plan.warnings += release_card_warnings(cfg, inputs)

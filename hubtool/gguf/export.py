@@ -81,6 +81,7 @@ def export_gguf(
     keep_f16: bool = False,
     overwrite: bool = False,
     base_gguf: Path | None = None,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Export MODEL_DIR to `{name}.{TYPE}.gguf` files in OUT_DIR; one dict per file written.
 
@@ -94,7 +95,7 @@ def export_gguf(
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     gguf_types = parse_types(types)
-    model = load_model_dir(model_dir)
+    model = load_model_dir(model_dir, trust_remote_code=trust_remote_code)
     arch = check_architecture(model.config, source=model_dir)
     front_matter, _ = model.card()
     model.close()

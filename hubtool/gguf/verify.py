@@ -108,48 +108,84 @@ def size_info(first: Path) -> tuple[int, float]:
 
 # ---- checks ---------------------------------------------------------------------------------
 
-def source_rope(config: dict[str, Any]) -> dict[str, Any]:
-    """RoPE as the HF config declares it (transformers 5 `rope_parameters` or legacy `rope_scaling`/`rope_theta`)."""
-    rp = config.get("rope_parameters") or {}
-    rs = config.get("rope_scaling") or {}
-    rtype = rp.get("rope_type") or rs.get("rope_type") or rs.get("type") or "default"
-    return {
-        "type": rtype,
-        "factor": rp.get("factor", rs.get("factor")),
-        "original": rp.get("original_max_position_embeddings", rs.get("original_max_position_embeddings")),
-        "theta": float(rp.get("rope_theta", config.get("rope_theta", 10000.0))),
-    }
+def source_rope(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """RoPE per attention-layer type as the HF config declares it: {"full_attention": {...}, "sliding_attention": {...}}.
+
+    transformers 5 writes `rope_parameters` either flat or keyed by layer type (Gemma-3: sliding
+    layers at a local base frequency, full layers at a global one, possibly scaled); older configs
+    use `rope_scaling`/`rope_theta`. Multimodal configs keep it under `text_config`.
+    """
+    text = config.get("text_config") or {}
+    cfg = {**config, **text} if text else config
+    rp = cfg.get("rope_parameters") or {}
+    rs = cfg.get("rope_scaling") or {}
+    per_type = {k: v for k, v in rp.items() if isinstance(v, dict)} if rp and all(isinstance(v, dict) for v in rp.values()) else {"full_attention": rp}
+    out: dict[str, dict[str, Any]] = {}
+    for layer_type, params in per_type.items():
+        legacy = rs if layer_type == "full_attention" else {}
+        default_theta = cfg.get("rope_local_base_freq" if layer_type == "sliding_attention" else "rope_theta", 10000.0)
+        out[layer_type] = {
+            "type": params.get("rope_type") or legacy.get("rope_type") or legacy.get("type") or "default",
+            "factor": params.get("factor", legacy.get("factor")),
+            "original": params.get("original_max_position_embeddings", legacy.get("original_max_position_embeddings")),
+            "theta": float(params.get("rope_theta", default_theta) or default_theta),
+        }
+    return out
 
 
 def check_rope(path: Path, meta: dict[str, Any], tensors: list[str], config: dict[str, Any]) -> None:
-    """Fail when the GGUF would run RoPE differently from the source model."""
-    arch = meta.get("general.architecture", "llama")
-    src = source_rope(config)
-    g_type = meta.get(f"{arch}.rope.scaling.type")
-    g_factor = meta.get(f"{arch}.rope.scaling.factor")
-    g_orig = meta.get(f"{arch}.rope.scaling.original_context_length")
-    g_base = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    """Fail when the GGUF would run RoPE differently from the source model, for whatever architecture it names.
+
+    Keys come from gguf.Keys.Rope formatted with the file's own `general.architecture`: full-attention
+    layers use `freq_base` and the scaling keys, sliding-window layers `freq_base_swa`.
+    """
+    import gguf
+
+    arch = str(meta.get(gguf.Keys.General.ARCHITECTURE, "llama"))
+    R = gguf.Keys.Rope
+
+    def key(k: str) -> Any:
+        return meta.get(k.format(arch=arch))
 
     def fail(what: str) -> None:
-        raise QuantizeError(f"{path}: RoPE mismatch — {what}; re-export from a config whose rope settings llama.cpp supports")
+        raise QuantizeError(f"{path}: RoPE mismatch ({arch}) — {what}; re-export from a config whose rope settings llama.cpp supports")
 
-    if not math.isclose(g_base, src["theta"], rel_tol=1e-5):
-        fail(f"freq_base {g_base:g} in GGUF vs rope_theta {src['theta']:g} in config.json")
-    if src["type"] in ("linear", "yarn"):
-        if g_type != src["type"]:
-            fail(f"scaling type {g_type!r} in GGUF vs {src['type']!r} in config.json")
-        if g_factor is None or not math.isclose(float(g_factor), float(src["factor"]), rel_tol=1e-5):
-            fail(f"scaling factor {g_factor} in GGUF vs {src['factor']} in config.json")
-        if src["type"] == "yarn" and src["original"] and g_orig != src["original"]:
-            fail(f"original_context_length {g_orig} in GGUF vs {src['original']} in config.json")
-    elif src["type"] == "llama3":
-        if "rope_freqs.weight" not in tensors:
-            fail("llama3 scaling in config.json but no rope_freqs.weight tensor in GGUF")
-    elif src["type"] == "default":
-        if g_type not in (None, "none"):
-            fail(f"scaling type {g_type!r} in GGUF but no scaling in config.json")
-    else:
-        fail(f"config.json uses {src['type']!r} scaling, which llama.cpp does not implement")
+    for layer_type, src in source_rope(config).items():
+        if layer_type not in ("full_attention", "sliding_attention"):
+            fail(f"config.json has RoPE for layer type {layer_type!r}, which hubtool cannot check")
+        if layer_type == "sliding_attention":
+            g_base = key(R.FREQ_BASE_SWA)
+            if g_base is None:
+                fail(f"config.json sets rope_theta {src['theta']:g} for sliding-window layers but the GGUF has no {R.FREQ_BASE_SWA.format(arch=arch)}")
+            if not math.isclose(float(g_base), src["theta"], rel_tol=1e-5):
+                fail(f"sliding-window freq_base {float(g_base):g} in GGUF vs rope_theta {src['theta']:g} in config.json")
+            if src["type"] != "default":
+                fail(f"config.json scales sliding-window RoPE ({src['type']!r}); llama.cpp scales full-attention layers only")
+            continue
+        g_type = key(R.SCALING_TYPE)
+        g_factor = key(R.SCALING_FACTOR)
+        g_orig = key(R.SCALING_ORIG_CTX_LEN)
+        g_base = float(key(R.FREQ_BASE) or 10000.0)
+        if not math.isclose(g_base, src["theta"], rel_tol=1e-5):
+            fail(f"freq_base {g_base:g} in GGUF vs rope_theta {src['theta']:g} in config.json")
+        if src["type"] in ("linear", "yarn"):
+            if g_type != src["type"]:
+                fail(f"scaling type {g_type!r} in GGUF vs {src['type']!r} in config.json")
+            if g_factor is None or not math.isclose(float(g_factor), float(src["factor"]), rel_tol=1e-5):
+                fail(f"scaling factor {g_factor} in GGUF vs {src['factor']} in config.json")
+            if src["type"] == "yarn" and src["original"] and g_orig != src["original"]:
+                fail(f"original_context_length {g_orig} in GGUF vs {src['original']} in config.json")
+        elif src["type"] == "llama3":
+            if "rope_freqs.weight" not in tensors:
+                fail("llama3 scaling in config.json but no rope_freqs.weight tensor in GGUF")
+        elif src["type"] in ("longrope", "su"):
+            if not any(t.startswith("rope_factors_long") for t in tensors):
+                fail("longrope scaling in config.json but no rope_factors_long tensor in GGUF")
+        elif src["type"] == "default":
+            if g_type not in (None, "none"):
+                fail(f"scaling type {g_type!r} in GGUF but no scaling in config.json")
+        else:
+            fail(f"config.json uses {src['type']!r} scaling, which llama.cpp does not implement")
 
 
 def check_tokenizer(path: Path, llm: Any, hf_tok: Any, meta: dict[str, Any]) -> None:

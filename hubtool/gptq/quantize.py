@@ -102,6 +102,67 @@ def _gptqmodel() -> Any:
     return gptqmodel
 
 
+def gptq_model_types() -> dict[str, Any]:
+    """config.json `model_type` -> gptqmodel's model definition class, as the installed gptqmodel registers them."""
+    _gptqmodel()
+    from gptqmodel.models.auto import MODEL_MAP
+
+    return dict(MODEL_MAP)
+
+
+def _unmatched_modules(definition: Any, weight_names: list[str]) -> list[str]:
+    """Decoder modules gptqmodel's definition quantizes that the checkpoint doesn't have under any of their names.
+
+    gptqmodel splits some fused projections (Phi-3's gate_up_proj into gate_proj/up_proj); transformers
+    then cannot load the result. Nested (MoE expert) trees and optional/skipped entries are not checked.
+    """
+    import re
+
+    tree = getattr(definition, "module_tree", None)
+    if not isinstance(tree, list) or not tree or not isinstance(tree[-1], dict):
+        return []
+    prefix = r"\.".join(re.escape(p) for p in tree[:-1] if isinstance(p, str) and p != "#")
+    missing = []
+    for parent, children in tree[-1].items():
+        if not isinstance(children, tuple):
+            continue
+        parents = parent.split(":")[0].split("|")
+        for child in children:
+            spec = str(child).split(":")
+            if any(flag in ("!", "?") for flag in spec[1:]):
+                continue
+            names = spec[0].split("|")
+            pattern = re.compile(rf"^{prefix}\.\d+\.({'|'.join(map(re.escape, parents))})\.({'|'.join(map(re.escape, names))})\.weight$")
+            if not any(pattern.match(n) for n in weight_names):
+                missing.append(f"{parents[0]}.{names[0]}")
+    return missing
+
+
+def check_gptq_architecture(config: dict[str, Any], *, source: Path, weight_names: list[str] | None = None) -> str:
+    """gptqmodel's definition for this model's `model_type`, or an error naming the architecture.
+
+    gptqmodel would otherwise fall back to guessing the layer tree, which fails (or quantizes the
+    wrong modules) an hour into a run; we refuse up front instead.
+    """
+    model_type = str((config.get("text_config") or {}).get("model_type") or config.get("model_type") or "")
+    archs = ", ".join(config.get("architectures") or []) or "unknown architecture"
+    supported = gptq_model_types()
+    definition = supported.get(model_type.lower()) or supported.get(str(config.get("model_type", "")).lower())
+    if definition is not None:
+        missing = _unmatched_modules(definition, weight_names or [])
+        if weight_names and missing:
+            raise InputError(
+                f"{Path(source) / 'config.json'}: gptqmodel {_gptqmodel().__version__}'s {definition.__name__} quantizes "
+                f"{', '.join(missing)}, which {archs} checkpoints do not have (fused in this layout); its output would not "
+                "load in transformers — drop gptq from --quants for this model"
+            )
+        return definition.__name__
+    raise InputError(
+        f"{Path(source) / 'config.json'}: {archs} (model_type {model_type or 'missing'!r}) is not supported by the installed "
+        f"gptqmodel {_gptqmodel().__version__}; drop gptq from --quants, or pick a model whose type is one of: {', '.join(sorted(supported))}"
+    )
+
+
 def quantize_gptq(
     model_dir: Path,
     out_dir: Path,
@@ -110,6 +171,7 @@ def quantize_gptq(
     calibration: str = "builtin",
     device: str | None = None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Quantize `model_dir` (fp16/bf16/fp32 safetensors) to a standard GPTQ folder at `out_dir`.
 
@@ -119,14 +181,15 @@ def quantize_gptq(
     from transformers import AutoTokenizer
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    source = load_model_dir(model_dir)
+    source = load_model_dir(model_dir, trust_remote_code=trust_remote_code)
     if source.config.get("quantization_config"):
         raise InputError(f"{model_dir}: already quantized ({source.config['quantization_config'].get('quant_method', '?')}); quantize the fp16 model")
     check_output_free(out_dir, overwrite=overwrite)
     dev = resolve_device(device)
     gptqmodel = _gptqmodel()
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    check_gptq_architecture(source.config, source=model_dir, weight_names=source.tensor_names())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=source.remote_code)
     examples, cal_desc = calibration_dataset(calibration, tokenizer, preset.samples, preset.seq_len)
     log(f"gptq: {preset.label} on {dev}, {cal_desc['samples']}x{preset.seq_len} calibration tokens ({cal_desc['source']})")
 
@@ -148,14 +211,19 @@ def quantize_gptq(
                 offload_to_disk_path=str(tmp / ".gptqmodel-offload"),
             )
             with stdout_to_stderr(), _gptqmodel_logs_in(tmp / ".gptqmodel-logs"):
-                model = gptqmodel.GPTQModel.load(str(model_dir), qcfg, dtype=compute_dtype(dev), device=dev)
+                model = gptqmodel.GPTQModel.load(str(model_dir), qcfg, dtype=compute_dtype(dev), device=dev,
+                                                 trust_remote_code=source.remote_code)
                 model.quantize(examples, batch_size=1, tokenizer=tokenizer)
                 model.save(str(raw))
         except (RuntimeError, ValueError, torch.linalg.LinAlgError) as exc:
             raise QuantizeError(f"{model_dir}: gptqmodel failed ({str(exc).splitlines()[0][:300]}); try more calibration samples or a larger --damp-percent") from None
         del model
         seconds = time.monotonic() - start
-        _write_clean(raw, tmp, source, preset, cal_desc)
+        unquantized = _unquantized(source, raw)
+        if unquantized:
+            log(f"gptq: warning: {len(unquantized)} decoder weight(s) left unquantized by gptqmodel: {', '.join(unquantized[:8])}"
+                + (" …" if len(unquantized) > 8 else "") + " (recorded in quantize_config.json and the card)")
+        _write_clean(raw, tmp, source, preset, cal_desc, unquantized)
         shutil.rmtree(raw)
         shutil.rmtree(tmp / ".gptqmodel-offload", ignore_errors=True)
         shutil.rmtree(tmp / ".gptqmodel-logs", ignore_errors=True)
@@ -171,7 +239,36 @@ def quantize_gptq(
     }
 
 
-def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc: dict[str, Any]) -> None:
+def _unquantized(source: Any, raw: Path) -> list[str]:
+    """Decoder Linear weights (MoE experts included) that gptqmodel left in floating point.
+
+    gptqmodel may rename (Mixtral w1 -> gate_proj) or split (gate_up_proj) modules, so experts are
+    matched by layer and expert index, other weights by their module name.
+    """
+    import re
+
+    from safetensors import safe_open
+
+    quantized: set[str] = set()
+    for shard in raw.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as f:
+            quantized |= {k[: -len(".qweight")] for k in f.keys() if k.endswith(".qweight")}
+    expert_re = re.compile(r"\.layers\.(\d+)\..*?experts\.(\d+)\.")
+    quant_experts = {(m.group(1), m.group(2)) for n in quantized if (m := expert_re.search(n + "."))}
+    missing = []
+    for name in source.tensor_names():
+        if ".layers." not in name or not name.endswith(".weight") or len(source.tensor_shape(name)) != 2:
+            continue
+        m = expert_re.search(name)
+        if m:
+            if (m.group(1), m.group(2)) not in quant_experts:
+                missing.append(f"layer {m.group(1)} expert {m.group(2)}")
+        elif name.endswith("proj.weight") and name[: -len(".weight")] not in quantized and not any(q.startswith(name.rsplit(".", 2)[0] + ".") for q in quantized):
+            missing.append(name[: -len(".weight")])
+    return list(dict.fromkeys(missing))
+
+
+def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc: dict[str, Any], unquantized: list[str] | None = None) -> None:
     """Keep gptqmodel's tensors, write our own configs, carry the source's tokenizer and generation files."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -204,6 +301,7 @@ def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc
         "preset": preset.name,
         "branch": preset.branch,
         "calibration": {**cal_desc, "samples": cal_desc["samples"], "seq_len": preset.seq_len},
+        **({"unquantized": unquantized} if unquantized else {}),
     }
     (out / QUANTIZE_CONFIG).write_text(json.dumps({**qconf, "meta": meta}, indent=2) + "\n", encoding="utf-8")
 

@@ -57,6 +57,7 @@ class ReleaseConfig:
     rope: str | None = None
     max_position_embeddings: int | None = None
     dtype: str = "float16"
+    trust_remote_code: bool = False  # custom-code models (auto_map): only with --trust-remote-code
 
     def repo_id(self, key: str) -> str:
         """`{namespace}/{name}-GPTQ` etc. from the (configurable) template for repo KEY."""
@@ -180,4 +181,5 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
         rope=pick("rope", file_data.get("rope")),
         max_position_embeddings=None if mpe is None else _int(mpe, "max_position_embeddings", source),
         dtype=str(file_data.get("dtype", "float16")),
+        trust_remote_code=bool(flags.get("trust_remote_code")),
     )

@@ -49,6 +49,7 @@ class Plan:
     stages: list[str]
     params: int
     warnings: list[str] = field(default_factory=list)  # shown under the plan (a card without a license, ...)
+    checks: list[str] = field(default_factory=list)  # per-architecture checks that passed at plan time
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +62,8 @@ class Plan:
         else:
             lines.append(f"  source   {self.source}")
         lines.append(f"  stages   {' -> '.join(self.stages)}")
+        for check in self.checks:
+            lines.append(f"  check    {check}")
         for t in self.targets:
             lines.append(f"  {t.repo_id}@{t.branch}  [{t.what}]  {_size(t.size_bytes, any(f.estimated for f in t.files))}")
             for f in t.files:
@@ -122,6 +125,7 @@ def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, ada
     from hubtool.gptq import DEFAULT_PRESET, load_preset
 
     weights_dir = Path(base if adapter is not None else source)  # type: ignore[arg-type]
+    checks = architecture_checks(cfg, weights_dir, adapter)
     total, linear, weight_bytes, other = _weights(weights_dir)
     readme = PlannedFile("README.md", 8_000, estimated=True)
     targets: list[Target] = []
@@ -166,4 +170,40 @@ def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, ada
         targets=targets,
         stages=stages,
         params=total,
+        checks=checks,
     )
+
+
+def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | None) -> list[str]:
+    """Every per-architecture check of the stages this release runs, from headers and configs only.
+
+    Refusing here (custom code without --trust-remote-code, an adapter layout the merge can't map,
+    an architecture the installed llama.cpp converter or gptqmodel doesn't register) costs seconds;
+    the same refusal after the merge and an hour of GPTQ costs the hour.
+    """
+    from hubtool.model_dir import load_model_dir, remote_code_files
+
+    model = load_model_dir(weights_dir, kind="base model" if adapter is not None else "model", trust_remote_code=cfg.trust_remote_code)
+    config, weight_names = model.config, model.tensor_names()
+    model.close()
+    arch = ", ".join(config.get("architectures") or []) or "unknown architecture"
+    checks = [f"architecture {arch} (model_type {config.get('model_type')!r})"]
+    code = remote_code_files(weights_dir, config)
+    if code and cfg.verify and (cfg.gguf_types or cfg.gptq_presets):
+        raise InputError(f"{weights_dir / 'config.json'}: verifying a custom-code model is not supported yet; "
+                         "set `verify: {enabled: false}` in release.yaml for this release")
+    if code:
+        checks.append(f"custom code trusted (--trust-remote-code); ships in every repo: {', '.join(p.name for p in code)}")
+    if adapter is not None:
+        from hubtool.merge import check_merge
+
+        checks.append("merge: " + check_merge(weights_dir, adapter, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code))
+    if cfg.gguf_types:
+        from hubtool.gguf.convert import check_architecture
+
+        checks.append(f"gguf: llama.cpp converter maps it to '{check_architecture(config, source=weights_dir)}'")
+    if cfg.gptq_presets:
+        from hubtool.gptq.quantize import check_gptq_architecture
+
+        checks.append(f"gptq: gptqmodel definition {check_gptq_architecture(config, source=weights_dir, weight_names=weight_names)}")
+    return checks

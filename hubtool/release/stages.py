@@ -179,7 +179,7 @@ def _fp16_stage(cfg: ReleaseConfig, inputs: Inputs, hasher: Hasher, cache: Stage
     from hubtool.merge import merge_adapter
 
     def merge(out: Path) -> dict[str, Any]:
-        summary = merge_adapter(inputs.base, inputs.adapter, out, dtype=cfg.dtype, rope=cfg.rope,  # type: ignore[arg-type]
+        summary = merge_adapter(inputs.base, inputs.adapter, out, dtype=cfg.dtype, rope=cfg.rope, trust_remote_code=cfg.trust_remote_code,  # type: ignore[arg-type]
                                 max_position_embeddings=cfg.max_position_embeddings, overwrite=True)
         return _jsonable({k: v for k, v in asdict(summary).items() if k != "out_dir"})
 
@@ -199,7 +199,8 @@ def _gptq_stages(cfg: ReleaseConfig, plan: Plan, fp16_dir: Path, fp16_id: str, h
         preset = load_preset(target.preset, cfg.gptq_overrides)  # type: ignore[arg-type]
 
         def quantize(dst: Path, preset=preset) -> dict[str, Any]:
-            return _jsonable(quantize_gptq(fp16_dir, dst, preset, calibration=cfg.gptq_calibration, device=cfg.gptq_device, overwrite=True))
+            return _jsonable(quantize_gptq(fp16_dir, dst, preset, calibration=cfg.gptq_calibration, device=cfg.gptq_device, overwrite=True,
+                                           trust_remote_code=cfg.trust_remote_code))
 
         inputs = {"fp16": fp16_id, "preset": preset.to_dict(), "calibration": _text_id(cfg.gptq_calibration, hasher)}
         out[target.preset] = cache.run(f"gptq:{preset.name}", inputs, quantize, index=idx())  # type: ignore[index]
@@ -215,7 +216,7 @@ def _gguf_stages(cfg: ReleaseConfig, fp16_dir: Path, fp16_id: str, cache: StageC
         return {}
 
     def convert(dst: Path) -> dict[str, Any]:
-        rows = export_gguf(fp16_dir, dst, [base], name=cfg.name, split_max_size="0", overwrite=True)
+        rows = export_gguf(fp16_dir, dst, [base], name=cfg.name, split_max_size="0", overwrite=True, trust_remote_code=cfg.trust_remote_code)
         return {"file": Path(rows[0]["file"]).name}
 
     # Convert once to an unsplit 16-bit GGUF (its own cached stage); every type is quantized from it.
@@ -227,6 +228,7 @@ def _gguf_stages(cfg: ReleaseConfig, fp16_dir: Path, fp16_id: str, cache: StageC
     for gguf_type in cfg.gguf_types:
         def export(dst: Path, gguf_type=gguf_type) -> dict[str, Any]:
             rows = export_gguf(fp16_dir, dst, [gguf_type], name=cfg.name, split_max_size=cfg.gguf_split_max_size, overwrite=True,
+                               trust_remote_code=cfg.trust_remote_code,
                                base_gguf=base_file)
             return {"files": [{**r, "file": Path(r["file"]).name} for r in rows]}
 
@@ -311,6 +313,14 @@ def _card_hub_url(endpoint: str | None) -> str | None:
     return None if url in ("https://huggingface.co", "https://hf.co") else "/"
 
 
+def _link_into_file(src: Path, dst: Path, files: dict[str, Path]) -> None:
+    try:
+        os.link(src, dst / src.name)
+    except OSError:
+        shutil.copy2(src, dst / src.name)
+    files[src.name] = src
+
+
 def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_dir: Path, gptq: dict[str, StageResult],
                           gguf: dict[str, StageResult], results: dict[str, Any] | None, work_dir: Path, hasher: Hasher,
                           *, hub_url: str | None = None) -> list[PublishFolder]:
@@ -347,6 +357,10 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, fp16_d
         else:
             for stage in gguf.values():
                 _link_into(stage.out, folder, files)
+            from hubtool.model_dir import read_json, remote_code_files
+
+            for code in remote_code_files(fp16_dir, read_json(fp16_dir / "config.json")):  # custom code ships in every repo
+                _link_into_file(code, folder, files)
         _portable_tokenizer(folder, files, notes)
         text = render_card(kinds[t.key], folder, meta=cfg.card, results=results, release=release)
         (folder / "README.md").write_text(text, encoding="utf-8")
