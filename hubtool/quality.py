@@ -41,8 +41,6 @@ def read_text_source(spec: str) -> str:
     if not path.is_file():
         raise InputError(f"{spec}: text file not found; pass a .txt/.jsonl file or 'builtin'")
     content = read_text(path, what="text file")
-    if not content.strip():
-        raise InputError(f"{path}: text file is empty; pass a file with text or 'builtin'")
     if path.suffix == ".jsonl":
         texts = []
         for i, line in enumerate(content.splitlines(), 1):
