@@ -145,6 +145,13 @@ def test_merge_overwrite_refuses_input_folder(base_copy, user_adapter, which):
     assert not leftovers(base_copy.parent)
 
 
+def test_quantize_gptq_overwrite_refuses_input_folder(base_copy):
+    before = snapshot(base_copy)
+    res = run_cli(["quantize", "gptq", base_copy, "-o", base_copy, "--overwrite"])
+    assert_one_error(res, 2, str(base_copy), "input")
+    assert snapshot(base_copy) == before and not leftovers(base_copy.parent)
+
+
 # ---- output locations: read-only, full, wrong kind -----------------------------------------------
 
 @contextlib.contextmanager
@@ -623,6 +630,14 @@ def tiny_q8(tiny_llama, tmp_path_factory) -> Path:
     res = run_cli(["quantize", "gguf", tiny_llama, "-o", out, "--types", "q8_0", "--name", "tiny"])
     assert res.rc == 0, res.err
     return out
+
+
+@pytest.mark.parametrize("kind", ["utf16", "binary"])
+def test_verify_gguf_text_not_utf8(tiny_q8, tiny_llama, tmp_path, kind):
+    bad = tmp_path / "heldout.txt"
+    bad.write_bytes(BAD_TEXT[kind])
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--text", bad])
+    assert_one_error(res, 2, str(bad), "UTF-16" if kind == "utf16" else "binary")
 
 
 def test_verify_gguf_wrong_reference_fails_the_gate(tiny_q8, tiny_llama, tokenizer_dir, tmp_path):
