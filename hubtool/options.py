@@ -41,14 +41,11 @@ def check_rope(value: Any, *, source: str, original_ctx: int | None = None) -> s
     return value
 
 
-def check_max_position_embeddings(value: Any, *, source: str, rope: str | None) -> int | None:
-    """Context length written with --rope; needs a RoPE scaling to mean anything."""
+def check_max_position_embeddings(value: Any, *, source: str) -> int | None:
+    """Context length written with RoPE scaling (None = base context x factor). 0 is an error, not 'unset'."""
     if value is None:
         return None
-    check_int(value, source=source, minimum=1)
-    if rope is None:
-        raise InputError(f"{source}: a context length needs RoPE scaling too (rope / --rope); raising it alone breaks the model past its trained length")
-    return value
+    return check_int(value, source=source, minimum=1)
 
 
 def check_split_max_size(value: Any, *, source: str) -> str | None:

@@ -515,7 +515,6 @@ def test_local_path_base_model_tag(tiny_llama, tmp_path):
     ("gguf: {split_max_size: lots}\n", ["release.yaml: gguf.split_max_size", "'lots'"]),
     ("gguf: {split_max_size: -1G}\n", ["release.yaml: gguf.split_max_size"]),
     ("gguf: {types: q4_k_m}\nmax_position_embeddings: 0\nrope: 'linear:2'\n", ["release.yaml: max_position_embeddings", ">= 1"]),
-    ("max_position_embeddings: 8192\n", ["release.yaml: max_position_embeddings", "RoPE"]),
     ("gguf: {types: [q9_9]}\n", ["release.yaml: gguf.types", "q9_9"]),
     ("gguf: {types: 5}\n", ["release.yaml: gguf.types"]),
     ("gptq: {damp_percent: 2}\nquants: [gptq]\n", ["gptq.damp_percent"]),

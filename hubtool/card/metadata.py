@@ -221,7 +221,7 @@ def validate_metadata(meta: dict[str, Any], *, source: str = "README.md") -> Non
     bases = meta.get("base_model")
     for base in bases if isinstance(bases, list) else ([bases] if bases is not None else []):
         if looks_like_local_path(base):
-            raise CardError(f"{source}: base_model {base!r} is a local path; set base_model to the Hub repo id (--set base_model=org/name, or card: {base_model: org/name} in release.yaml)")
+            raise CardError(f"{source}: base_model {base!r} is a local path; set base_model to the Hub repo id (--set base_model=org/name, or card: {{base_model: org/name}} in release.yaml)")
         if not is_repo_id(base):
             raise CardError(f"{source}: base_model {base!r} is not a Hub repo id; use namespace/name")
     relation = meta.get("base_model_relation")

@@ -17,7 +17,6 @@ Layout (every key optional; flags win over the file):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "
 GPTQ_KEYS = {"presets", "samples", "seq_len", "calibration", "damp_percent", "device"}
 GGUF_KEYS = {"types", "split_max_size"}
 VERIFY_KEYS = {"enabled", "text", "max_tokens", "context", "rtn", "gates"}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 @dataclass
@@ -174,7 +172,7 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
         raise InputError(f"{source}: verify.rtn must be true or false")
     rope = options.check_rope(pick("rope", file_data.get("rope")), source=where("rope", "rope"))
     mpe = options.check_max_position_embeddings(pick("max_position_embeddings", file_data.get("max_position_embeddings")),
-                                                source=where("max_position_embeddings", "max_position_embeddings"), rope=rope)
+                                                source=where("max_position_embeddings", "max_position_embeddings"))
     dtype = options.check_dtype(file_data.get("dtype", "float16"), source=f"{source}: dtype")
     calibration = gptq.get("calibration", "builtin")
     if "gptq" in quants:
