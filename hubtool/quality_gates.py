@@ -13,6 +13,7 @@ near 1/vocab, KL of several nats). A release can tighten or relax them in releas
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
@@ -23,19 +24,42 @@ GATED_KINDS = ("gguf", "gptq")  # `rtn` rows are a baseline for comparison, not 
 
 @dataclass(frozen=True)
 class Gates:
-    """Floors/ceilings per verified artifact; None disables that check."""
+    """Floors/ceilings per verified artifact; None disables that check.
+
+    `tiered` (the defaults): artifacts of 3 bits or fewer per weight are held to LOW_BIT_GATES,
+    since a sound 2-bit quant of a small model is far from fp16. A user's own numbers apply to
+    every artifact (tiered=False)."""
 
     min_top1: float | None = 0.40
     max_kl: float | None = 1.5
     max_ppl_ratio: float | None = 2.5  # quant perplexity / fp16 perplexity
     enabled: bool = True
+    tiered: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {"min_top1": self.min_top1, "max_kl": self.max_kl, "max_ppl_ratio": self.max_ppl_ratio, "enabled": self.enabled}
 
 
 DEFAULT_GATES = Gates()
+LOW_BIT_GATES = Gates(min_top1=0.15, max_kl=4.0, max_ppl_ratio=20.0, tiered=False)
+LOW_BIT_GGUF = re.compile(r"^(IQ1|IQ2|IQ3|Q2_K|Q3_K)")
 _KEYS = ("min_top1", "max_kl", "max_ppl_ratio")
+
+
+def is_low_bit(row: dict[str, Any]) -> bool:
+    """GGUF types of ~3 bits or fewer per weight, GPTQ with bits <= 3."""
+    variant = str(row.get("variant") or "")
+    if row.get("kind") == "gguf":
+        return bool(LOW_BIT_GGUF.match(variant.upper()))
+    bits = row.get("bits")
+    if bits is None:
+        m = re.search(r"(\d+)\s*-?bit", variant)
+        bits = int(m.group(1)) if m else None
+    return isinstance(bits, int) and bits <= 3
+
+
+def gates_for(row: dict[str, Any], gates: Gates) -> Gates:
+    return LOW_BIT_GATES if gates.tiered and is_low_bit(row) else gates
 
 
 def gates_from_config(data: Any, *, source: str) -> Gates:
@@ -52,7 +76,7 @@ def gates_from_config(data: Any, *, source: str) -> Gates:
     values: dict[str, float | None] = {}
     for key, value in data.items():
         values[key] = check_gate_value(key, value, source=f"{source}.{key}")
-    return replace(DEFAULT_GATES, **values)
+    return replace(DEFAULT_GATES, tiered=False, **values)
 
 
 def check_gate_value(key: str, value: Any, *, source: str) -> float | None:
@@ -78,7 +102,7 @@ def gates_from_flags(min_top1: float | None, max_kl: float | None, max_ppl_ratio
     for key, value in (("min_top1", min_top1), ("max_kl", max_kl), ("max_ppl_ratio", max_ppl_ratio)):
         if value is not None:
             values[key] = check_gate_value(key, value, source=f"--{key.replace('_', '-')}")
-    return replace(DEFAULT_GATES, **values)
+    return replace(DEFAULT_GATES, tiered=not values, **values)
 
 
 def failures(row: dict[str, Any], gates: Gates) -> list[str]:
@@ -105,7 +129,7 @@ def check_rows(rows: Iterable[dict[str, Any]], gates: Gates, *, how_to_change: s
     for row in rows:
         if row.get("kind") not in GATED_KINDS:
             continue
-        broken = failures(row, gates)
+        broken = failures(row, gates_for(row, gates))
         if broken:
             bad.append(f"{row.get('kind')} {row.get('variant')}: {', '.join(broken)}")
     if bad:

@@ -623,6 +623,23 @@ def test_gate_messages_carry_the_numbers():
         check_rows([nan], DEFAULT_GATES, how_to_change="flags")
 
 
+def test_low_bit_types_get_the_low_bit_floor_unless_the_user_sets_gates():
+    from hubtool.errors import QuantizeError
+    from hubtool.quality_gates import DEFAULT_GATES, LOW_BIT_GATES, check_rows, gates_from_config
+
+    iq2 = {"kind": "gguf", "variant": "IQ2_XS", "top1": LOW_BIT_GATES.min_top1 + 0.05, "kl_div": LOW_BIT_GATES.max_kl - 0.1,
+           "perplexity": 30.0, "ref_perplexity": 20.0}
+    assert iq2["top1"] < DEFAULT_GATES.min_top1  # would fail the standard floor
+    check_rows([iq2], DEFAULT_GATES, how_to_change="x")
+    with pytest.raises(QuantizeError, match="IQ2_XS: top-1"):
+        check_rows([iq2], gates_from_config({"min_top1": DEFAULT_GATES.min_top1}, source="x"), how_to_change="x")
+    q4 = {**iq2, "variant": "Q4_K_M"}
+    with pytest.raises(QuantizeError, match="Q4_K_M: top-1"):
+        check_rows([q4], DEFAULT_GATES, how_to_change="x")
+    gptq3 = {**iq2, "kind": "gptq", "variant": "gptq-3bit-128g", "bits": 3}
+    check_rows([gptq3], DEFAULT_GATES, how_to_change="x")
+
+
 @pytest.fixture(scope="module")
 def tiny_q8(tiny_llama, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("q8") / "gguf"
