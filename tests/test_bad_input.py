@@ -616,7 +616,7 @@ def test_gate_messages_carry_the_numbers():
     rtn = {"kind": "rtn", "variant": "rtn-2bit", "top1": 0.01, "kl_div": 9.0, "perplexity": 900.0, "ref_perplexity": 11.8}
     check_rows([good, rtn], DEFAULT_GATES, how_to_change="flags")  # a sound quant and an ungated baseline pass
     bad = {"kind": "gguf", "variant": "Q4_K_M", "top1": 0.0, "kl_div": 7.5, "perplexity": 400.0, "ref_perplexity": 11.8}
-    with pytest.raises(QuantizeError, match=r"gguf Q4_K_M: top-1 0\.000 < 0\.4, KL 7\.5000 > 1\.5, perplexity 400\.000 = 33\.90x"):
+    with pytest.raises(QuantizeError, match=r"gguf Q4_K_M: top-1 0\.000 < 0\.45, KL 7\.5000 > 1, perplexity 400\.000 = 33\.90x"):
         check_rows([good, bad], DEFAULT_GATES, how_to_change="flags")
     nan = {**good, "kl_div": float("nan")}
     with pytest.raises(QuantizeError, match="KL nan"):

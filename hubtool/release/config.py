@@ -11,7 +11,7 @@ Layout (every key optional; flags win over the file):
     gguf: {types: [q4_k_m, q8_0]}
     repos: {fp16: "{name}", adapter: "{name}-peft", gptq: "{name}-GPTQ", gguf: "{name}-GGUF"}
     verify: {enabled: true, text: "builtin:heldout", max_tokens: 2048, context: 512,
-             gates: {min_top1: 0.5, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
+             gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
     card: {license: apache-2.0, base_model: org/original, datasets: [...], ...}
 """
 
