@@ -74,7 +74,7 @@ def render_card(
     base = header.get("base_model")
     for b in base if isinstance(base, list) else [base]:
         if isinstance(b, str) and looks_like_local_path(b):
-            raise CardError(f"{model_dir}: base_model {b!r} is a local path; set base_model to its Hub repo id (--set base_model=org/name, or card: {{base_model: org/name}} in release.yaml)")
+            raise CardError(f"{model_dir}: base_model {b!r} is a local path; pass the Hub repo id with --set base_model=org/name (or card: {{base_model: org/name}} in release.yaml)")
 
     context_length = options.get("context_length")
     rope = facts_mod.rope_facts(facts["config"], int(context_length) if context_length else None)
