@@ -721,14 +721,27 @@ def test_signal_mid_merge_leaves_nothing(tiny_llama, adapter, tmp_path, sig):
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+STARTUP = """
+import os, pathlib, sys
+import hubtool
+code = compile((pathlib.Path(hubtool.__file__).parent / "__main__.py").read_text(), "hubtool/__main__.py", "exec")
+sys.argv = ["hubtool", *sys.argv[1:]]
+os.write(1, b"ready" + bytes([10]))  # the interpreter's own start-up (site, .pth files) is over; hubtool's starts now
+exec(code, {"__name__": "__main__"})
+"""
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])
 def test_sigint_during_startup_no_traceback(tmp_path, delay):
-    proc = subprocess.Popen([sys.executable, "-m", "hubtool", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "o")],
+    """Ctrl-C while hubtool imports its commands and builds the parser (before any work): no traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", STARTUP, "merge", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "o")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+    assert proc.stdout.readline() == "ready\n"
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in err, err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")], err
     assert not (tmp_path / "o").exists()
 
 
