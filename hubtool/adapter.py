@@ -128,6 +128,34 @@ def _target_parameter(module: str, targets: list[str], params: dict[str, list[tu
     return f"{module}.{name}", shape
 
 
+def _number(value: Any, *, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > 0 and (not integer or float(value).is_integer())
+
+
+def _check_config(config: dict[str, Any], cfg_path: Path) -> None:
+    """The values the merge arithmetic uses, checked up front: a string `r` or a list-valued
+    alpha_pattern must be an error naming the field, not a traceback or a silently ignored pattern."""
+    if "r" in config and not _number(config["r"], integer=True):
+        raise InputError(f"{cfg_path}: r = {config['r']!r} must be a positive integer (the LoRA rank, e.g. 8)")
+    if "lora_alpha" in config and not _number(config["lora_alpha"], integer=False):
+        raise InputError(f"{cfg_path}: lora_alpha = {config['lora_alpha']!r} must be a positive number (e.g. 16)")
+    for key, integer in (("rank_pattern", True), ("alpha_pattern", False)):
+        pattern = config.get(key)
+        if pattern in (None, {}):
+            continue
+        if not isinstance(pattern, dict):
+            raise InputError(f"{cfg_path}: {key} must be a mapping of module name to {'rank' if integer else 'alpha'} "
+                             f"(e.g. {{\"q_proj\": 16}}), got a {type(pattern).__name__}")
+        for module, value in pattern.items():
+            if not _number(value, integer=integer):
+                raise InputError(f"{cfg_path}: {key}[{module!r}] = {value!r} must be a positive {'integer' if integer else 'number'}")
+    for key in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        if key in config and not isinstance(config[key], bool) and config[key] is not None:
+            raise InputError(f"{cfg_path}: {key} = {config[key]!r} must be true or false")
+
+
 def load_adapter(path: Path | str, *, base_dir: Path | None = None, trust_remote_code: bool = False) -> Adapter:
     """Open a PEFT LoRA/DoRA adapter folder with clear errors for what we can't merge.
 
@@ -140,6 +168,9 @@ def load_adapter(path: Path | str, *, base_dir: Path | None = None, trust_remote
     if not cfg_path.is_file():
         raise InputError(f"{path}: no adapter_config.json; point at a PEFT adapter folder (PeftModel.save_pretrained output)")
     config = read_json(cfg_path)
+    if not isinstance(config, dict):
+        raise InputError(f"{cfg_path}: expected a JSON object (PEFT's LoraConfig), got a {type(config).__name__}; re-save the adapter")
+    _check_config(config, cfg_path)
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise InputError(f"{cfg_path}: peft_type {peft_type} is not supported; hubtool merges LoRA, rsLoRA and DoRA adapters")
@@ -156,7 +187,7 @@ def load_adapter(path: Path | str, *, base_dir: Path | None = None, trust_remote
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{weights}: not a valid safetensors file ({exc}); re-save the adapter") from None
 
-    r_default = int(config.get("r", 8))
+    r_default = config.get("r", 8)
     alpha_default = float(config.get("lora_alpha", r_default))
     rslora = bool(config.get("use_rslora", False))
     target_parameters = [str(t) for t in (config.get("target_parameters") or [])]
