@@ -1,0 +1,86 @@
+"""Streaming (block-by-block) evaluation against transformers' all-in-memory forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hubtool.evaluate import StreamingModel, stream_logprobs
+
+
+def _save_random(cfg, out: Path, seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).to(torch.float16)
+    model.save_pretrained(out)
+    return out
+
+
+def _in_memory_logprobs(folder: Path, windows: list[list[int]]) -> list[np.ndarray]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return [torch.log_softmax(model(torch.tensor([w])).logits[0].double(), -1).numpy() for w in windows]
+
+
+def _configs():
+    from transformers import MistralConfig, Qwen2Config
+
+    from tests.tiny import tiny_llama_config
+
+    common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    return {
+        "llama": tiny_llama_config(300, num_hidden_layers=3),
+        "llama-tied-rope-linear": tiny_llama_config(300, tie_word_embeddings=True,
+                                                    rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}),
+        "qwen2": Qwen2Config(**common, tie_word_embeddings=True),
+        "mistral": MistralConfig(**common, sliding_window=None),
+    }
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama-tied-rope-linear", "qwen2", "mistral"])
+def test_streaming_matches_in_memory_forward(tmp_path, arch):
+    folder = _save_random(_configs()[arch], tmp_path / arch)
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 300, 40).tolist(), rng.integers(0, 300, 40).tolist(), rng.integers(0, 300, 7).tolist()]
+    want = _in_memory_logprobs(folder, windows)
+    got = stream_logprobs(StreamingModel(folder), windows, chunk_rows=128)  # 3 head chunks, one short window (padding)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, atol=2e-4)
+
+
+def test_blocks_are_materialised_one_at_a_time(tmp_path):
+    folder = _save_random(_configs()["llama"], tmp_path / "m")
+    seen = []
+
+    def on_block(name, block):
+        model_params = [p for p in streaming.model.parameters() if p.device.type != "meta"]
+        block_params = list(block.parameters())
+        # besides this block, only the small non-block tensors (final norm) hold memory
+        seen.append((name, sum(p.numel() for p in model_params) - sum(p.numel() for p in block_params)))
+
+    streaming = StreamingModel(folder, block_hook=on_block)
+    stream_logprobs(streaming, [[1, 2, 3, 4]])
+    assert [n for n, _ in seen] == ["model.layers.0", "model.layers.1", "model.layers.2"]
+    assert all(extra == 64 for _, extra in seen)  # the final RMSNorm only
+    assert all(p.device.type == "meta" for b in streaming.blocks for p in b.parameters())
+
+
+def test_missing_tensor_is_a_one_line_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hubtool.errors import InputError
+
+    folder = _save_random(_configs()["llama"], tmp_path / "m")
+    sd = load_file(folder / "model.safetensors")
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match="model.layers.1.mlp.up_proj.weight missing"):
+        stream_logprobs(StreamingModel(folder), [[1, 2, 3]])
