@@ -301,6 +301,10 @@ def main() -> None:
     args = ap.parse_args()
     work_root = args.work or args.cache / "runs"
     results: dict[int, dict[str, Any]] = {}
+    if args.json and args.json.is_file():  # earlier depths of the same shape (runs can be split up)
+        old = json.loads(args.json.read_text())
+        if old.get("shape") == args.shape:
+            results = {int(k): v for k, v in old["results"].items()}
     for layers in args.layers:
         base, adapter = build_model(args.cache, args.shape, layers)
         size = sum(p.stat().st_size for p in base.glob("*.safetensors"))

@@ -84,3 +84,52 @@ def test_missing_tensor_is_a_one_line_error(tmp_path):
     save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(InputError, match="model.layers.1.mlp.up_proj.weight missing"):
         stream_logprobs(StreamingModel(folder), [[1, 2, 3]])
+
+
+# ---- the real small model: numbers identical to the all-in-memory path ---------------------------
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory) -> Path:
+    from hubtool.smollm2 import export_smollm2_fp16
+
+    return export_smollm2_fp16(tmp_path_factory.mktemp("smollm2") / "fp16")
+
+
+def _old_path_metrics(folder: Path, windows: list[list[int]], rtn: tuple[int, int] | None = None) -> dict[str, float]:
+    """What verify computed before streaming: whole fp32 model, fp16 reference logits, then the test model's."""
+    from transformers import AutoModelForCausalLM
+
+    from hubtool.gptq.rtn import apply_rtn
+    from hubtool.quality import compare_logits, merge_metrics
+
+    def logits(model):
+        with torch.inference_mode():
+            return [model(torch.tensor([w])).logits[0].float().numpy() for w in windows]
+
+    ref = logits(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval())
+    test = ref
+    if rtn:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        apply_rtn(model, *rtn)
+        test = logits(model)
+    return merge_metrics(compare_logits(r, t, np.asarray(w)) for r, t, w in zip(ref, test, windows))
+
+
+def test_smollm2_reference_and_rtn_match_the_in_memory_path(smollm2, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hubtool.evaluate import compute_reference
+    from hubtool.evaluate.reference import gptq_windows
+    from hubtool.gptq.rtn import rtn_block_hook
+    from hubtool.quality import builtin_text, compare_logits, merge_metrics
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    windows = gptq_windows(tok, builtin_text("heldout"), 128, 256)
+    assert len(windows) == 2
+    ref = compute_reference(smollm2, windows, tmp_path / "ref")
+    rtn = stream_logprobs(StreamingModel(smollm2, block_hook=rtn_block_hook(4, 32)), windows)
+    got = merge_metrics(compare_logits(ref.logprobs(w), t, np.asarray(w)) for w, t in zip(windows, rtn))
+    want = _old_path_metrics(smollm2, windows, rtn=(4, 32))
+    assert want["perplexity"] > 1.1 * want["ref_perplexity"]  # RTN 4-bit really hurts: the comparison has signal
+    for key in ("perplexity", "ref_perplexity", "kl_div", "top1"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
