@@ -174,7 +174,7 @@ STAGE_RE = re.compile(r"^\[\d+/\d+\] (?:(?P<stage>\S+): (?:running|cached)|(?P<p
 
 
 def run_release(base: Path, adapter: Path, work: Path, *, gptq: bool, verify_tokens: int, samples: int, seq_len: int,
-                log_file: Path) -> dict[str, Any]:
+                log_file: Path, gguf_types: list[str]) -> dict[str, Any]:
     """One release in a child process; per stage: seconds (the release's own record) and peak tree RSS."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -182,7 +182,7 @@ def run_release(base: Path, adapter: Path, work: Path, *, gptq: bool, verify_tok
     (work / "release.yaml").write_text(json.dumps({
         "name": "bench", "namespace": "bench", "quants": quants,
         "gptq": {"presets": ["gptq-4bit-32g-actorder"], "samples": samples, "seq_len": seq_len},
-        "gguf": {"types": ["q4_k_m", "q8_0"]},
+        "gguf": {"types": gguf_types},
         "verify": {"max_tokens": verify_tokens, "context": 512},
         "card": {"license": "apache-2.0", "base_model": "bench/base"},
     }))
@@ -296,6 +296,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8, help="GPTQ calibration samples")
     ap.add_argument("--seq-len", type=int, default=256, help="GPTQ calibration sample length")
     ap.add_argument("--verify-tokens", type=int, default=1024, help="held-out tokens for verification (windows of 512)")
+    ap.add_argument("--gguf-types", default="q4_k_m,q8_0", help="comma list (q8_0 alone saves CPU time)")
     ap.add_argument("--keep", action="store_true", help="keep each release's work dir")
     ap.add_argument("--json", type=Path, help="write all numbers here")
     args = ap.parse_args()
@@ -309,12 +310,12 @@ def main() -> None:
         base, adapter = build_model(args.cache, args.shape, layers)
         size = sum(p.stat().st_size for p in base.glob("*.safetensors"))
         print(f"\n== {args.shape} shapes, {layers} layers ({size / GB:.2f} GB fp16), release with "
-              f"{'GPTQ, ' if args.gptq else ''}GGUF q4_k_m+q8_0, verify ({args.verify_tokens} tokens) ==", flush=True)
-        work = work_root / f"{args.shape}-{layers}L"
-        log_file = args.cache / f"release-{args.shape}-{layers}L.log"
+              f"{'GPTQ, ' if args.gptq else ''}GGUF {args.gguf_types}, verify ({args.verify_tokens} tokens) ==", flush=True)
+        work = work_root / f"{args.shape}-{layers}L-{args.gguf_types.replace(',', '+')}{'-gptq' if args.gptq else ''}"
+        log_file = args.cache / f"release-{args.shape}-{layers}L-{args.gguf_types.replace(',', '+')}{'-gptq' if args.gptq else ''}.log"
         log_file.unlink(missing_ok=True)
         res = run_release(base, adapter, work, gptq=args.gptq, verify_tokens=args.verify_tokens, samples=args.samples,
-                          seq_len=args.seq_len, log_file=log_file)
+                          seq_len=args.seq_len, log_file=log_file, gguf_types=args.gguf_types.split(","))
         res["model_gb"] = round(size / GB, 3)
         results[layers] = res
         print(table(res), flush=True)

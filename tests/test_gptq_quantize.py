@@ -213,7 +213,7 @@ def test_block_by_block_gptq_matches_gptqmodel_kernels(gptq_dir):
     got = stream_logprobs(StreamingModel(out, gptq_weights(out)), windows)
     for g, w in zip(got, want):  # the aten int4 kernel rounds a little differently from an fp32 matmul
         np.testing.assert_allclose(g, w, atol=5e-3)
-        assert np.abs(g - w).mean() < 2e-4
+        assert np.abs(g - w).mean() < 1e-3
 
 
 def test_refuses_to_overwrite_and_requantize(gptq_dir, rope_llama, tmp_path, capsys):
