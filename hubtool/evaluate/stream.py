@@ -24,7 +24,9 @@ BlockHook = Callable[[str, torch.nn.Module], None]
 
 
 class WeightIndex:
-    """Tensor name -> safetensors shard of a model folder, read lazily (mmap) one tensor at a time."""
+    """Tensor name -> safetensors shard of a model folder; each read opens the shard, copies one
+    tensor (or row slice) out of the memory map and closes it again, so mapped pages of blocks
+    already done don't stay resident in this process (its RSS would otherwise grow with depth)."""
 
     def __init__(self, folder: Path) -> None:
         from safetensors import safe_open
@@ -33,26 +35,33 @@ class WeightIndex:
         shards = sorted(self.folder.glob("*.safetensors"))
         if not shards:
             raise InputError(f"{folder}: no *.safetensors weights; pass a model folder saved with save_pretrained")
-        self._files: dict[Path, Any] = {}
         self.where: dict[str, Path] = {}
+        self._shapes: dict[str, list[int]] = {}
         for shard in shards:
-            f = safe_open(str(shard), framework="pt")
-            self._files[shard] = f
-            for name in f.keys():
-                self.where[name] = shard
+            with safe_open(str(shard), framework="pt") as f:
+                for name in f.keys():
+                    self.where[name] = shard
+                    self._shapes[name] = list(f.get_slice(name).get_shape())
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
+    def _open(self, name: str) -> Any:
+        from safetensors import safe_open
+
+        return safe_open(str(self.where[name]), framework="pt")
+
     def get(self, name: str) -> torch.Tensor:
-        return self._files[self.where[name]].get_tensor(name)
+        with self._open(name) as f:
+            return f.get_tensor(name).clone()
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows START:STOP of a 2-D tensor without reading the rest."""
-        return self._files[self.where[name]].get_slice(name)[start:stop]
+        with self._open(name) as f:
+            return f.get_slice(name)[start:stop].clone()
 
     def shape(self, name: str) -> list[int]:
-        return list(self._files[self.where[name]].get_slice(name).get_shape())
+        return self._shapes[name]
 
 
 def _unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
