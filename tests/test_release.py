@@ -99,10 +99,14 @@ def all_state(url: str, summary: dict) -> dict[str, dict[str, str]]:
 def released(inputs, tmp_path_factory):
     """The release, run once (Xet uploads); yields what it printed and the Hub it pushed to."""
     root = tmp_path_factory.mktemp("release-xet")
+    from hubtool.evaluate import reference
+
     with hub_env(root, "xet") as hub:
+        before = reference.COMPUTE_CALLS[0]
         rc, out, err = run_cli(release_args(inputs, "--endpoint", hub.url))
         assert rc == 0, err[-3000:]
-        yield {"hub": hub, "summary": json.loads(out), "stdout": out, "stderr": err, "root": root}
+        yield {"hub": hub, "summary": json.loads(out), "stdout": out, "stderr": err, "root": root,
+               "reference_computations": reference.COMPUTE_CALLS[0] - before}
 
 
 def sha256(path: Path) -> str:
@@ -132,6 +136,18 @@ def test_release_layout_and_summary(released, inputs):
     assert err.index("release plan:") < err.index("merge: running") < err.index("push: uploading")
     assert [st["name"] for st in s["stages"]][:5] == ["merge", "gptq:gptq-4bit-32g-actorder", "gptq:g4-64g", "gguf:F16-base", "gguf:Q8_0"]
     assert not any(st["cached"] for st in s["stages"])
+
+
+def test_one_fp16_reference_serves_every_quality_row(released):
+    """Two GPTQ variants (each with an RTN row) and a GGUF: the fp16 model runs once, as its own stage."""
+    s = released["summary"]
+    assert released["reference_computations"] == 1
+    names = [st["name"] for st in s["stages"]]
+    assert names.count("verify:reference") == 1
+    assert names.index("verify:reference") < min(i for i, n in enumerate(names) if n.startswith("verify:") and n != "verify:reference")
+    rows = s["quality"]
+    assert len(rows) == 5  # gptq x2, rtn x2, gguf
+    assert len({r["ref_perplexity"] for r in rows if r["kind"] != "gguf"}) == 1  # GGUF rows keep llama.cpp-style windows
 
 
 def test_lfs_mode_release_has_identical_content(released, inputs, tmp_path):
@@ -403,7 +419,7 @@ def test_source_mode_release_gguf_only(inputs, tmp_path):
         assert rc == 0, err[-2000:]
         s = json.loads(out)
         assert [(r["repo_id"], r["branch"]) for r in s["repos"]] == [("me/tiny-chat", "main"), ("me/tiny-chat-GGUF", "main")]
-        assert [st["name"] for st in s["stages"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:gguf"]
+        assert [st["name"] for st in s["stages"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:reference", "verify:gguf"]
         base_files = {p.name for p in inputs["base"].iterdir() if p.is_file()}
         assert set(s["repos"][0]["files"]) == base_files  # the source as is, with our card as README.md
         assert s["repos"][0]["files"]["config.json"] == sha256(inputs["base"] / "config.json")
@@ -454,7 +470,7 @@ def test_library_failure_in_a_stage_is_one_line_with_its_exit_code(released, inp
     line = next(line for line in err.splitlines() if line.startswith("error:"))
     assert "gguf:Q4_0: failed (RuntimeError: converter exploded)" in line and "re-run to resume" in line
     assert "second line" not in err and json.loads(out)["exit_code"] == 4
-    assert "[1/8] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
+    assert "[1/9] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
 
 
 def test_local_hub_rehearsal(released, inputs, tmp_path):

@@ -209,14 +209,9 @@ def check_tokenizer(path: Path, llm: Any, hf_tok: Any, meta: dict[str, Any]) -> 
 
 def text_windows(hf_tok: Any, text: str, *, max_tokens: int, context: int) -> list[list[int]]:
     """Held-out text as windows of CONTEXT tokens, each starting with BOS like llama.cpp's perplexity."""
-    ids = hf_tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
-    bos = [hf_tok.bos_token_id] if hf_tok.bos_token_id is not None else []
-    step = context - len(bos)
-    windows = [bos + ids[i : i + step] for i in range(0, len(ids), step)]
-    windows = [w for w in windows if len(w) > len(bos) + 1]
-    if not windows:
-        raise InputError("--text: the held-out text is empty after tokenization; pass more text")
-    return windows
+    from hubtool.evaluate.reference import gguf_windows
+
+    return gguf_windows(hf_tok, text, max_tokens=max_tokens, context=context)
 
 
 @contextlib.contextmanager
@@ -259,14 +254,6 @@ def load_reference(reference_dir: Path) -> tuple[Any, dict[str, Any]]:
     return AutoTokenizer.from_pretrained(reference_dir), config
 
 
-def reference_model(reference_dir: Path) -> Any:
-    """The fp16 HF model, computed in fp32 (fp16 matmuls on CPU are slow and less exact)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32).eval()
-
-
 def verify_gguf(
     files: list[Path],
     reference_dir: Path,
@@ -275,8 +262,14 @@ def verify_gguf(
     max_tokens: int = 2048,
     context: int = 512,
     results_path: Path | None = None,
+    reference: Any = None,
 ) -> list[dict[str, Any]]:
-    """Check every GGUF (tokenizer, chat template, RoPE) and measure it against REFERENCE_DIR; rows in quality.json format."""
+    """Check every GGUF (tokenizer, chat template, RoPE) and measure it against REFERENCE_DIR; rows in quality.json format.
+
+    REFERENCE: a hubtool.evaluate.Reference holding the fp16 log-probs of these windows (a release
+    computes it once for every row); without it it is computed here, block by block.
+    """
+    from hubtool.evaluate.reference import compute_reference
     from hubtool.gguf.quantize import require_llama_cpp
     from hubtool.quality import compare_logits, merge_metrics, read_text_source, write_results
 
@@ -291,21 +284,17 @@ def verify_gguf(
         with open_llama(path, context=context, vocab_only=True) as llm:
             check_tokenizer(path, llm, tok, meta)
         variants[path] = variant_of(path, meta)
-    model = reference_model(Path(reference_dir))
     windows = text_windows(tok, body, max_tokens=max_tokens, context=context)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
-        ref_files = []
-        for i, w in enumerate(track(windows, description="fp16 reference logits")):
-            ref_files.append(Path(tmp) / f"ref{i}.npy")
-            np.save(ref_files[-1], hf_logits(model, w))
-        del model
+        if reference is None or not reference.covers(windows):
+            reference = compute_reference(Path(reference_dir), windows, Path(tmp) / "reference")
         for path in paths:
             variant = variants[path]
             chunks = []
             with open_llama(path, context=context) as llm:
-                for w, ref_file in zip(track(windows, description=f"{variant} logits"), ref_files):
-                    ref_logits = np.load(ref_file)
+                for w in track(windows, description=f"{variant} logits"):
+                    ref_logits = reference.logprobs(w)
                     got = llama_logits(llm, w)
                     width = min(ref_logits.shape[1], got.shape[1])
                     chunks.append(compare_logits(ref_logits[:, :width], got[:, :width], np.asarray(w)))

@@ -270,17 +270,32 @@ def _unquantized(source: Any, raw: Path) -> list[str]:
 
 def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc: dict[str, Any], unquantized: list[str] | None = None) -> None:
     """Keep gptqmodel's tensors, write our own configs, carry the source's tokenizer and generation files."""
+    import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
+
+    from hubtool.shard_writer import DTYPE_NAMES, ShardWriter
 
     shards = sorted(raw.glob("*.safetensors"))
     if not shards:
         raise QuantizeError(f"gptqmodel wrote no safetensors into its output; see the log above")
     for shard in shards:
         # Re-save with a clean header: gptqmodel's metadata may carry versions/paths we do not publish.
+        # One tensor at a time (a 70B checkpoint is one ~35 GB shard), not the whole shard in RAM.
         with safe_open(str(shard), framework="pt") as f:
-            tensors = {name: _as_fp16(name, f.get_tensor(name)) for name in f.keys()}
-        save_file(tensors, str(out / shard.name), metadata={"format": "pt"})
+            names = sorted(f.keys())
+            plan = []
+            for name in names:
+                sl = f.get_slice(name)
+                dtype = {v: k for k, v in DTYPE_NAMES.items()}[sl.get_dtype()]
+                plan.append((name, torch.float16 if dtype.is_floating_point else dtype, list(sl.get_shape())))
+            writer = ShardWriter(out / shard.name, plan)
+            try:
+                for name in names:
+                    writer.write(name, _as_fp16(name, f.get_tensor(name)))
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
     if (raw / SAFE_INDEX).is_file():
         index = json.loads((raw / SAFE_INDEX).read_text(encoding="utf-8"))
         clean_index = {"metadata": {"total_size": sum((out / s.name).stat().st_size for s in shards)}, "weight_map": index["weight_map"]}

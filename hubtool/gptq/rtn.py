@@ -1,11 +1,12 @@
 """Plain round-to-nearest (RTN) at GPTQ's bits/group on the same symmetric grid: the baseline
 that shows what GPTQ's error correction buys. Weights are fake-quantized in place (quantize then
 dequantize), which gives exactly the numbers a packed RTN checkpoint would compute with.
+Streaming evaluation applies it to one decoder block at a time, as the block is loaded.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -30,7 +31,7 @@ def rtn_dequantized(weight: torch.Tensor, bits: int, group_size: int) -> torch.T
 
 def apply_rtn(model: Any, bits: int, group_size: int) -> list[str]:
     """Fake-quantize every Linear in the decoder blocks (what GPTQ quantizes: not embeddings or lm_head)."""
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     done = []
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -38,3 +39,12 @@ def apply_rtn(model: Any, bits: int, group_size: int) -> list[str]:
                 module.weight.copy_(rtn_dequantized(module.weight, bits, group_size))
                 done.append(name)
     return done
+
+
+def rtn_block_hook(bits: int, group_size: int) -> Callable[[str, torch.nn.Module], None]:
+    """A StreamingModel block hook that fake-quantizes each decoder block's Linears as it is loaded."""
+
+    def hook(name: str, block: torch.nn.Module) -> None:
+        apply_rtn(block, bits, group_size)
+
+    return hook

@@ -160,7 +160,7 @@ def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, ada
         stages += ["gguf:convert"] + [f"gguf:{t}" for t in cfg.gguf_types]  # convert once, quantize each type
         targets.append(Target("gguf", cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme]))
     if cfg.verify and (presets or cfg.gguf_types):
-        stages.append("verify")
+        stages += ["verify:reference", "verify"]  # the fp16 log-probs once, then every artifact against them
     stages += ["cards", "push"]
     return Plan(
         source=str(source) if source is not None else None,

@@ -138,7 +138,7 @@ def run_release(
         fp16_dir, fp16_id = _fp16_stage(cfg, inputs, hasher, cache, idx)
         gptq_results = _gptq_stages(cfg, plan, fp16_dir, fp16_id, hasher, cache, idx)
         gguf_results = _gguf_stages(cfg, fp16_dir, fp16_id, cache, idx)
-        results = _verify_stage(cfg, fp16_dir, gptq_results, gguf_results, hasher, cache, idx) if "verify" in plan.stages else None
+        results = _verify_stage(cfg, fp16_dir, fp16_id, gptq_results, gguf_results, hasher, cache, idx) if "verify" in plan.stages else None
         log(f"{idx()}cards")
         folders = build_publish_folders(cfg, plan, inputs, fp16_dir, gptq_results, gguf_results, results, work_dir, hasher,
                                         hub_url=_card_hub_url(endpoint))
@@ -245,12 +245,13 @@ def _gguf_stages(cfg: ReleaseConfig, fp16_dir: Path, fp16_id: str, cache: StageC
     return out
 
 
-def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, gptq: dict[str, StageResult], gguf: dict[str, StageResult],
+def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, fp16_id: str, gptq: dict[str, StageResult], gguf: dict[str, StageResult],
                   hasher: Hasher, cache: StageCache, idx: Callable[[], str]) -> dict[str, Any]:
-    """Measure every artifact against the fp16 model; one cached stage per artifact, rows combined."""
+    """Measure every artifact against the fp16 reference (its own stage, computed once); one cached stage per artifact, rows combined."""
     from hubtool.quality import read_results
 
     opts = {"text": _text_id(cfg.verify_text, hasher), "max_tokens": cfg.verify_max_tokens, "context": cfg.verify_context}
+    reference = _reference_stage(cfg, fp16_dir, fp16_id, cache, opts, idx())
     prefix = idx()
     combined: dict[str, Any] = {"rows": []}
     for stage in gptq.values():
@@ -259,18 +260,18 @@ def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, gptq: dict[str, StageResul
 
             dst.mkdir(parents=True, exist_ok=True)
             rows = verify_gptq(stage.out, fp16_dir, text=cfg.verify_text, rtn=cfg.verify_rtn, results_path=dst / "quality.json",
-                               context=cfg.verify_context, max_tokens=cfg.verify_max_tokens)
+                               context=cfg.verify_context, max_tokens=cfg.verify_max_tokens, reference=reference)
             return {"rows": rows}
 
         done = cache.run(f"verify:{stage.name}", {"artifact": stage.key, "rtn": cfg.verify_rtn, **opts}, verify, index=prefix)
         _combine(combined, read_results(done.out / "quality.json"))
-    if gguf:  # one call for every GGUF: the fp16 reference logits are computed once
+    if gguf:
         def verify_all(dst: Path) -> dict[str, Any]:
             from hubtool.gguf import verify_gguf
 
             dst.mkdir(parents=True, exist_ok=True)
             rows = verify_gguf([stage.out for stage in gguf.values()], fp16_dir, text=cfg.verify_text, max_tokens=cfg.verify_max_tokens,
-                               context=cfg.verify_context, results_path=dst / "quality.json")
+                               context=cfg.verify_context, results_path=dst / "quality.json", reference=reference)
             return {"rows": rows}
 
         done = cache.run("verify:gguf", {"artifacts": [stage.key for stage in gguf.values()], **opts}, verify_all, index=prefix)
@@ -280,6 +281,25 @@ def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, gptq: dict[str, StageResul
     # after the (cached) measurements, before any card or push: relaxing the gates re-measures nothing
     check_rows(combined["rows"], cfg.verify_gates or DEFAULT_GATES, how_to_change="verify.gates in release.yaml")
     return combined
+
+
+def _reference_stage(cfg: ReleaseConfig, fp16_dir: Path, fp16_id: str, cache: StageCache, opts: dict[str, Any], prefix: str) -> Any:
+    """The fp16 log-probs every quality row is measured against: one cached stage per release, keyed by
+    the fp16 model's content, the text and the windows, so no verify step runs the fp16 model again."""
+    from hubtool.evaluate.reference import compute_reference, open_reference, reference_windows
+
+    def compute(dst: Path) -> dict[str, Any]:
+        from transformers import AutoTokenizer
+
+        from hubtool.quality import read_text_source
+
+        tok = AutoTokenizer.from_pretrained(fp16_dir)
+        windows = reference_windows(tok, read_text_source(cfg.verify_text), context=cfg.verify_context, max_tokens=cfg.verify_max_tokens)
+        ref = compute_reference(fp16_dir, windows, dst)
+        return {"windows": len(windows), "tokens": ref.info["tokens"], "vocab": ref.info["vocab"]}
+
+    stage = cache.run("verify:reference", {"fp16": fp16_id, **opts}, compute, index=prefix)
+    return open_reference(stage.out)
 
 
 def _combine(into: dict[str, Any], results: dict[str, Any]) -> None:

@@ -1,0 +1,123 @@
+"""The fp16 reference of a release: next-token log-probabilities of the source model on the held-out
+windows, computed once (streaming) and kept on disk, so every GPTQ, RTN and GGUF row reads the same
+numbers instead of re-running the fp16 model.
+
+Folder layout: `reference.json` (what it was computed from), `windows.json` (token ids),
+`logprobs.npy` ([windows, max_len, vocab] fp32 log-softmax; rows past a window's length unused).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubtool.errors import InputError
+from hubtool.progress import log
+
+REFERENCE_FILE = "reference.json"
+WINDOWS_FILE = "windows.json"
+LOGPROBS_FILE = "logprobs.npy"
+
+
+def gptq_windows(tokenizer: Any, text: str, context: int, max_tokens: int) -> list[list[int]]:
+    """Non-overlapping windows of `context` tokens (BOS first when the model uses one), up to max_tokens."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    body = context - 1 if bos is not None else context
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n = min(len(ids) // body, max(1, max_tokens // context))
+    if n == 0:
+        raise InputError(f"held-out text has {len(ids)} tokens, fewer than one window of {context}; give more text or lower --context")
+    return [([bos] if bos is not None else []) + ids[i * body : (i + 1) * body] for i in range(n)]
+
+
+def gguf_windows(tokenizer: Any, text: str, *, max_tokens: int, context: int) -> list[list[int]]:
+    """Held-out text as windows of CONTEXT tokens, each starting with BOS like llama.cpp's perplexity."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    step = context - len(bos)
+    windows = [bos + ids[i : i + step] for i in range(0, len(ids), step)]
+    windows = [w for w in windows if len(w) > len(bos) + 1]
+    if not windows:
+        raise InputError("--text: the held-out text is empty after tokenization; pass more text")
+    return windows
+
+
+def reference_windows(tokenizer: Any, text: str, *, context: int, max_tokens: int) -> list[list[int]]:
+    """Every window a verify step asks for (GPTQ's full windows and GGUF's, which may end in a short one), once each."""
+    seen: dict[tuple[int, ...], None] = {}
+    try:
+        for w in gptq_windows(tokenizer, text, context, max_tokens):
+            seen[tuple(w)] = None
+    except InputError:
+        pass  # text shorter than one full window: GGUF's windows only (GPTQ verify says so itself)
+    for w in gguf_windows(tokenizer, text, max_tokens=max_tokens, context=context):
+        seen[tuple(w)] = None
+    return [list(w) for w in seen]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Stored fp16 log-probs, looked up by window."""
+
+    folder: Path
+    windows: tuple[tuple[int, ...], ...]
+    info: dict[str, Any]
+
+    def logprobs(self, window: list[int]) -> np.ndarray:
+        """[len(window), vocab] log-softmax of the fp16 model for WINDOW (a stored window or a prefix of one)."""
+        arr = np.load(self.folder / LOGPROBS_FILE, mmap_mode="r")
+        key = tuple(window)
+        for i, w in enumerate(self.windows):
+            if w[: len(key)] == key:
+                return np.asarray(arr[i, : len(key)])
+        raise InputError(f"{self.folder}: the fp16 reference has no window for this text/context; recompute it (delete the folder)")
+
+    def covers(self, windows: list[list[int]]) -> bool:
+        return all(any(w[: len(x)] == tuple(x) for w in self.windows) for x in windows)
+
+
+def open_reference(folder: Path) -> Reference:
+    folder = Path(folder)
+    info_path = folder / REFERENCE_FILE
+    if not info_path.is_file():
+        raise InputError(f"{folder}: not an fp16 reference folder (no {REFERENCE_FILE})")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    windows = json.loads((folder / WINDOWS_FILE).read_text(encoding="utf-8"))
+    return Reference(folder, tuple(tuple(w) for w in windows), info)
+
+
+# Counted by tests: a release computes the fp16 reference exactly once.
+COMPUTE_CALLS = [0]
+
+
+def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, *, device: str | None = None) -> Reference:
+    """Run the fp16 model over WINDOWS block by block and store its log-probs in OUT_DIR (written whole, then renamed)."""
+    from hubtool.evaluate.stream import StreamingModel, stream_logprobs
+
+    COMPUTE_CALLS[0] += 1
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model = StreamingModel(Path(model_dir), device=device)
+    vocab = model.vocab_rows()
+    arr = np.lib.format.open_memmap(tmp / LOGPROBS_FILE, mode="w+", dtype=np.float32, shape=(len(windows), max(map(len, windows)), vocab))
+    log(f"fp16 reference: {len(windows)} window(s), {sum(map(len, windows))} tokens, block by block")
+    stream_logprobs(model, windows, out=arr)
+    arr.flush()
+    del arr, model
+    (tmp / WINDOWS_FILE).write_text(json.dumps(windows), encoding="utf-8")
+    info = {"model": str(model_dir), "windows": len(windows), "tokens": sum(map(len, windows)), "vocab": vocab, "dtype": "float32"}
+    (tmp / REFERENCE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return open_reference(out_dir)
+

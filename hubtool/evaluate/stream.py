@@ -1,0 +1,276 @@
+"""Run a causal LM over held-out windows block by block, straight from its memory-mapped safetensors.
+
+The model is built on the meta device from its config (transformers' own modules, rotary embedding
+and masks: nothing architecture-specific is written here). All windows go through the base model's
+own forward as one right-padded batch; a pre-hook on each decoder block materialises that block's
+weights (fp32 compute) just before it runs and a post-hook drops them back to meta after it, so
+host memory holds one block plus the activations, whatever the depth. The output head runs in
+vocabulary chunks read as row slices of the checkpoint. On CUDA the blocks run on the GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from hubtool.errors import InputError
+
+BlockHook = Callable[[str, torch.nn.Module], None]
+
+
+class WeightIndex:
+    """Tensor name -> safetensors shard of a model folder; each read opens the shard, copies one
+    tensor (or row slice) out of the memory map and closes it again, so mapped pages of blocks
+    already done don't stay resident in this process (its RSS would otherwise grow with depth)."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        shards = sorted(self.folder.glob("*.safetensors"))
+        if not shards:
+            raise InputError(f"{folder}: no *.safetensors weights; pass a model folder saved with save_pretrained")
+        self.where: dict[str, Path] = {}
+        self._shapes: dict[str, list[int]] = {}
+        for shard in shards:
+            with safe_open(str(shard), framework="pt") as f:
+                for name in f.keys():
+                    self.where[name] = shard
+                    self._shapes[name] = list(f.get_slice(name).get_shape())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def _open(self, name: str) -> Any:
+        from safetensors import safe_open
+
+        return safe_open(str(self.where[name]), framework="pt")
+
+    def get(self, name: str) -> torch.Tensor:
+        with self._open(name) as f:
+            return f.get_tensor(name).clone()
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows START:STOP of a 2-D tensor without reading the rest."""
+        with self._open(name) as f:
+            return f.get_slice(name)[start:stop].clone()
+
+    def shape(self, name: str) -> list[int]:
+        return self._shapes[name]
+
+
+def _unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """int32 words holding 32/bits codes each, low bits first (GPTQ packing), unpacked along DIM."""
+    per = 32 // bits
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    if dim == 0:  # qweight [in/per, out] -> [in, out]
+        codes = (packed.unsqueeze(1) >> shifts.view(1, per, 1)) & (2**bits - 1)
+        return codes.reshape(packed.shape[0] * per, packed.shape[1])
+    codes = (packed.unsqueeze(2) >> shifts.view(1, 1, per)) & (2**bits - 1)  # qzeros [groups, out/per] -> [groups, out]
+    return codes.reshape(packed.shape[0], packed.shape[1] * per)
+
+
+def gptq_dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor, bits: int) -> torch.Tensor:
+    """[out, in] fp32 weight of a GPTQ v1 (`checkpoint_format: gptq`) linear: scale * (q - (zero + 1))."""
+    if bits not in (2, 4, 8):
+        raise InputError(f"GPTQ {bits}-bit checkpoints can't be evaluated block by block (2, 4 and 8 bits can)")
+    q = _unpack(qweight.to(torch.int32), bits, 0)[: g_idx.numel()].float()
+    zeros = (_unpack(qzeros.to(torch.int32), bits, 1)[:, : scales.shape[1]] + 1).float()  # v1 stores zero - 1
+    g = g_idx.long()
+    return (scales.float()[g] * (q - zeros[g])).t().contiguous()
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a module's tensors come from: a folder's safetensors, optionally GPTQ-packed linears."""
+
+    folder: Path
+    gptq_bits: int | None = None
+
+
+def gptq_weights(folder: Path) -> Weights:
+    """A GPTQ checkpoint folder as a weight source (linears dequantized as their block loads)."""
+    cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("quantization_config") or {}
+    if not cfg:
+        qc = Path(folder) / "quantize_config.json"
+        cfg = json.loads(qc.read_text(encoding="utf-8")) if qc.is_file() else {}
+    fmt = cfg.get("checkpoint_format", "gptq")
+    if fmt != "gptq":
+        raise InputError(f"{folder}: checkpoint_format {fmt!r}; block-by-block evaluation reads the v1 'gptq' format hubtool writes")
+    return Weights(Path(folder), int(cfg.get("bits", 4)))
+
+
+class StreamingModel:
+    """A causal LM from FOLDER's config with every weight left on the meta device until its block runs."""
+
+    def __init__(self, config_dir: Path, weights: Weights | None = None, *, device: str | None = None,
+                 dtype: torch.dtype = torch.float32, block_hook: BlockHook | None = None) -> None:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.config_dir = Path(config_dir)
+        self.weights = weights or Weights(self.config_dir)
+        self.index = WeightIndex(self.weights.folder)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype
+        self.block_hook = block_hook
+        config = AutoConfig.from_pretrained(self.config_dir)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        with init_empty_weights():
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        self.model.eval()
+        self.names = {id(m): n for n, m in self.model.named_modules()}
+        self.config = config
+        self.base = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.base_model
+        self.head = self.model.get_output_embeddings()
+        self.embed = self.model.get_input_embeddings()
+        self.blocks = self._find_blocks()
+        self.tied = bool(getattr(config, "tie_word_embeddings", False)) or self._name(self.head) + ".weight" not in self.index
+        for buf_name, buf in list(self.model.named_buffers()):  # rotary inv_freq etc. are computed, not loaded
+            if buf.device.type == "meta":
+                raise InputError(f"{self.config_dir}: buffer {buf_name} has no value; this architecture can't be streamed")
+        skip = {id(m) for m in (self.head, self.embed, *self.blocks)}
+        for name, module in self.model.named_modules():  # everything outside blocks, embedding and head: norms (small)
+            if id(module) in skip or any(name.startswith(self._name(b) + ".") for b in self.blocks):
+                continue
+            self._load(module, recurse=False)
+        for block in self.blocks:
+            block.register_forward_pre_hook(self._materialise)
+            block.register_forward_hook(self._release)
+
+    def _find_blocks(self) -> list[torch.nn.Module]:
+        """The decoder's repeated blocks: its longest ModuleList."""
+        lists = [m for m in self.base.modules() if isinstance(m, torch.nn.ModuleList)]
+        if not lists:
+            raise InputError(f"{self.config_dir}: no decoder block list found in {type(self.model).__name__}")
+        return list(max(lists, key=len))
+
+    def _name(self, module: torch.nn.Module) -> str:
+        return self.names[id(module)]
+
+    def _tensor(self, module_name: str, param: str) -> torch.Tensor:
+        full = f"{module_name}.{param}" if module_name else param
+        if full in self.index:
+            return self.index.get(full)
+        if param == "weight" and self.weights.gptq_bits and f"{module_name}.qweight" in self.index:
+            get = lambda s: self.index.get(f"{module_name}.{s}")  # noqa: E731
+            return gptq_dequantize(get("qweight"), get("qzeros"), get("scales"), get("g_idx"), self.weights.gptq_bits)
+        raise InputError(f"{self.weights.folder}: tensor {full} missing from the safetensors; "
+                         f"the checkpoint's names don't match {type(self.model).__name__} (re-save it with save_pretrained)")
+
+    def _load(self, module: torch.nn.Module, *, recurse: bool = True) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        prefix = self._name(module)
+        for name, _ in module.named_parameters(recurse=recurse):
+            owner, _, leaf = name.rpartition(".")
+            owner_name = f"{prefix}.{owner}" if owner and prefix else (owner or prefix)
+            value = self._tensor(owner_name, leaf)
+            set_module_tensor_to_device(module, name, self.device, value=value, dtype=self.dtype)
+
+    def _materialise(self, block: torch.nn.Module, args: Any) -> None:
+        self._load(block)
+        if self.block_hook is not None:
+            self.block_hook(self._name(block), block)
+
+    def _release(self, block: torch.nn.Module, args: Any, output: Any) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        for name, _ in list(block.named_parameters()):
+            set_module_tensor_to_device(block, name, "meta")
+
+    def embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of IDS, the embedding matrix read once and dropped."""
+        table = self._tensor(self._name(self.embed), "weight")
+        out = table[ids].to(self.device, self.dtype)
+        del table
+        return out
+
+    @torch.inference_mode()
+    def hidden_states(self, windows: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """Final (normed) hidden states [n, max_len, hidden] of every window, one pass over the blocks."""
+        lengths = [len(w) for w in windows]
+        width = max(lengths)
+        ids = torch.zeros(len(windows), width, dtype=torch.long)
+        mask = torch.zeros(len(windows), width, dtype=torch.long)
+        for i, w in enumerate(windows):
+            ids[i, : len(w)] = torch.tensor(w)
+            mask[i, : len(w)] = 1
+        embeds = self.embeddings(ids)
+        kw: dict[str, Any] = {"inputs_embeds": embeds, "use_cache": False}
+        if min(lengths) != width:  # right padding: real positions never attend to it (causal), so no effect on them
+            kw["attention_mask"] = mask.to(self.device)
+        out = self.base(**kw)
+        return out.last_hidden_state, lengths
+
+    def vocab_rows(self) -> int:
+        """Rows of the output head as stored (may exceed config.vocab_size by padding)."""
+        name = self._name(self.embed) if self.tied else self._name(self.head)
+        return self.index.shape(f"{name}.weight")[0] if f"{name}.weight" in self.index else int(self.config.vocab_size)
+
+    def head_chunks(self, chunk_rows: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
+        """(start, stop, weight rows, bias rows) of the output head in vocabulary chunks."""
+        name = self._name(self.embed) if self.tied else self._name(self.head)
+        vocab = self.index.shape(f"{name}.weight")[0] if f"{name}.weight" in self.index else int(self.config.vocab_size)
+        bias_name = f"{self._name(self.head)}.bias"
+        for start in range(0, vocab, chunk_rows):
+            stop = min(vocab, start + chunk_rows)
+            if f"{name}.weight" in self.index:
+                w = self.index.rows(f"{name}.weight", start, stop)
+            else:  # a quantized head: dequantize whole, then slice (rare: GPTQ keeps lm_head in 16 bit)
+                w = self._tensor(name, "weight")[start:stop]
+            b = self.index.rows(bias_name, start, stop) if bias_name in self.index else None
+            yield start, stop, w.to(self.device, self.dtype), (b.to(self.device, self.dtype) if b is not None else None)
+
+
+def _final_logit_transform(model: StreamingModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Architecture extras applied to the head output (Gemma's soft-capping, Cohere/Granite scaling)."""
+    cfg = model.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+    divide = getattr(cfg, "logits_scaling", None)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            x = x * scale
+        if divide is not None:
+            x = x / divide
+        if cap is not None:
+            x = torch.tanh(x / cap) * cap
+        return x
+
+    return f
+
+
+def stream_logprobs(model: StreamingModel, windows: list[list[int]], out: np.ndarray | None = None, *,
+                    chunk_rows: int = 8192) -> list[np.ndarray]:
+    """Next-token log-softmax [len(w), vocab] (fp32) of every window.
+
+    OUT, when given, is an array (e.g. a disk memmap) [n, max_len, vocab] the logits are built in,
+    so only one head chunk of logits is in RAM at a time; each window's rows are then normalised in place.
+    """
+    hidden, lengths = model.hidden_states(windows)
+    transform = _final_logit_transform(model)
+    vocab = None
+    with torch.inference_mode():
+        for start, stop, w, b in model.head_chunks(chunk_rows):
+            if out is None:
+                out = np.empty((len(windows), max(lengths), model.vocab_rows()), dtype=np.float32)
+            logits = transform(torch.nn.functional.linear(hidden, w, b))
+            out[:, :, start:stop] = logits.float().cpu().numpy()
+            vocab = stop
+            del logits, w, b
+    del hidden
+    assert out is not None and vocab is not None
+    result = []
+    for i, n in enumerate(lengths):
+        x = torch.from_numpy(np.asarray(out[i, :n, :vocab])).double()
+        out[i, :n, :vocab] = torch.log_softmax(x, dim=-1).float().numpy()
+        result.append(out[i, :n, :vocab])
+    return result

@@ -1,0 +1,135 @@
+"""Streaming (block-by-block) evaluation against transformers' all-in-memory forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hubtool.evaluate import StreamingModel, stream_logprobs
+
+
+def _save_random(cfg, out: Path, seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).to(torch.float16)
+    model.save_pretrained(out)
+    return out
+
+
+def _in_memory_logprobs(folder: Path, windows: list[list[int]]) -> list[np.ndarray]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return [torch.log_softmax(model(torch.tensor([w])).logits[0].double(), -1).numpy() for w in windows]
+
+
+def _configs():
+    from transformers import MistralConfig, Qwen2Config
+
+    from tests.tiny import tiny_llama_config
+
+    common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    return {
+        "llama": tiny_llama_config(300, num_hidden_layers=3),
+        "llama-tied-rope-linear": tiny_llama_config(300, tie_word_embeddings=True,
+                                                    rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}),
+        "qwen2": Qwen2Config(**common, tie_word_embeddings=True),
+        "mistral": MistralConfig(**common, sliding_window=None),
+    }
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama-tied-rope-linear", "qwen2", "mistral"])
+def test_streaming_matches_in_memory_forward(tmp_path, arch):
+    folder = _save_random(_configs()[arch], tmp_path / arch)
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 300, 40).tolist(), rng.integers(0, 300, 40).tolist(), rng.integers(0, 300, 7).tolist()]
+    want = _in_memory_logprobs(folder, windows)
+    got = stream_logprobs(StreamingModel(folder), windows, chunk_rows=128)  # 3 head chunks, one short window (padding)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, atol=2e-4)
+
+
+def test_blocks_are_materialised_one_at_a_time(tmp_path):
+    folder = _save_random(_configs()["llama"], tmp_path / "m")
+    seen = []
+
+    def on_block(name, block):
+        model_params = [p for p in streaming.model.parameters() if p.device.type != "meta"]
+        block_params = list(block.parameters())
+        # besides this block, only the small non-block tensors (final norm) hold memory
+        seen.append((name, sum(p.numel() for p in model_params) - sum(p.numel() for p in block_params)))
+
+    streaming = StreamingModel(folder, block_hook=on_block)
+    stream_logprobs(streaming, [[1, 2, 3, 4]])
+    assert [n for n, _ in seen] == ["model.layers.0", "model.layers.1", "model.layers.2"]
+    assert all(extra == 64 for _, extra in seen)  # the final RMSNorm only
+    assert all(p.device.type == "meta" for b in streaming.blocks for p in b.parameters())
+
+
+def test_missing_tensor_is_a_one_line_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hubtool.errors import InputError
+
+    folder = _save_random(_configs()["llama"], tmp_path / "m")
+    sd = load_file(folder / "model.safetensors")
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match="model.layers.1.mlp.up_proj.weight missing"):
+        stream_logprobs(StreamingModel(folder), [[1, 2, 3]])
+
+
+# ---- the real small model: numbers identical to the all-in-memory path ---------------------------
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory) -> Path:
+    from hubtool.smollm2 import export_smollm2_fp16
+
+    return export_smollm2_fp16(tmp_path_factory.mktemp("smollm2") / "fp16")
+
+
+def _old_path_metrics(folder: Path, windows: list[list[int]], rtn: tuple[int, int] | None = None) -> dict[str, float]:
+    """What verify computed before streaming: whole fp32 model, fp16 reference logits, then the test model's."""
+    from transformers import AutoModelForCausalLM
+
+    from hubtool.gptq.rtn import apply_rtn
+    from hubtool.quality import compare_logits, merge_metrics
+
+    def logits(model):
+        with torch.inference_mode():
+            return [model(torch.tensor([w])).logits[0].float().numpy() for w in windows]
+
+    ref = logits(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval())
+    test = ref
+    if rtn:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        apply_rtn(model, *rtn)
+        test = logits(model)
+    return merge_metrics(compare_logits(r, t, np.asarray(w)) for r, t, w in zip(ref, test, windows))
+
+
+def test_smollm2_reference_and_rtn_match_the_in_memory_path(smollm2, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hubtool.evaluate import compute_reference
+    from hubtool.evaluate.reference import gptq_windows
+    from hubtool.gptq.rtn import rtn_block_hook
+    from hubtool.quality import builtin_text, compare_logits, merge_metrics
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    windows = gptq_windows(tok, builtin_text("heldout"), 128, 256)
+    assert len(windows) == 2
+    ref = compute_reference(smollm2, windows, tmp_path / "ref")
+    rtn = stream_logprobs(StreamingModel(smollm2, block_hook=rtn_block_hook(4, 32)), windows)
+    got = merge_metrics(compare_logits(ref.logprobs(w), t, np.asarray(w)) for w, t in zip(windows, rtn))
+    want = _old_path_metrics(smollm2, windows, rtn=(4, 32))
+    assert want["perplexity"] > 1.1 * want["ref_perplexity"]  # RTN 4-bit really hurts: the comparison has signal
+    for key in ("perplexity", "ref_perplexity", "kl_div", "top1"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
