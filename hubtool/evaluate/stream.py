@@ -154,24 +154,51 @@ class StreamingModel:
     def _name(self, module: torch.nn.Module) -> str:
         return self.names[id(module)]
 
-    def _tensor(self, module_name: str, param: str) -> torch.Tensor:
+    def _tensor(self, module_name: str, param: str, shape: list[int] | None = None) -> torch.Tensor:
         full = f"{module_name}.{param}" if module_name else param
         if full in self.index:
             return self.index.get(full)
+        on_disk = self._checkpoint_layout(full, shape)
+        if on_disk is not None:
+            return on_disk
         if param == "weight" and self.weights.gptq_bits and f"{module_name}.qweight" in self.index:
             get = lambda s: self.index.get(f"{module_name}.{s}")  # noqa: E731
             return gptq_dequantize(get("qweight"), get("qzeros"), get("scales"), get("g_idx"), self.weights.gptq_bits)
         raise InputError(f"{self.weights.folder}: tensor {full} missing from the safetensors; "
                          f"the checkpoint's names don't match {type(self.model).__name__} (re-save it with save_pretrained)")
 
+    def _checkpoint_layout(self, full: str, shape: list[int] | None) -> torch.Tensor | None:
+        """FULL as the checkpoint stores it under transformers' conversion mapping (the same owner the merge
+        uses): a renamed tensor (Mixtral's `mlp.gate` is `block_sparse_moe.gate` on disk), or MoE experts
+        that transformers 5 fuses into one 3-D parameter but the checkpoint keeps per expert."""
+        from hubtool.expert_layout import disk_name, per_expert_slices
+
+        model_type = str(getattr(self.config, "model_type", ""))
+        has = self.index.__contains__
+        renamed = disk_name(model_type, full, has)
+        if renamed is not None:
+            return self.index.get(renamed)
+        if shape is None or len(shape) != 3:
+            return None
+        slices = per_expert_slices(model_type, full, shape[0], shape[1], has, lambda n: self.index.shape(n)[0])
+        if slices is None:
+            return None
+        fused: torch.Tensor | None = None
+        for piece in slices:
+            part = self.index.get(piece.name)
+            if fused is None:
+                fused = torch.empty(shape, dtype=part.dtype)
+            fused[piece.expert, piece.row_start:piece.row_end] = part
+        return fused
+
     def _load(self, module: torch.nn.Module, *, recurse: bool = True) -> None:
         from accelerate.utils import set_module_tensor_to_device
 
         prefix = self._name(module)
-        for name, _ in module.named_parameters(recurse=recurse):
+        for name, meta_param in module.named_parameters(recurse=recurse):
             owner, _, leaf = name.rpartition(".")
             owner_name = f"{prefix}.{owner}" if owner and prefix else (owner or prefix)
-            value = self._tensor(owner_name, leaf)
+            value = self._tensor(owner_name, leaf, list(meta_param.shape))
             set_module_tensor_to_device(module, name, self.device, value=value, dtype=self.dtype)
 
     def _materialise(self, block: torch.nn.Module, args: Any) -> None:
@@ -186,11 +213,15 @@ class StreamingModel:
             set_module_tensor_to_device(block, name, "meta")
 
     def embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input embeddings of IDS, the embedding matrix read once and dropped."""
-        table = self._tensor(self._name(self.embed), "weight")
-        out = table[ids].to(self.device, self.dtype)
-        del table
-        return out
+        """Input embeddings of IDS through the model's own embedding module (Gemma-3 scales inside it),
+        its matrix read once and dropped."""
+        from accelerate.utils import set_module_tensor_to_device
+
+        set_module_tensor_to_device(self.embed, "weight", self.device, value=self._tensor(self._name(self.embed), "weight"), dtype=self.dtype)
+        try:
+            return self.embed(ids.to(self.device))
+        finally:
+            set_module_tensor_to_device(self.embed, "weight", "meta")
 
     @torch.inference_mode()
     def hidden_states(self, windows: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
