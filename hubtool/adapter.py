@@ -74,6 +74,34 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return patterns.get(key, default) if key in patterns else default
 
 
+def _number(value: Any, *, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > 0 and (not integer or float(value).is_integer())
+
+
+def _check_config(config: dict[str, Any], cfg_path: Path) -> None:
+    """The values the merge arithmetic uses, checked up front: a string `r` or a list-valued
+    alpha_pattern must be an error naming the field, not a traceback or a silently ignored pattern."""
+    if "r" in config and not _number(config["r"], integer=True):
+        raise InputError(f"{cfg_path}: r = {config['r']!r} must be a positive integer (the LoRA rank, e.g. 8)")
+    if "lora_alpha" in config and not _number(config["lora_alpha"], integer=False):
+        raise InputError(f"{cfg_path}: lora_alpha = {config['lora_alpha']!r} must be a positive number (e.g. 16)")
+    for key, integer in (("rank_pattern", True), ("alpha_pattern", False)):
+        pattern = config.get(key)
+        if pattern in (None, {}):
+            continue
+        if not isinstance(pattern, dict):
+            raise InputError(f"{cfg_path}: {key} must be a mapping of module name to {'rank' if integer else 'alpha'} "
+                             f"(e.g. {{\"q_proj\": 16}}), got a {type(pattern).__name__}")
+        for module, value in pattern.items():
+            if not _number(value, integer=integer):
+                raise InputError(f"{cfg_path}: {key}[{module!r}] = {value!r} must be a positive {'integer' if integer else 'number'}")
+    for key in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        if key in config and not isinstance(config[key], bool) and config[key] is not None:
+            raise InputError(f"{cfg_path}: {key} = {config[key]!r} must be true or false")
+
+
 def load_adapter(path: Path | str) -> Adapter:
     """Open a PEFT LoRA/DoRA adapter folder with clear errors for what we can't merge."""
     path = Path(path)
@@ -83,6 +111,9 @@ def load_adapter(path: Path | str) -> Adapter:
     if not cfg_path.is_file():
         raise InputError(f"{path}: no adapter_config.json; point at a PEFT adapter folder (PeftModel.save_pretrained output)")
     config = read_json(cfg_path)
+    if not isinstance(config, dict):
+        raise InputError(f"{cfg_path}: expected a JSON object (PEFT's LoraConfig), got a {type(config).__name__}; re-save the adapter")
+    _check_config(config, cfg_path)
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise InputError(f"{cfg_path}: peft_type {peft_type} is not supported; hubtool merges LoRA, rsLoRA and DoRA adapters")
@@ -99,7 +130,7 @@ def load_adapter(path: Path | str) -> Adapter:
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{weights}: not a valid safetensors file ({exc}); re-save the adapter") from None
 
-    r_default = int(config.get("r", 8))
+    r_default = config.get("r", 8)
     alpha_default = float(config.get("lora_alpha", r_default))
     rslora = bool(config.get("use_rslora", False))
     modules: dict[str, LoraModule] = {}
@@ -138,7 +169,7 @@ def load_adapter(path: Path | str) -> Adapter:
         a_shape = list(handle.get_slice(entry.a_key).get_shape())
         b_shape = list(handle.get_slice(entry.b_key).get_shape())
         actual = a_shape[0]
-        if actual != int(r):
+        if actual != int(r):  # r validated by _check_config
             raise MergeError(f"{weights}: {entry.a_key} has rank {actual} but adapter_config.json says r={r} for {entry.module}; fix r/rank_pattern")
         if b_shape[-1] != actual:
             raise MergeError(f"{weights}: rank mismatch in {entry.module}: lora_A is {a_shape}, lora_B is {b_shape}")

@@ -3,19 +3,50 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from hubtool.errors import InputError
+from hubtool.errors import InputError, from_os_error
 
 
-def check_output_free(out: Path, *, overwrite: bool) -> None:
-    """Fail early (before any work) when OUT exists and the user did not pass --overwrite."""
+def _same_or_inside(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def check_output_free(out: Path, *, overwrite: bool, inputs: Iterable[Path | str | None] = (), kind: str = "any") -> None:
+    """Fail early (before any work) when OUT exists and the user did not pass --overwrite, when OUT
+    is one of the inputs (or holds one: --overwrite would delete the user's model), or when OUT is
+    the wrong kind of thing (`kind` "file": an existing folder; "dir": an existing file)."""
+    out = Path(out)
+    for src in inputs:
+        if src is not None and Path(src).exists() and (_same_or_inside(Path(src), out) or _same_or_inside(out, Path(src))):
+            raise InputError(f"{out}: the output would replace or sit inside the input {src}; choose another -o path")
+    if kind == "file" and out.is_dir():
+        raise InputError(f"{out}: is a folder; give a file path for the output (e.g. {out / 'README.md'})")
+    if kind == "dir" and out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; give a folder path for the output")
     if out.exists() and not overwrite:
         raise InputError(f"{out}: already exists; choose another -o path or pass --overwrite to replace it")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{out}: {parent} is a file, not a folder; choose another -o path")
+
+
+def check_folder(path: Path, *, flag: str) -> None:
+    """A folder option (--work-dir, --local-hub) that may not exist yet but must not be a file."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{probe}: {flag} {path} needs a folder there, but it is a file; choose another {flag}")
 
 
 def _publishable(path: Path) -> None:
@@ -27,48 +58,82 @@ def _publishable(path: Path) -> None:
             p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
+def _make_parent(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, out.parent) from None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 @contextlib.contextmanager
-def staged_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def _cleanup_on_failure(tmp: Path, out: Path, need_bytes: int | None) -> Iterator[None]:
+    """Remove TMP on any exception (Ctrl-C, SIGTERM/SIGHUP via hubtool.errors.Interrupted, errors);
+    a disk error becomes one line naming OUT, not the temp file nobody asked for."""
+    try:
+        yield
+    except OSError as exc:
+        _remove(tmp)
+        ours = exc.filename is not None and str(exc.filename).startswith(str(tmp))
+        if ours or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise from_os_error(exc, out, need_bytes=need_bytes) from None
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path, *, overwrite: bool = False, inputs: Iterable[Path | str | None] = (), need_bytes: int | None = None) -> Iterator[Path]:
     """Yield a fresh temp dir on OUT's filesystem; on clean exit it replaces OUT atomically.
 
     On any exception the temp dir is removed and OUT is left exactly as it was, so an
     interrupted run never leaves a half-written model where a user expects a good one.
     """
     out = Path(out)
-    check_output_free(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    check_output_free(out, overwrite=overwrite, inputs=inputs, kind="dir")
+    _make_parent(out)
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise from_os_error(exc, out) from None
+    with _cleanup_on_failure(tmp, out, need_bytes):
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _publishable(tmp)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
+        _publishable(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)  # put the user's previous output back
+            raise
     if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        _remove(old)
 
 
 @contextlib.contextmanager
-def staged_file(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def staged_file(out: Path, *, overwrite: bool = False, need_bytes: int | None = None) -> Iterator[Path]:
     """Like staged_dir, for a single file."""
     out = Path(out)
-    check_output_free(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    check_output_free(out, overwrite=overwrite, kind="file")
+    _make_parent(out)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    except OSError as exc:
+        raise from_os_error(exc, out) from None
     os.close(fd)
     tmp = Path(name)
-    try:
+    with _cleanup_on_failure(tmp, out, need_bytes):
         yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _publishable(tmp)
-    os.replace(tmp, out)
+        _publishable(tmp)
+        os.replace(tmp, out)

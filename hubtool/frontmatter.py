@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from hubtool.errors import CardError
+from hubtool.yamlfile import load_yaml_text
 
 
 def split_front_matter(text: str, *, source: str = "README.md") -> tuple[dict[str, Any], str]:
@@ -25,7 +26,7 @@ def split_front_matter(text: str, *, source: str = "README.md") -> tuple[dict[st
             if lines[end].rstrip() in ("---", "..."):  # at column 0: an indented '---' is inside a YAML string
                 block = "".join(lines[start + 1 : end])
                 try:
-                    meta = yaml.safe_load(block) if block.strip() else {}
+                    meta = load_yaml_text(block) if block.strip() else {}
                 except yaml.YAMLError as exc:
                     mark = getattr(exc, "problem_mark", None)
                     where = f" line {start + 2 + mark.line}" if mark is not None else ""

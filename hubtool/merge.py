@@ -271,7 +271,7 @@ def merge_adapter(
     out_dir = Path(out_dir)
     if dtype not in DTYPES:
         raise InputError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
-    check_output_free(out_dir, overwrite=overwrite)
+    check_output_free(out_dir, overwrite=overwrite, inputs=(base_dir, adapter_dir))
     base = load_model_dir(base_dir, kind="base model")
     adapter = load_adapter(adapter_dir)
     torch_dtype = DTYPES[dtype]
@@ -289,7 +289,7 @@ def merge_adapter(
 
     total = sum(len(v) for v in plan.values())
     single = list(plan) == [SAFE_SINGLE]
-    with staged_dir(out_dir, overwrite=overwrite) as tmp:
+    with staged_dir(out_dir, overwrite=overwrite, inputs=(base_dir, adapter_dir)) as tmp:
         weight_map, written = _write_shards(base, adapter, plan, tmp)
         if not single:
             index = {"metadata": {"total_size": written}, "weight_map": weight_map}

@@ -35,20 +35,26 @@ def read_text_source(spec: str) -> str:
         return builtin_text("calibration")
     if spec == "builtin:heldout":
         return builtin_text("heldout")
+    from hubtool.textfile import read_text
+
     path = Path(spec)
     if not path.is_file():
         raise InputError(f"{spec}: text file not found; pass a .txt/.jsonl file or 'builtin'")
+    content = read_text(path, what="text file")
     if path.suffix == ".jsonl":
         texts = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                texts.append(json.loads(line)["text"])
+                text = json.loads(line)["text"]
+                if not isinstance(text, str):
+                    raise TypeError
+                texts.append(text)
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise InputError(f"{path}:{i}: expected a JSON object with a 'text' field per line") from None
         return "\n\n".join(texts)
-    return path.read_text(encoding="utf-8")
+    return content
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -99,11 +105,14 @@ def read_results(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         return {"rows": []}
+    from hubtool.textfile import read_text
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, what="results file"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc}); delete it and re-run verify") from None
-    data.setdefault("rows", [])
+    if not isinstance(data, dict) or not isinstance(data.setdefault("rows", []), list) or not all(isinstance(r, dict) for r in data["rows"]):
+        raise InputError(f"{path}: not a quality.json ({{\"rows\": [...]}} from a verify step); point at verify's results file")
     return data
 
 

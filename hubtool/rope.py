@@ -8,6 +8,7 @@ A merged model must carry both, or half its users get a model that falls apart p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +49,13 @@ class RopeScaling:
 
 def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
     try:
-        out = kind(value)
-    except (TypeError, ValueError):
+        if isinstance(value, bool):
+            raise TypeError
+        out = kind(float(value)) if kind is float else kind(value)
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{source}: RoPE field {key}={value!r} must be a {kind.__name__}") from None
+    if not math.isfinite(out):
+        raise InputError(f"{source}: RoPE field {key}={value!r} must be a finite number")
     if out <= 0:
         raise InputError(f"{source}: RoPE field {key}={value!r} must be > 0")
     return out
@@ -83,9 +88,12 @@ def validate(rope_type: str, factor: Any, extra: dict[str, Any], *, source: str,
     return RopeScaling(rope_type, factor, out)
 
 
-def parse_rope_arg(text: str, *, original_ctx: int | None = None) -> RopeScaling:
-    """`linear:4`, `yarn:4,original_max_position_embeddings=4096,beta_fast=32`."""
-    source = f"--rope {text}"
+def parse_rope_arg(text: str, *, original_ctx: int | None = None, source: str | None = None) -> RopeScaling:
+    """`linear:4`, `yarn:4,original_max_position_embeddings=4096,beta_fast=32`; `source` names where
+    the text came from in errors (default `--rope TEXT`)."""
+    if not isinstance(text, str):
+        raise InputError(f"{source or '--rope'}: {text!r} must be text TYPE:FACTOR, e.g. linear:4")
+    source = source or f"--rope {text}"
     head, _, rest = text.partition(",")
     rope_type, sep, factor = head.partition(":")
     if not sep or not factor:
@@ -132,7 +140,7 @@ def apply_to_config(config: dict[str, Any], scaling: RopeScaling, *, max_positio
     new["rope_parameters"] = {**params, "rope_theta": theta}
     new["rope_scaling"] = {"type": scaling.rope_type, **params}
     new["rope_theta"] = theta
-    target = max_position_embeddings or scaling.effective_context(original)
+    target = max_position_embeddings if max_position_embeddings is not None else scaling.effective_context(original)
     if target < original:
         raise InputError(f"--max-position-embeddings {target} is below the base context {original}")
     new["max_position_embeddings"] = int(target)

@@ -77,7 +77,8 @@ class ShardWriter:
 
     def _raise_pending(self) -> None:
         if self._error is not None:
-            raise self._error
+            error, self._error = self._error, None
+            raise error.with_traceback(None)
 
     def write(self, name: str, tensor: torch.Tensor, on_written: Callable[[], None] | None = None) -> None:
         """Queue `tensor` for writing; `on_written` runs on the writer thread once its bytes are out
@@ -96,7 +97,11 @@ class ShardWriter:
     def _finish(self) -> None:
         self._queue.put(None)
         self._thread.join()
-        self._file.close()
+        try:
+            self._file.close()  # flushes: on a full disk this is where the last bytes fail
+        except OSError as exc:
+            if self._error is None:
+                self._error = exc
 
     def close(self) -> None:
         self._finish()
@@ -105,6 +110,7 @@ class ShardWriter:
             raise RuntimeError(f"{self.path.name}: closed after {self._next} of {len(self._order)} tensors")
 
     def abort(self) -> None:
+        """Stop after a failure elsewhere; the caller's exception is the one reported, not a second one from here."""
         self._finish()
 
 

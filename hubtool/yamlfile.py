@@ -1,26 +1,120 @@
-"""Read a user's YAML settings file (release config, card metadata, GPTQ preset) with one-line errors."""
+"""Read a user's YAML settings file (release config, card metadata, GPTQ preset) with one-line errors.
+
+Everything YAML here goes through `load_yaml_text`: PyYAML's safe loader plus three refusals a
+plain `safe_load` lacks: duplicate keys (the later `license:` silently won), aliases that refer to
+themselves (a RecursionError in whatever walks the data next), and alias expansion beyond a small
+bound (a "billion laughs" file that composes instantly but hangs every consumer).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hubtool.errors import HubtoolError, InputError
+
+MAX_ALIASES = 100  # settings files and card headers rarely need any
+MAX_EXPANDED_NODES = 100_000  # the document's size with every alias expanded
+
+
+class _Refused(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys, recursive aliases and alias bombs."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._open: set[str] = set()
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            self._aliases += 1
+            if event.anchor in self._open:
+                raise _Refused(f"alias *{event.anchor} refers to the node that contains it", event.start_mark)
+            if self._aliases > MAX_ALIASES:
+                raise _Refused(f"more than {MAX_ALIASES} aliases (*name); write the values out", event.start_mark)
+            return super().compose_node(parent, index)
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None and isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            self._open.add(anchor)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._open.discard(anchor)
+        return super().compose_node(parent, index)
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if self._aliases and _expanded_size(node) > MAX_EXPANDED_NODES:
+            raise _Refused(f"aliases expand to more than {MAX_EXPANDED_NODES} values; write the values out", node.start_mark)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = key_node.value
+                if key in seen and key != "<<":
+                    raise _Refused(f"duplicate key {key!r} (first on line {seen[key].line + 1}); keep one", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root: Any) -> int:
+    """Node count with aliases expanded, memoised per node so the count itself stays cheap."""
+    memo: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if id(node) in memo:
+            return memo[id(node)]
+        memo[id(node)] = 1  # cycles were refused while composing; this guards against surprises
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(n) for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        memo[id(node)] = min(total, MAX_EXPANDED_NODES + 1)
+        return memo[id(node)]
+
+    return size(root)
+
+
+def load_yaml_text(text: str) -> Any:
+    """`yaml.safe_load` with the refusals above; raises yaml.YAMLError (with problem/problem_mark)."""
+    try:
+        return yaml.load(text, Loader=BoundedSafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise _Refused("nesting too deep", None) from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> tuple[int | None, str]:
+    """(1-based line or None, problem text) of a YAML error, for one-line messages."""
+    mark = getattr(exc, "problem_mark", None)
+    return (mark.line + 1 if mark is not None else None), (getattr(exc, "problem", None) or "syntax error")
 
 
 def read_yaml_mapping(path: Path | str, *, what: str, example: str, error: type[HubtoolError] = InputError) -> dict[str, Any]:
     """The file's top-level mapping ({} for an empty file); `what` names the file kind in errors."""
-    import yaml
+    from hubtool.textfile import read_text
 
     path = Path(path)
+    text = read_text(path, what=what, error=error)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise error(f"{path}: {what} not found; pass an existing YAML file") from None
+        data = load_yaml_text(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
+        line, problem = yaml_problem(exc)
+        where = f":{line}" if line is not None else ""
         raise error(f"{path}{where}: invalid YAML ({problem}); fix the syntax, quoting values that contain ':' or '#'") from None
     if data is None:
         return {}

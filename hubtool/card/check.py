@@ -56,4 +56,6 @@ def check_card_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CardError(f"{path}: card not found; render one with `hubtool card render`")
-    return check_card(path.read_text(encoding="utf-8"), source=str(path))
+    from hubtool.textfile import read_text
+
+    return check_card(read_text(path, what="card", error=CardError), source=str(path))

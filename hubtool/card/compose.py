@@ -124,7 +124,7 @@ def compose_card(
     base = header.get("base_model")
     for b in base if isinstance(base, list) else [base]:
         if isinstance(b, str) and looks_like_local_path(b):
-            raise CardError(f"{model_dir}: base_model {b!r} is a local path; pass the Hub repo id with --set base_model=org/name")
+            raise CardError(f"{model_dir}: base_model {b!r} is a local path; pass the Hub repo id with --set base_model=org/name (or card: {{base_model: org/name}} in release.yaml)")
 
     context_length = options.get("context_length")
     rope = facts_mod.rope_facts(facts["config"], int(context_length) if context_length else None)
@@ -224,7 +224,7 @@ def _computed_header(kind: str, model_dir: Path, facts: dict, repos: dict, promp
         if base and looks_like_local_path(base) and "base_model" not in options:
             raise CardError(
                 f"{model_dir / 'adapter_config.json'}: base_model_name_or_path {base!r} is a local path; "
-                "pass the base model's Hub repo id with --set base_model=org/name"
+                "set base_model to the base model's Hub repo id (--set base_model=org/name, or card: {base_model: org/name} in release.yaml)"
             )
     if base:
         header["base_model"] = base

@@ -83,7 +83,9 @@ def parse_overrides(items: list[str] | None, *, source: str = "--set") -> dict[s
         value = value.strip()
         if value.startswith("["):
             try:
-                parsed = yaml.safe_load(value)
+                from hubtool.yamlfile import load_yaml_text
+
+                parsed = load_yaml_text(value)
             except yaml.YAMLError:
                 raise CardError(f"{source} {key}: {value!r} is not a valid list; write [a, b] or quote items with colons") from None
             out[key] = parsed
@@ -111,7 +113,23 @@ def carried(source_meta: dict[str, Any]) -> dict[str, Any]:
             out[key] = value.strip()
         elif isinstance(value, list):
             out[key] = [v.strip() if isinstance(v, str) else v for v in value if v not in (None, "")]
+    if isinstance(out.get("tags"), list):
+        # `base_model:<relation>:<id>` tags are the Hub's own bookkeeping for the *source* card's base
+        # (PEFT writes them, sometimes with a local path); the Hub derives ours from base_model.
+        out["tags"] = [t for t in out["tags"] if not (isinstance(t, str) and t.startswith("base_model:"))]
+        if not out["tags"]:
+            del out["tags"]
     return out
+
+
+def _base_model_tag_path(tag: str) -> str | None:
+    """The local path inside a `base_model:[relation:]<id>` tag, if it holds one."""
+    if not tag.startswith("base_model:"):
+        return None
+    rest = tag[len("base_model:"):]
+    head, sep, tail = rest.partition(":")
+    target = tail if sep and head in ("adapter", "finetune", "merge", "quantized") else rest
+    return target if looks_like_local_path(target) else None
 
 
 def merge_metadata(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +198,10 @@ def validate_metadata(meta: dict[str, Any], *, source: str = "README.md") -> Non
                 raise CardError(f"{source}: {key}[{i}] is empty (null); remove the blank '- ' entry from {key}")
             if not isinstance(item, str) or not item.strip():
                 raise CardError(f"{source}: {key}[{i}] must be a non-empty string, got {item!r}")
+    for tag in meta.get("tags") or [] if isinstance(meta.get("tags"), list) else []:
+        path = _base_model_tag_path(tag) if isinstance(tag, str) else None
+        if path is not None:
+            raise CardError(f"{source}: tag {tag!r} names a local path ({path}); remove it (the Hub derives base_model tags from base_model)")
     license_ = meta.get("license")
     if license_ is not None:
         if not isinstance(license_, str):
@@ -199,7 +221,7 @@ def validate_metadata(meta: dict[str, Any], *, source: str = "README.md") -> Non
     bases = meta.get("base_model")
     for base in bases if isinstance(bases, list) else ([bases] if bases is not None else []):
         if looks_like_local_path(base):
-            raise CardError(f"{source}: base_model {base!r} is a local path; set base_model to the Hub repo id (e.g. --set base_model=org/name)")
+            raise CardError(f"{source}: base_model {base!r} is a local path; set base_model to the Hub repo id (--set base_model=org/name, or card: {{base_model: org/name}} in release.yaml)")
         if not is_repo_id(base):
             raise CardError(f"{source}: base_model {base!r} is not a Hub repo id; use namespace/name")
     relation = meta.get("base_model_relation")

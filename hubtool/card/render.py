@@ -71,6 +71,10 @@ def render_template(name: str, context: dict[str, Any], *, template_dir: Path | 
         raise CardError(f"{_template_location(exc)}: template tried an unsafe operation ({exc}); templates may only read card data") from None
     except jinja2.TemplateError as exc:
         raise CardError(f"{_template_location(exc)}: template error: {exc}") from None
+    except RecursionError as exc:
+        where = _template_location(exc)
+        where = str(template_dir or builtin_template_dir()) if where == "<template>" else where
+        raise CardError(f"{where}: template recursion too deep (a macro or include that calls itself?); give it a stopping condition") from None
 
 
 def _template_location(exc: BaseException) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from hubtool import __version__
-from hubtool.errors import HubtoolError
+from hubtool.errors import HubtoolError, Interrupted, describe_os_error
 
 # One module per command; each defines `register(subparsers)` which sets `func` on its parser.
 COMMANDS = [
@@ -47,18 +49,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict[int, object]:
+    """Ctrl-C raises KeyboardInterrupt; SIGTERM (CI runners, `timeout`) and SIGHUP (closed terminal)
+    raise Interrupted, a KeyboardInterrupt, so every staged output's cleanup runs for all three.
+    Returns the previous handlers, restored when main() returns (tests call main() in-process)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_interrupted),
+                         (getattr(signal, "SIGHUP", None), _raise_interrupted)):
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
 def main(argv: list[str] | None = None) -> int:
-    # Libraries we load (gptqmodel) turn on INFO logging globally; one line per HTTP request drowns
-    # hubtool's own progress lines, so the HTTP clients' loggers stay at WARNING.
-    for name in ("httpx", "httpx2", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    previous: dict[int, object] = {}
     try:
+        previous = _install_signal_handlers()
+        # Libraries we load (gptqmodel) turn on INFO logging globally; one line per HTTP request drowns
+        # hubtool's own progress lines, so the HTTP clients' loggers stay at WARNING.
+        for name in ("httpx", "httpx2", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except HubtoolError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code)
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        return _fail(f"stopped by {name}; outputs were not written, temp files were removed (re-run to resume)", 128 + exc.signum)
     except KeyboardInterrupt:
-        print("error: interrupted; outputs were not written (re-run to resume)", file=sys.stderr)
-        return 130
+        return _fail("interrupted; outputs were not written (re-run to resume)", 130)
+    # The last line of defence: failures of the machine or of a file we read without a dedicated
+    # check still end as one line naming the file, not a traceback.
+    except OSError as exc:
+        return _fail(describe_os_error(exc), 2)
+    except UnicodeDecodeError as exc:
+        return _fail(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8", 2)
+    except RecursionError:
+        return _fail("an input is nested too deeply (a recursive YAML alias or template macro?); simplify it", 2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _fail(message: str, code: int) -> int:
+    from hubtool.push import scrub
+
+    print(f"error: {scrub(message, None)}", file=sys.stderr)
+    return code

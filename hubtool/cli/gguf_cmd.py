@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from hubtool.cli import subgroup
+from hubtool.cli.gates import GATE_FLAGS_HINT, add_gate_flags, check_rows, gates_from_args
+from hubtool.options import check_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--context", type=int, default=512, help="window length in tokens (default: %(default)s)")
     v.add_argument("--results", type=Path, default=None, metavar="FILE", help="add rows to this quality.json")
     v.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_gate_flags(v)
     v.set_defaults(func=_verify)
 
 
@@ -63,6 +66,9 @@ def _verify(args: argparse.Namespace) -> int:
     from hubtool.progress import set_quiet
 
     set_quiet(args.json)
+    gates = gates_from_args(args)
+    check_int(args.max_tokens, source="--max-tokens", minimum=16)
+    check_int(args.context, source="--context", minimum=8)
     rows = verify_gguf(args.files, args.reference, text=args.text, max_tokens=args.max_tokens,
                        context=args.context, results_path=args.results)
     if args.json:
@@ -71,4 +77,5 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"{'variant':8} {'bpw':>5} {'ppl':>9} {'fp16 ppl':>9} {'KL':>9} {'top-1':>6}")
         for r in rows:
             print(f"{r['variant']:8} {r['bits_per_weight']:5.2f} {r['perplexity']:9.3f} {r['ref_perplexity']:9.3f} {r['kl_div']:9.5f} {r['top1']:6.3f}")
+    check_rows(rows, gates, how_to_change=GATE_FLAGS_HINT)
     return 0

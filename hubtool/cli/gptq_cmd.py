@@ -6,6 +6,8 @@ import argparse
 import json
 
 from hubtool.cli import subgroup
+from hubtool.cli.gates import GATE_FLAGS_HINT, add_gate_flags, check_rows, gates_from_args
+from hubtool.options import check_int
 
 
 def _bool(value: str) -> bool:
@@ -52,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--no-rtn", dest="rtn", action="store_false", help="skip the round-to-nearest baseline")
     v.add_argument("--rtn", dest="rtn", action="store_true", help="also evaluate round-to-nearest (default)")
     v.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    add_gate_flags(v)
     v.set_defaults(func=run_verify, rtn=True)
 
 
@@ -80,6 +83,9 @@ def run_verify(args: argparse.Namespace) -> int:
     from hubtool.progress import set_quiet
 
     set_quiet(args.json)
+    gates = gates_from_args(args)
+    check_int(args.tokens, source="--tokens", minimum=16)
+    check_int(args.context, source="--context", minimum=8)
     rows = verify_gptq(args.quant_dir, args.reference, text=args.text, rtn=args.rtn, results_path=args.results,
                        context=args.context, max_tokens=args.tokens)
     if args.json:
@@ -88,4 +94,5 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"{'variant':32} {'ppl':>9} {'fp16 ppl':>9} {'KL':>9} {'top-1':>6}")
         for r in rows:
             print(f"{r['variant']:32} {r['perplexity']:9.3f} {r['ref_perplexity']:9.3f} {r['kl_div']:9.5f} {r['top1']:6.3f}")
+    check_rows(rows, gates, how_to_change=GATE_FLAGS_HINT)
     return 0

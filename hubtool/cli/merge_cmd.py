@@ -22,9 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hubtool.merge import merge_adapter
+    from hubtool.options import check_max_position_embeddings
     from hubtool.progress import set_quiet
 
     set_quiet(args.json)
+    if args.max_position_embeddings is not None:
+        check_max_position_embeddings(args.max_position_embeddings, source="--max-position-embeddings")
     summary = merge_adapter(
         args.base,
         args.adapter,

@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
 def release(args: argparse.Namespace) -> dict[str, Any]:
     """Plan (printed to stderr, or stdout for a plain --dry-run) and, unless --dry-run, run."""
+    from hubtool.atomic import check_folder
     from hubtool.release import build_config, check_inputs, load_yaml, make_plan, run_release
+    from hubtool.release.stages import preflight_cards
 
     inputs = check_inputs(args.source, args.base, args.adapter)
     file_data = load_yaml(args.config) if args.config else {}
@@ -76,11 +78,16 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
     cfg = build_config(file_data, flags, default_name=default_name, source=str(args.config or "release options"))
     plan = make_plan(cfg, source=inputs.source, base=inputs.base, adapter=inputs.adapter)
     plan.warnings += release_card_warnings(cfg, inputs)
+    work_dir = args.work_dir or Path("release-work") / cfg.name
+    # Everything that needs no heavy work is checked here, for --dry-run too: a green dry run is a valid release.
+    check_folder(work_dir, flag="--work-dir")
+    if args.local_hub is not None:
+        check_folder(args.local_hub, flag="--local-hub")
+    preflight_cards(cfg, plan, inputs)
     text = plan.render()
     if args.dry_run:
         return {"ok": True, "dry_run": True, "plan": plan.as_dict(), "plan_text": text}
     print(text, file=sys.stderr, flush=True)
-    work_dir = args.work_dir or Path("release-work") / cfg.name
     if args.local_hub is not None:
         from hubtool.hub_server import serve_in_thread
 

@@ -8,19 +8,21 @@ converter's own routes: its README.md front-matter reader and its `--metadata` o
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
-from hubtool.errors import InputError, QuantizeError
+from hubtool.errors import InputError, QuantizeError, human_bytes
 from hubtool.progress import log
 
 # HF architecture -> llama.cpp architecture; the families hubtool converts and tests.
@@ -111,7 +113,8 @@ def convert_to_gguf(
     log(f"converting {model_dir} -> {outtype} GGUF with llama.cpp's convert_hf_to_gguf (lazy)")
     tail: list[str] = []
     last = time.monotonic()
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace") as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace") as proc, \
+            _killed_on_exit(proc):
         assert proc.stdout is not None
         buffer = ""
         # tqdm redraws its "Writing: 42%|" bar with \r, so split on both line ends
@@ -123,9 +126,23 @@ def convert_to_gguf(
                 last = time.monotonic()
                 log(f"convert: writing {pct.group(1)}%")
         rc = proc.wait()
+    if rc != 0 and any(("No space left" in ln or "Errno 28" in ln or "Disk quota" in ln) for ln in tail):
+        free = shutil.disk_usage(out_file.parent).free
+        raise QuantizeError(f"{out_file.parent}: disk full while converting to GGUF ({human_bytes(free)} free; the 16-bit GGUF alone "
+                            f"is about the size of the model's safetensors); free space or choose -o on another disk")
     if rc != 0 or not out_file.is_file():
         raise QuantizeError(f"{model_dir}: llama.cpp converter failed ({_last_error(tail)}); fix the model folder or report it")
     return out_file
+
+
+@contextlib.contextmanager
+def _killed_on_exit(proc: subprocess.Popen) -> Iterator[None]:
+    """Ctrl-C / SIGTERM on us stops the converter too, so it doesn't keep writing into a folder being removed."""
+    try:
+        yield
+    except BaseException:
+        proc.kill()
+        raise
 
 
 def _last_error(lines: list[str]) -> str:

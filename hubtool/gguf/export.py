@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hubtool.errors import InputError
+from hubtool.errors import InputError, from_os_error, human_bytes, is_disk_error
 from hubtool.gguf.convert import base_type, check_architecture, convert_to_gguf, require_converter
 from hubtool.gguf.quantize import quantize_gguf, require_llama_cpp
 from hubtool.gguf.split import split_gguf
@@ -92,7 +92,10 @@ def export_gguf(
     """
     from hubtool.model_dir import load_model_dir  # imports torch; keep the CLI start fast
 
+    from hubtool.atomic import check_folder
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_folder(out_dir, flag="-o")
     gguf_types = parse_types(types)
     model = load_model_dir(model_dir)
     arch = check_architecture(model.config, source=model_dir)
@@ -126,8 +129,19 @@ def export_gguf(
             raise InputError(f"{out_dir / f'{name}.imatrix.gguf'}: already exists; reuse it with --imatrix, or pass --overwrite")
 
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".hubtool-gguf-", dir=out_dir))
+    need = _bytes_needed(model, gguf_types, base, keep_base=base in wanted and base_gguf is None)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".hubtool-gguf-", dir=out_dir))
+    except OSError as exc:
+        raise from_os_error(exc, out_dir, need_bytes=need) from None
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        shutil.rmtree(work, ignore_errors=True)
+        if created:
+            out_dir.rmdir()
+        raise InputError(f"{out_dir}: not enough disk space: the GGUF export needs about {human_bytes(need)}, "
+                         f"{human_bytes(free)} free; free space or choose -o on another disk")
     rows: list[dict[str, Any]] = []
     try:
         # the importance matrix first: a bad --imatrix file fails before the long conversion
@@ -145,14 +159,24 @@ def export_gguf(
             rows += _publish(dst, out_dir, name, t, split_bytes, work)
         if base in wanted:
             rows = _publish(base_file, out_dir, name, base, split_bytes, work) + rows
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
+        if is_disk_error(exc):
+            raise from_os_error(exc, out_dir, need_bytes=need) from None  # type: ignore[arg-type]
         raise
     shutil.rmtree(work, ignore_errors=True)
     order = {t: i for i, t in enumerate(wanted)}
     return sorted(rows, key=lambda r: (order.get(r["type"], 99), r["shard"]))
+
+
+def _bytes_needed(model: Any, types: list[str], base: str, *, keep_base: bool) -> int:
+    """Disk an export needs at its peak: the 16-bit base in the work folder plus every output file."""
+    from hubtool.card.facts import GGUF_NOMINAL_BPW
+
+    params = sum(p.stat().st_size for p in model.path.glob("*.safetensors")) // 2  # 16-bit source, roughly
+    return int(params * 2 + sum(params * GGUF_NOMINAL_BPW.get(t, 16.0) / 8 for t in types if t != base or keep_base))
 
 
 def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: str | None, out_dir: Path, name: str, overwrite: bool) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from hubtool.errors import InputError
 
 # Written by the converter itself (no quantizer pass needed when it is the base type).
@@ -22,8 +24,10 @@ def needs_imatrix(gguf_type: str) -> bool:
     return gguf_type.startswith("IQ") or gguf_type == "Q2_K_S"
 
 
-def parse_types(spec: str | list[str]) -> list[str]:
+def parse_types(spec: str | list[str], *, source: str = "--types") -> list[str]:
     """'f16,q8_0,q4_k_m' -> ['F16', 'Q8_0', 'Q4_K_M'], rejecting unknown names with the full list."""
+    if not isinstance(spec, (str, list, tuple)) or not all(isinstance(i, str) for i in ([spec] if isinstance(spec, str) else spec)):
+        raise InputError(f"{source}: {spec!r} must be a list of GGUF type names, e.g. [q4_k_m, q8_0]")
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for item in items:
@@ -31,11 +35,11 @@ def parse_types(spec: str | list[str]) -> list[str]:
         if not t:
             continue
         if t not in ALL_TYPES:
-            raise InputError(f"--types: unknown GGUF type {item.strip()!r}; choose from {', '.join(ALL_TYPES)}")
+            raise InputError(f"{source}: unknown GGUF type {item.strip()!r}; choose from {', '.join(ALL_TYPES)}")
         if t not in out:
             out.append(t)
     if not out:
-        raise InputError("--types: no GGUF types given; e.g. --types f16,q8_0,q4_k_m")
+        raise InputError(f"{source}: no GGUF types given; e.g. q4_k_m,q8_0")
     return out
 
 
@@ -49,15 +53,19 @@ def llama_ftype(gguf_type: str) -> int:
     return int(value)
 
 
-def parse_size(spec: str) -> int:
+def parse_size(spec: str | int, *, source: str = "--split-max-size") -> int:
     """'48G' / '500M' / '100K' / bytes -> bytes (decimal units, like llama.cpp's --split-max-size). '0' disables."""
-    s = spec.strip().upper().removesuffix("B")
+    if isinstance(spec, bool) or not isinstance(spec, (str, int)):
+        raise InputError(f"{source}: {spec!r} is not a size; use e.g. 48G, 500M or 0 to disable")
+    s = str(spec).strip().upper().removesuffix("B")
     mult = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}.get(s[-1:], 1)
     number = s[:-1] if s[-1:] in "KMGT" and s[-1:] else s
     try:
         value = float(number)
     except ValueError:
-        raise InputError(f"--split-max-size: {spec!r} is not a size; use e.g. 48G, 500M or 0 to disable") from None
-    if value < 0:
-        raise InputError(f"--split-max-size: {spec!r} must be >= 0")
+        raise InputError(f"{source}: {spec!r} is not a size; use e.g. 48G, 500M or 0 to disable") from None
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"{source}: {spec!r} must be a finite size >= 0, e.g. 48G, or 0 to disable")
+    if 0 < value * mult < 1000:
+        raise InputError(f"{source}: {spec!r} is under 1 kB, smaller than any GGUF header; use e.g. 48G, or 0 to disable")
     return int(value * mult)

@@ -122,7 +122,7 @@ def quantize_gptq(
     source = load_model_dir(model_dir)
     if source.config.get("quantization_config"):
         raise InputError(f"{model_dir}: already quantized ({source.config['quantization_config'].get('quant_method', '?')}); quantize the fp16 model")
-    check_output_free(out_dir, overwrite=overwrite)
+    check_output_free(out_dir, overwrite=overwrite, inputs=(model_dir,))
     dev = resolve_device(device)
     gptqmodel = _gptqmodel()
 
@@ -131,7 +131,7 @@ def quantize_gptq(
     log(f"gptq: {preset.label} on {dev}, {cal_desc['samples']}x{preset.seq_len} calibration tokens ({cal_desc['source']})")
 
     start = time.monotonic()
-    with staged_dir(out_dir, overwrite=overwrite) as tmp:
+    with staged_dir(out_dir, overwrite=overwrite, inputs=(model_dir,)) as tmp:
         raw = tmp / ".gptqmodel-raw"
         try:
             qcfg = gptqmodel.QuantizeConfig(

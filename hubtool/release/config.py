@@ -10,13 +10,13 @@ Layout (every key optional; flags win over the file):
     gptq: {presets: [gptq-4bit-32g-actorder], samples: 128, seq_len: 2048, calibration: builtin}
     gguf: {types: [q4_k_m, q8_0]}
     repos: {fp16: "{name}", adapter: "{name}-peft", gptq: "{name}-GPTQ", gguf: "{name}-GGUF"}
-    verify: {enabled: true, text: "builtin:heldout", max_tokens: 2048, context: 512}
+    verify: {enabled: true, text: "builtin:heldout", max_tokens: 2048, context: 512,
+             gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
     card: {license: apache-2.0, base_model: org/original, datasets: [...], ...}
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,7 @@ DEFAULT_REPOS = {"fp16": "{name}", "adapter": "{name}-peft", "gptq": "{name}-GPT
 TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "verify", "card", "rope", "max_position_embeddings", "dtype"}
 GPTQ_KEYS = {"presets", "samples", "seq_len", "calibration", "damp_percent", "device"}
 GGUF_KEYS = {"types", "split_max_size"}
-VERIFY_KEYS = {"enabled", "text", "max_tokens", "context", "rtn"}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+VERIFY_KEYS = {"enabled", "text", "max_tokens", "context", "rtn", "gates"}
 
 
 @dataclass
@@ -53,6 +52,7 @@ class ReleaseConfig:
     verify_max_tokens: int = 2048
     verify_context: int = 512
     verify_rtn: bool = True
+    verify_gates: Any = None  # hubtool.quality_gates.Gates; None = the defaults
     card: dict[str, Any] = field(default_factory=dict)
     rope: str | None = None
     max_position_embeddings: int | None = None
@@ -110,31 +110,41 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
     def pick(flag: str, value: Any) -> Any:
         return flags[flag] if flags.get(flag) is not None else value
 
+    def where(flag: str | None, key: str) -> str:
+        """Where a value came from, for its error: the flag if given, else the file and key."""
+        return "--" + flag.replace("_", "-") if flag and flags.get(flag) is not None else f"{source}: {key}"
+
+    from hubtool import options
+
     name = pick("name", file_data.get("name")) or default_name
-    if not name or not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InputError(f"{source}: name {name!r} is not a valid repo name; pass --name (letters, digits, '.', '_', '-')")
+    given = flags.get("name") is not None or bool(file_data.get("name"))
+    options.check_repo_name(name, source=where("name", "name") if given else "--name (not given: the input folder's name)")
     namespace = pick("namespace", file_data.get("namespace"))
     if not namespace:
         raise InputError("no namespace: pass --namespace ORG or set `namespace:` in release.yaml")
-    if not isinstance(namespace, str) or not _NAME_RE.match(namespace):
-        raise InputError(f"{source}: namespace {namespace!r} is not a valid user/org name")
+    options.check_repo_name(namespace, source=where("namespace", "namespace"), what="namespace")
 
-    quants = _list(pick("quants", file_data.get("quants", list(QUANTS))), "quants", source)
+    quants = _list(pick("quants", file_data.get("quants", list(QUANTS))), "quants", where("quants", "quants"))
     bad = [q for q in quants if q not in QUANTS]
     if bad:
-        raise InputError(f"--quants {bad[0]!r}: choose from {', '.join(QUANTS)}")
+        raise InputError(f"{where('quants', 'quants')} {bad[0]!r}: choose from {', '.join(QUANTS)}")
 
     from hubtool.gptq import DEFAULT_PRESET
 
-    presets = _list(pick("gptq_presets", gptq.get("presets", [DEFAULT_PRESET])), "gptq.presets", source)
+    presets = _list(pick("gptq_presets", gptq.get("presets", [DEFAULT_PRESET])), "gptq.presets", where("gptq_presets", "gptq.presets"))
     overrides = {k: gptq[k] for k in ("samples", "seq_len", "damp_percent") if k in gptq}
     for k in ("samples", "seq_len"):
         if k in overrides:
             _int(overrides[k], f"gptq.{k}", source)
+    if "damp_percent" in overrides:
+        dp = overrides["damp_percent"]
+        if isinstance(dp, bool) or not isinstance(dp, (int, float)) or not 0 < dp < 1:
+            raise InputError(f"{source}: gptq.damp_percent = {dp!r} must be a number between 0 and 1 (e.g. 0.01)")
 
     from hubtool.gguf.types import parse_types
 
-    types = parse_types(pick("gguf_types", gguf.get("types", list(DEFAULT_GGUF_TYPES))))
+    types = parse_types(pick("gguf_types", gguf.get("types", list(DEFAULT_GGUF_TYPES))), source=where("gguf_types", "gguf.types"))
+    split_max_size = options.check_split_max_size(gguf.get("split_max_size"), source=f"{source}: gguf.split_max_size")
 
     templates = dict(DEFAULT_REPOS)
     for key, tmpl in repos.items():
@@ -146,9 +156,8 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
             raise InputError(f"{source}: repos.{key} {tmpl!r}: only the {{name}} placeholder is supported") from None
         templates[key] = tmpl
     repo_names = [t.format(name=name) for t in templates.values()]
-    for rn in repo_names:
-        if not _NAME_RE.match(rn):
-            raise InputError(f"{source}: repo name {rn!r} is not valid; fix `repos:` or --name")
+    for key, rn in zip(templates, repo_names):
+        options.check_repo_name(rn, source=f"{source}: repos.{key} (with name {name!r})", what="repo name")
     if len(set(repo_names)) != len(repo_names):
         raise InputError(f"{source}: two repos would share a name ({', '.join(repo_names)}); make `repos:` templates distinct")
 
@@ -158,26 +167,42 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
     enabled = verify.get("enabled", True)
     if not isinstance(enabled, bool):
         raise InputError(f"{source}: verify.enabled must be true or false")
-    mpe = pick("max_position_embeddings", file_data.get("max_position_embeddings"))
+    rtn = verify.get("rtn", True)
+    if not isinstance(rtn, bool):
+        raise InputError(f"{source}: verify.rtn must be true or false")
+    rope = options.check_rope(pick("rope", file_data.get("rope")), source=where("rope", "rope"))
+    mpe = options.check_max_position_embeddings(pick("max_position_embeddings", file_data.get("max_position_embeddings")),
+                                                source=where("max_position_embeddings", "max_position_embeddings"))
+    dtype = options.check_dtype(file_data.get("dtype", "float16"), source=f"{source}: dtype")
+    calibration = gptq.get("calibration", "builtin")
+    if "gptq" in quants:
+        options.check_text_source(calibration, source=f"{source}: gptq.calibration", allow_folder=True)
+    verify_text = verify.get("text", "builtin:heldout")
+    if enabled:
+        options.check_text_source(verify_text, source=f"{source}: verify.text")
+    from hubtool.quality_gates import gates_from_config
+
+    gates = gates_from_config(verify.get("gates"), source=f"{source}: verify.gates")
     return ReleaseConfig(
         name=name,
         namespace=namespace,
         quants=quants,
         gptq_presets=presets if "gptq" in quants else [],
         gptq_overrides=overrides,
-        gptq_calibration=str(gptq.get("calibration", "builtin")),
+        gptq_calibration=str(calibration),
         gptq_device=gptq.get("device"),
         gguf_types=types if "gguf" in quants else [],
-        gguf_split_max_size=gguf.get("split_max_size"),
+        gguf_split_max_size=split_max_size,
         repo_templates=templates,
         private=private,
         verify=enabled,
-        verify_text=str(verify.get("text", "builtin:heldout")),
+        verify_text=str(verify_text),
         verify_max_tokens=_int(verify.get("max_tokens", 2048), "verify.max_tokens", source, 16),
         verify_context=_int(verify.get("context", 512), "verify.context", source, 8),
-        verify_rtn=bool(verify.get("rtn", True)),
+        verify_rtn=rtn,
+        verify_gates=gates,
         card=dict(card),
-        rope=pick("rope", file_data.get("rope")),
-        max_position_embeddings=None if mpe is None else _int(mpe, "max_position_embeddings", source),
-        dtype=str(file_data.get("dtype", "float16")),
+        rope=rope,
+        max_position_embeddings=mpe,
+        dtype=dtype,
     )

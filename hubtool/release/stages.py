@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hubtool import __version__
-from hubtool.errors import HubtoolError, InputError, MergeError, QuantizeError
+from hubtool.errors import HubtoolError, InputError, MergeError, QuantizeError, from_os_error, is_disk_error
 from hubtool.progress import log
 from hubtool.release.cache import Hasher, digest_of
 from hubtool.release.config import ReleaseConfig
@@ -61,13 +61,21 @@ class StageCache:
             result = StageResult(name, key, True, 0.0, folder / "out", data.get("summary", {}))
         else:
             log(f"{index}{name}: running")
+            if folder.exists():  # an earlier attempt that never finished (killed, crashed): start clean
+                shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
             try:
                 summary = fn(folder / "out")
             except HubtoolError:
+                shutil.rmtree(folder, ignore_errors=True)
                 raise
-            except Exception as exc:  # a library failure: one line naming the stage, exit code of its kind
+            except BaseException as exc:
+                shutil.rmtree(folder, ignore_errors=True)  # no half-written stage output survives a failure or SIGTERM
+                if not isinstance(exc, Exception):
+                    raise
+                if is_disk_error(exc):  # the machine's fault, not the input's: say so
+                    raise from_os_error(exc, self.root, error=error) from None
                 first = (str(exc).strip().splitlines() or [""])[0][:300]
                 raise error(f"{name}: failed ({type(exc).__name__}: {first}); finished stages are cached in {self.root}, "
                             "fix the cause and re-run to resume") from exc
@@ -265,6 +273,10 @@ def _verify_stage(cfg: ReleaseConfig, fp16_dir: Path, gptq: dict[str, StageResul
 
         done = cache.run("verify:gguf", {"artifacts": [stage.key for stage in gguf.values()], **opts}, verify_all, index=prefix)
         _combine(combined, read_results(done.out / "quality.json"))
+    from hubtool.quality_gates import DEFAULT_GATES, check_rows
+
+    # after the (cached) measurements, before any card or push: relaxing the gates re-measures nothing
+    check_rows(combined["rows"], cfg.verify_gates or DEFAULT_GATES, how_to_change="verify.gates in release.yaml")
     return combined
 
 
