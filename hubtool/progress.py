@@ -91,6 +91,11 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
                 tf_logging.enable_progress_bar()
 
 
+def library_output_discarded() -> bool:
+    """Whether quiet_libraries is active (a child process hubtool starts should be quiet too)."""
+    return _DISCARD_LIBRARY_STDOUT
+
+
 def log(message: str) -> None:
     """One status line on stderr (stdout is reserved for results and --json)."""
     print(message, file=sys.stderr, flush=True)

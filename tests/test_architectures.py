@@ -264,7 +264,9 @@ def _dry_run(argv: list[str], capsys) -> tuple[int, dict]:
 def test_release_dry_run_checks_architecture(arch, tiny_models, tmp_path, capsys):
     base = tiny_models(arch)
     adapter = make_adapter(base, tmp_path / "adapter", **_lora_kwargs(arch))
-    argv = ["--base", str(base), "--adapter", str(adapter), "--name", "x"]
+    config = tmp_path / "release.yaml"  # the adapter names a local base: the cards need its Hub id
+    config.write_text("card:\n  base_model: org/tiny-base\n")
+    argv = ["--base", str(base), "--adapter", str(adapter), "--name", "x", "--config", str(config)]
     if arch == "Phi3ForCausalLM":  # GPTQ refused in the plan (see test_gptq_refuses_phi3_split_layout_up_front)
         rc, out = _dry_run(argv, capsys)
         assert rc == 2 and "gate_proj" in out["error"]

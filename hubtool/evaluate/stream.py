@@ -156,40 +156,80 @@ class StreamingModel:
 
     def _tensor(self, module_name: str, param: str, shape: list[int] | None = None) -> torch.Tensor:
         full = f"{module_name}.{param}" if module_name else param
-        if full in self.index:
-            return self.index.get(full)
+        if self._stored(full):
+            return self._read(full)
         on_disk = self._checkpoint_layout(full, shape)
         if on_disk is not None:
             return on_disk
-        if param == "weight" and self.weights.gptq_bits and f"{module_name}.qweight" in self.index:
-            get = lambda s: self.index.get(f"{module_name}.{s}")  # noqa: E731
-            return gptq_dequantize(get("qweight"), get("qzeros"), get("scales"), get("g_idx"), self.weights.gptq_bits)
         raise InputError(f"{self.weights.folder}: tensor {full} missing from the safetensors; "
                          f"the checkpoint's names don't match {type(self.model).__name__} (re-save it with save_pretrained)")
+
+    def _packed(self, name: str) -> str | None:
+        """The GPTQ module prefix holding NAME (a Linear's `.weight`) packed, if this checkpoint has one."""
+        if self.weights.gptq_bits and name.endswith(".weight") and f"{name[:-len('.weight')]}.qweight" in self.index:
+            return name[: -len(".weight")]
+        return None
+
+    def _stored(self, name: str) -> bool:
+        return name in self.index or self._packed(name) is not None
+
+    def _rows(self, name: str) -> int:
+        prefix = self._packed(name)
+        return self.index.shape(name)[0] if prefix is None else self.index.shape(f"{prefix}.scales")[1]
+
+    def _read(self, name: str) -> torch.Tensor:
+        """NAME as stored, or dequantized from its GPTQ-packed Linear."""
+        if name in self.index:
+            return self.index.get(name)
+        prefix = self._packed(name)
+        assert prefix is not None
+        get = lambda s: self.index.get(f"{prefix}.{s}")  # noqa: E731
+        return gptq_dequantize(get("qweight"), get("qzeros"), get("scales"), get("g_idx"), int(self.weights.gptq_bits or 4))
 
     def _checkpoint_layout(self, full: str, shape: list[int] | None) -> torch.Tensor | None:
         """FULL as the checkpoint stores it under transformers' conversion mapping (the same owner the merge
         uses): a renamed tensor (Mixtral's `mlp.gate` is `block_sparse_moe.gate` on disk), or MoE experts
-        that transformers 5 fuses into one 3-D parameter but the checkpoint keeps per expert."""
+        that transformers 5 fuses into one 3-D parameter but the checkpoint keeps per expert (GPTQ-packed too)."""
         from hubtool.expert_layout import disk_name, per_expert_slices
 
         model_type = str(getattr(self.config, "model_type", ""))
-        has = self.index.__contains__
-        renamed = disk_name(model_type, full, has)
+        renamed = disk_name(model_type, full, self._stored)
         if renamed is not None:
-            return self.index.get(renamed)
+            return self._read(renamed)
         if shape is None or len(shape) != 3:
             return None
-        slices = per_expert_slices(model_type, full, shape[0], shape[1], has, lambda n: self.index.shape(n)[0])
-        if slices is None:
+        slices = per_expert_slices(model_type, full, shape[0], shape[1], self._stored, self._rows)
+        pieces = [(x.name, x.expert, x.row_start, x.row_end) for x in slices] if slices is not None else self._linear_experts(full, shape)
+        if pieces is None:
             return None
         fused: torch.Tensor | None = None
-        for piece in slices:
-            part = self.index.get(piece.name)
+        for name, expert, start, stop in pieces:
+            part = self._read(name)
             if fused is None:
                 fused = torch.empty(shape, dtype=part.dtype)
-            fused[piece.expert, piece.row_start:piece.row_end] = part
+            fused[expert, start:stop] = part
         return fused
+
+    def _linear_experts(self, full: str, shape: list[int]) -> list[tuple[str, int, int, int]] | None:
+        """Experts stored as one Linear each under the fused parameter's own names (what gptqmodel writes:
+        `experts.N.gate_proj` + `experts.N.up_proj` for `experts.gate_up_proj`, `experts.N.down_proj`)."""
+        owner, _, leaf = full.rpartition(".")
+        parts = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}.get(leaf)
+        if parts is None:
+            return None
+        pieces = []
+        for e in range(shape[0]):
+            row = 0
+            for part in parts:
+                name = f"{owner}.{e}.{part}.weight"
+                if not self._stored(name):
+                    return None
+                n = self._rows(name)
+                pieces.append((name, e, row, row + n))
+                row += n
+            if row != shape[1]:
+                return None
+        return pieces
 
     def _load(self, module: torch.nn.Module, *, recurse: bool = True) -> None:
         from accelerate.utils import set_module_tensor_to_device

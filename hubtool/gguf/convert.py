@@ -8,7 +8,6 @@ converter's own routes: its README.md front-matter reader and its `--metadata` o
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -18,10 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
+from hubtool.child import killed_on_exit
 from hubtool.errors import InputError, QuantizeError, human_bytes
 from hubtool.progress import log
 
@@ -135,7 +135,7 @@ def convert_to_gguf(
     tail: list[str] = []
     last = time.monotonic()
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace") as proc, \
-            _killed_on_exit(proc):
+            killed_on_exit(proc):
         assert proc.stdout is not None
         buffer = ""
         # tqdm redraws its "Writing: 42%|" bar with \r, so split on both line ends
@@ -180,16 +180,6 @@ def check_output_head(model_dir: Path, gguf_file: Path) -> None:
             f"{text_architecture(config)} drops it, so the GGUF would run a different model; keep the embeddings tied (re-train without "
             "modules_to_save on embed_tokens) to export GGUF"
         )
-
-
-@contextlib.contextmanager
-def _killed_on_exit(proc: subprocess.Popen) -> Iterator[None]:
-    """Ctrl-C / SIGTERM on us stops the converter too, so it doesn't keep writing into a folder being removed."""
-    try:
-        yield
-    except BaseException:
-        proc.kill()
-        raise
 
 
 def _last_error(lines: list[str]) -> str:

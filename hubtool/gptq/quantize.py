@@ -10,7 +10,8 @@ format that transformers/optimum, vLLM, TGI and ExLlama all read:
 * tokenizer, chat template and generation_config copied from the source.
 
 gptqmodel quantizes layer by layer (one decoder block on the accelerator at a time), so GPU
-memory need is about one block; host RAM holds the fp16 model (see README).
+memory need is about one block; host RAM holds the fp16 model (see README). It runs in a child
+process (gptq/worker.py): its loader patches transformers process-wide.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from hubtool.errors import InputError, QuantizeError
 from hubtool.gptq.calibration import calibration_dataset
 from hubtool.gptq.presets import GPTQPreset
 from hubtool.model_dir import SAFE_INDEX, load_model_dir, read_json
+from hubtool import progress
+from hubtool.gptq.worker import GPTQJob, run_gptq_job
 from hubtool.progress import log, stdout_to_stderr
 
 QUANTIZE_CONFIG = "quantize_config.json"
@@ -177,7 +180,6 @@ def quantize_gptq(
 
     Returns a summary: the preset fields, the calibration record, size_bytes and seconds.
     """
-    import torch
     from transformers import AutoTokenizer
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -186,7 +188,6 @@ def quantize_gptq(
         raise InputError(f"{model_dir}: already quantized ({source.config['quantization_config'].get('quant_method', '?')}); quantize the fp16 model")
     check_output_free(out_dir, overwrite=overwrite, inputs=(model_dir,))
     dev = resolve_device(device)
-    gptqmodel = _gptqmodel()
 
     check_gptq_architecture(source.config, source=model_dir, weight_names=source.tensor_names())
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=source.remote_code)
@@ -196,8 +197,10 @@ def quantize_gptq(
     start = time.monotonic()
     with staged_dir(out_dir, overwrite=overwrite, inputs=(model_dir,)) as tmp:
         raw = tmp / ".gptqmodel-raw"
-        try:
-            qcfg = gptqmodel.QuantizeConfig(
+        job = GPTQJob(
+            model_dir=str(model_dir), raw_dir=str(raw), offload_dir=str(tmp / ".gptqmodel-offload"),
+            log_dir=str(tmp / ".gptqmodel-logs"), device=dev,
+            quantize_config=dict(
                 bits=preset.bits,
                 group_size=preset.group_size,
                 desc_act=preset.desc_act,
@@ -206,18 +209,11 @@ def quantize_gptq(
                 damp_percent=preset.damp_percent,
                 true_sequential=preset.true_sequential,
                 static_groups=preset.static_groups,
-                # finished layers spill to disk beside the output (not /tmp, often a small tmpfs); removed with it
-                offload_to_disk=True,
-                offload_to_disk_path=str(tmp / ".gptqmodel-offload"),
-            )
-            with stdout_to_stderr(), _gptqmodel_logs_in(tmp / ".gptqmodel-logs"):
-                model = gptqmodel.GPTQModel.load(str(model_dir), qcfg, dtype=compute_dtype(dev), device=dev,
-                                                 trust_remote_code=source.remote_code)
-                model.quantize(examples, batch_size=1, tokenizer=tokenizer)
-                model.save(str(raw))
-        except (RuntimeError, ValueError, torch.linalg.LinAlgError) as exc:
-            raise QuantizeError(f"{model_dir}: gptqmodel failed ({str(exc).splitlines()[0][:300]}); try more calibration samples or a larger --damp-percent") from None
-        del model
+            ),
+            # finished layers spill to disk beside the output (not /tmp, often a small tmpfs); removed with it
+            examples=examples, trust_remote_code=source.remote_code, quiet=progress.library_output_discarded(),
+        )
+        run_gptq_job(job, tmp)
         seconds = time.monotonic() - start
         unquantized = _unquantized(source, raw)
         if unquantized:
