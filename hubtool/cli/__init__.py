@@ -49,8 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_RECEIVED: list[int] = []  # signals received during this main(): an exception a C extension made of ours still means "stopped"
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
     raise Interrupted(signum)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
 
 
 def _install_signal_handlers() -> dict[int, object]:
@@ -60,7 +69,7 @@ def _install_signal_handlers() -> dict[int, object]:
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {}
-    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_interrupted),
+    for sig, handler in ((signal.SIGINT, _raise_keyboard_interrupt), (signal.SIGTERM, _raise_interrupted),
                          (getattr(signal, "SIGHUP", None), _raise_interrupted)):
         if sig is not None:
             previous[sig] = signal.signal(sig, handler)
@@ -69,6 +78,7 @@ def _install_signal_handlers() -> dict[int, object]:
 
 def main(argv: list[str] | None = None) -> int:
     previous: dict[int, object] = {}
+    _RECEIVED.clear()
     try:
         previous = _install_signal_handlers()
         # Libraries we load (gptqmodel) turn on INFO logging globally; one line per HTTP request drowns
@@ -93,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8", 2)
     except RecursionError:
         return _fail("an input is nested too deeply (a recursive YAML alias or template macro?); simplify it", 2)
+    except Exception:
+        # A signal that arrived inside a C extension (safetensors, torch) can come back as that library's
+        # own error (e.g. a ValueError): it is still the signal, and the staged outputs were cleaned up.
+        if not _RECEIVED:
+            raise
+        signum = _RECEIVED[-1]
+        if signum == signal.SIGINT:
+            return _fail("interrupted; outputs were not written (re-run to resume)", 130)
+        return _fail(f"stopped by {signal.Signals(signum).name}; outputs were not written, temp files were removed (re-run to resume)",
+                     128 + signum)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
