@@ -168,6 +168,7 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
     from hubtool.progress import stdout_to_stderr
     from hubtool.hub_server import serve_in_thread
     from hubtool.release import build_config, check_inputs, make_plan, run_release
+    from hubtool.release.cache import Hasher
     from hubtool.smollm2 import export_smollm2_fp16
 
     start = time.monotonic()
@@ -182,13 +183,14 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
     (work_dir / "release.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     cfg = build_config(data, {}, default_name=NAME, source=str(work_dir / "release.yaml"))
     inputs = check_inputs(None, base, adapter)
-    plan = make_plan(cfg, source=None, base=base, adapter=adapter)
+    hasher = Hasher(work_dir / "release-work")
+    plan = make_plan(cfg, inputs, hasher=hasher)
     log(plan.render())
 
     with serve_in_thread(work_dir / "hub", port=port) as hub:
         log(f"demo: local Hub at {hub.url} (repos stored in {work_dir / 'hub'})")
         with stdout_to_stderr():  # library chatter to stderr; stdout gets the results below
-            summary = run_release(cfg, plan, inputs, work_dir=work_dir / "release-work", endpoint=hub.url, token=None)
+            summary = run_release(cfg, plan, inputs, work_dir=work_dir / "release-work", endpoint=hub.url, token=None, hasher=hasher)
             log("demo: downloading every repo back with huggingface_hub")
             downloads = download_and_check(summary, hub.url, work_dir / "downloads")
             log("demo: held-out perplexity of the base model, for comparison")

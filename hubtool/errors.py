@@ -36,6 +36,13 @@ class CardError(HubtoolError):
     exit_code = 5
 
 
+class StageError(HubtoolError):
+    """A release stage can't run or be published yet: an input stage missing from the cache, the same stage
+    running elsewhere, `--publish` before every stage is done, an unreachable or inconsistent stage cache."""
+
+    exit_code = 7
+
+
 class PushError(HubtoolError):
     """The Hub refused or could not be reached (exit 6)."""
 

@@ -304,9 +304,11 @@ def test_describe_os_error_full_disk_says_free_space(tmp_path):
 def test_release_stage_disk_error_blames_the_disk(tmp_path):
     """A stage failing with ENOSPC reports the disk, not '<stage>: failed (OSError ...)'; the stage folder is gone."""
     from hubtool.errors import QuantizeError
-    from hubtool.release.stages import StageCache
+    from hubtool.release.cache import Hasher
+    from hubtool.release.graph import Stage
+    from hubtool.release.store import StageStore
 
-    cache = StageCache(tmp_path / "work")
+    cache = StageStore(tmp_path / "work", Hasher(tmp_path / "work"))
 
     def fill(out: Path):
         out.mkdir(parents=True)
@@ -314,25 +316,33 @@ def test_release_stage_disk_error_blames_the_disk(tmp_path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "partial.gguf"))
 
     with pytest.raises(QuantizeError, match="disk full") as exc:
-        cache.run("gguf:Q8_0", {"x": 1}, fill)
+        cache.run(Stage("gguf:Q8_0", "gguf", "k1", ()), fill)
     assert "failed (OSError" not in str(exc.value)
-    assert list((tmp_path / "work" / "stages").iterdir()) == []
+    assert [p.name for p in (tmp_path / "work" / "stages").iterdir()] == ["locks"]
+    assert list((tmp_path / "work" / "stages" / "locks").iterdir()) == []
 
 
 def test_release_stage_reruns_clean_after_a_killed_attempt(tmp_path):
     """A stage folder without stage.json (SIGKILL, power loss) is wiped before the stage runs again."""
-    from hubtool.release.stages import STAGE_RECORD, StageCache
+    from hubtool.artifacts import STAGE_RECORD, GGUFFiles
+    from hubtool.release.cache import Hasher
+    from hubtool.release.graph import Stage
+    from hubtool.release.store import StageStore
+
+    stage = Stage("gguf:Q8_0", "gguf", "k1", ())
 
     def first(out: Path):
         out.mkdir(parents=True)
         (out.parent / ".hubtool-gguf-abc").mkdir()
-        return {}
+        return GGUFFiles(out)
 
-    done = StageCache(tmp_path / "work").run("gguf:Q8_0", {"x": 1}, first)
-    (done.out.parent / STAGE_RECORD).unlink()  # as if killed before the stage finished
+    store = StageStore(tmp_path / "work", Hasher(tmp_path / "work"))
+    done = store.run(stage, first)
+    (done.folder.parent / STAGE_RECORD).unlink()  # as if killed before the stage finished
     seen = []
-    again = StageCache(tmp_path / "work").run("gguf:Q8_0", {"x": 1}, lambda out: seen.append(sorted(p.name for p in out.parent.iterdir())) or {})
-    assert seen == [[]] and not again.cached and not leftovers(tmp_path)
+    again = StageStore(tmp_path / "work", Hasher(tmp_path / "work"))
+    again.run(stage, lambda out: seen.append(sorted(p.name for p in out.parent.iterdir())) or GGUFFiles(out))
+    assert seen == [[]] and not again.ran[0]["cached"] and not leftovers(tmp_path)
 
 
 @pytest.mark.parametrize("flag", ["--work-dir", "--local-hub"])

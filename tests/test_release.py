@@ -470,7 +470,7 @@ def test_library_failure_in_a_stage_is_one_line_with_its_exit_code(released, inp
     line = next(line for line in err.splitlines() if line.startswith("error:"))
     assert "gguf:Q4_0: failed (RuntimeError: converter exploded)" in line and "re-run to resume" in line
     assert "second line" not in err and json.loads(out)["exit_code"] == 4
-    assert "[1/9] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
+    assert "[1/11] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
 
 
 def test_local_hub_rehearsal(released, inputs, tmp_path):

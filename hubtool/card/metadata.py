@@ -12,10 +12,11 @@ from typing import Any
 
 import yaml
 
+from hubtool.artifacts import ArtifactKind
 from hubtool.errors import CardError
 
-KINDS = ("merged", "adapter", "gptq", "gguf")
-QUANT_KINDS = ("gptq", "gguf")
+KINDS = tuple(k.value for k in ArtifactKind)  # what a card can describe: the release's artifact kinds
+QUANT_KINDS = (ArtifactKind.GPTQ.value, ArtifactKind.GGUF.value)
 
 # Header fields a derivative inherits from the source model's card: terms of use and provenance.
 CARRY_KEYS = ("license", "license_name", "license_link", "datasets", "language", "tags")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hubtool.artifacts import ArtifactKind
 from hubtool.errors import CardError
 
 
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     group = subgroup(sub, "card", "render and check model cards")
     render = group.add_parser("render", help="render README.md for a release artifact")
-    render.add_argument("kind", choices=["merged", "adapter", "gptq", "gguf"], help="artifact the card describes")
+    render.add_argument("kind", choices=[*(k.value for k in ArtifactKind), "merged"], help="artifact the card describes (merged: the fp16 kind's older name)")
     render.add_argument("model_dir", type=Path, help="folder of the artifact (config, weights, tokenizer, *.gguf)")
     render.add_argument("--meta", type=Path, help="release config YAML: header fields (license, datasets, ...) plus repos / gptq_variants / gguf_files")
     render.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

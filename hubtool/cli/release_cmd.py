@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hubtool.errors import HubtoolError
 from hubtool.progress import stdout_to_stderr
@@ -34,7 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--create-pr", action="store_true",
                    help="update existing repos through pull requests (one per repo and branch; their URLs are printed) "
                         "instead of committing; repos and branches that do not exist yet are created directly")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (after every per-architecture check) and stop")
+    p.add_argument("--cache", metavar="URL",
+                   help="shared stage cache: a local/network path or an fsspec URL (s3://, gs://, hf://ORG/REPO through huggingface_hub); "
+                        "stages found there are reused, stages run here are added (content-addressed, resumable)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the plan (after every per-architecture check) and stop")
+    mode.add_argument("--plan-json", action="store_true",
+                      help="print the stage graph as JSON for a CI system (stages, keys, needs, resources, matrix groups) and stop")
+    mode.add_argument("--stage", metavar="NAME[,NAME...]",
+                      help="run exactly these stages (in order), whose inputs are in the work dir or --cache; no cards, no push")
+    mode.add_argument("--publish", action="store_true",
+                      help="render the cards and push, once every stage is in the work dir or --cache (no stage runs)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom-code models (auto_map in config.json); their .py files ship in every repo")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
     p.add_argument("--verbose", action="store_true", help="also show the libraries' own logs, warnings and progress bars")
@@ -54,11 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
             print(json.dumps({"ok": False, "error": scrub(str(exc), None), "exit_code": exc.exit_code}, indent=2))
         raise
-    if args.json:
+    if args.json or args.plan_json:
         summary.pop("plan_text", None)
         print(json.dumps(summary, indent=2, default=str))
     elif args.dry_run:
         print(summary["plan_text"])
+    elif args.stage:
+        print("\n".join(_stage_line(st) for st in summary["stages"]))
     else:
         print(format_summary(summary))
     return 0
@@ -67,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
 def release(args: argparse.Namespace) -> dict[str, Any]:
     """Plan (printed to stderr, or stdout for a plain --dry-run) and, unless --dry-run, run."""
     from hubtool.atomic import check_folder
-    from hubtool.release import build_config, check_inputs, load_yaml, make_plan, run_release
-    from hubtool.release.stages import preflight_cards
+    from hubtool.release import build_config, check_inputs, load_yaml, make_plan, publish, run_release, run_stages
+    from hubtool.release.cache import Hasher
+    from hubtool.release.publish import preflight_cards
 
     inputs = check_inputs(args.source, args.base, args.adapter)
     file_data = load_yaml(args.config) if args.config else {}
@@ -77,27 +91,47 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
              "gguf_types": args.gguf_types, "private": args.private, "rope": args.rope,
              "max_position_embeddings": args.max_position_embeddings, "trust_remote_code": args.trust_remote_code}
     cfg = build_config(file_data, flags, default_name=default_name, source=str(args.config or "release options"))
-    plan = make_plan(cfg, source=inputs.source, base=inputs.base, adapter=inputs.adapter)
-    plan.warnings += release_card_warnings(cfg, inputs)
     work_dir = args.work_dir or Path("release-work") / cfg.name
     # Everything that needs no heavy work is checked here, for --dry-run too: a green dry run is a valid release.
     check_folder(work_dir, flag="--work-dir")
+    hasher = Hasher(work_dir)  # input hashes (the stage keys) are remembered in the work dir once it exists
+    plan = make_plan(cfg, inputs, hasher=hasher)
+    plan.warnings += release_card_warnings(cfg, inputs)
     if args.local_hub is not None:
         check_folder(args.local_hub, flag="--local-hub")
     preflight_cards(cfg, plan, inputs)
     text = plan.render()
     if args.dry_run:
         return {"ok": True, "dry_run": True, "plan": plan.as_dict(), "plan_text": text}
+    if args.plan_json:
+        data = plan.as_dict()
+        return {"ok": True, "name": cfg.name, "stages": data["stages"], "groups": data["groups"], "targets": data["targets"],
+                "plan_text": text}
     print(text, file=sys.stderr, flush=True)
-    if args.local_hub is not None:
-        from hubtool.hub_server import serve_in_thread
-
-        with serve_in_thread(args.local_hub) as hub:
-            summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=hub.url, create_pr=args.create_pr)
-    else:
-        summary = run_release(cfg, plan, inputs, work_dir=work_dir, endpoint=args.endpoint, create_pr=args.create_pr)
+    common = {"work_dir": work_dir, "cache": args.cache, "hasher": hasher}
+    if args.stage:
+        summary = run_stages(cfg, plan, inputs, [n for n in args.stage.split(",") if n.strip()], **common)
+        return {**summary, "plan": plan.as_dict()}
+    with _hub(args) as endpoint:
+        common["endpoint"] = endpoint
+        if args.publish:
+            summary = publish(cfg, plan, inputs, create_pr=args.create_pr, **common)
+        else:
+            summary = run_release(cfg, plan, inputs, create_pr=args.create_pr, **common)
     summary["plan"] = plan.as_dict()
     return summary
+
+
+@contextlib.contextmanager
+def _hub(args: argparse.Namespace) -> Iterator[str | None]:
+    """The Hub endpoint to push to (and to reach an hf:// cache): --endpoint, or an in-process local Hub."""
+    if args.local_hub is None:
+        yield args.endpoint
+        return
+    from hubtool.hub_server import serve_in_thread
+
+    with serve_in_thread(args.local_hub) as hub:
+        yield hub.url
 
 
 def release_card_warnings(cfg: Any, inputs: Any) -> list[str]:
@@ -107,6 +141,11 @@ def release_card_warnings(cfg: Any, inputs: Any) -> list[str]:
     folder = inputs.base if inputs.adapter is not None else inputs.source
     source = Path(folder) / "README.md" if folder is not None else None
     return card_warnings(cfg.card, source_card=source if source is not None and source.is_file() else None)
+
+
+def _stage_line(st: dict[str, Any]) -> str:
+    seconds = st["seconds"]
+    return f"{st['name']}: " + ("cached" if st["cached"] else f"done in {seconds:.0f} s") + f" ({st['out']})"
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
-"""`hubtool release`: plan, then merge -> quantize -> verify -> cards -> push, cached by content hash."""
+"""`hubtool release`: plan the stage graph, run its stages (here, or as separate jobs sharing a cache), publish."""
 
 from hubtool.release.config import ReleaseConfig, build_config, load_yaml
+from hubtool.release.graph import Inputs, Stage, check_inputs
 from hubtool.release.plan import Plan, make_plan
-from hubtool.release.stages import Inputs, check_inputs, run_release
+from hubtool.release.run import publish, run_release, run_stages
 
-__all__ = ["Inputs", "Plan", "ReleaseConfig", "build_config", "check_inputs", "load_yaml", "make_plan", "run_release"]
+__all__ = ["Inputs", "Plan", "ReleaseConfig", "Stage", "build_config", "check_inputs", "load_yaml", "make_plan", "publish", "run_release",
+           "run_stages"]

@@ -1,5 +1,7 @@
-"""The release plan: which repos and branches get which files, and roughly how big, computed from
-the inputs' headers alone so it can be printed (and reviewed with --dry-run) before any work runs.
+"""The release plan: the stages that will run (release/graph.py) and which repos and branches get
+which files, and roughly how big, computed from the inputs' headers and content hashes alone so it
+can be printed (and reviewed with --dry-run, or handed to a CI system with --plan-json) before any
+work runs.
 """
 
 from __future__ import annotations
@@ -8,8 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubtool.artifacts import ArtifactKind
 from hubtool.errors import InputError
+from hubtool.release.cache import Hasher
 from hubtool.release.config import ReleaseConfig
+from hubtool.release.graph import Inputs, Stage, build_stages, groups
 
 SMALL_FILES = "config + tokenizer files"
 
@@ -25,12 +30,13 @@ class PlannedFile:
 class Target:
     """One push: a folder's content to REPO_ID@BRANCH."""
 
-    key: str  # fp16 | adapter | gptq | gguf
+    key: ArtifactKind
     repo_id: str
     branch: str
     what: str
     files: list[PlannedFile] = field(default_factory=list)
     preset: str | None = None  # gptq targets: the preset name or YAML path as given
+    stages: list[str] = field(default_factory=list)  # the stages whose outputs this repo/branch publishes
 
     @property
     def size_bytes(self) -> int:
@@ -39,20 +45,28 @@ class Target:
 
 @dataclass
 class Plan:
-    """Inputs plus targets; `stages` lists the work in the order it runs."""
+    """Inputs, the stages in the order they run, and the targets `--publish` pushes."""
 
     source: str | None
     base: str | None
     adapter: str | None
     rope: str | None
     targets: list[Target]
-    stages: list[str]
+    stages: tuple[Stage, ...]
     params: int
     warnings: list[str] = field(default_factory=list)  # shown under the plan (a card without a license, ...)
     checks: list[str] = field(default_factory=list)  # per-architecture checks that passed at plan time
 
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["stages"] = [s.as_dict() for s in self.stages]
+        data["groups"] = groups(self.stages)
+        for t in data["targets"]:
+            t["key"] = str(t["key"])
+        return data
 
     def render(self) -> str:
         """The plan as plain text for the terminal / CI log."""
@@ -61,7 +75,10 @@ class Plan:
             lines.append(f"  merge    {self.base} + {self.adapter}" + (f" (RoPE {self.rope})" if self.rope else ""))
         else:
             lines.append(f"  source   {self.source}")
-        lines.append(f"  stages   {' -> '.join(self.stages)}")
+        for st in self.stages:
+            needs = f"  <- {', '.join(st.needs)}" if st.needs else ""
+            lines.append(f"  stage    {st.name:<36} [{st.resource}] {st.key[:12]}{needs}")
+        lines.append("  publish  cards + push, after every stage")
         for check in self.checks:
             lines.append(f"  check    {check}")
         for t in self.targets:
@@ -119,30 +136,34 @@ def _listing(folder: Path) -> list[PlannedFile]:
     return [PlannedFile(p.name, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file() and publishable(Path(p.name))]
 
 
-def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, adapter: Path | None) -> Plan:
-    """Targets for every repo/branch the release writes, from the inputs' headers (no weights read)."""
+def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
+    """The stages and the targets for every repo/branch the release writes, from the inputs' headers and
+    content hashes (memoised in the work dir, so a re-run does not read the weights again)."""
     from hubtool.card.facts import GGUF_NOMINAL_BPW
+    from hubtool.gguf.convert import base_type
     from hubtool.gptq import DEFAULT_PRESET, load_preset
+    from hubtool.model_dir import read_json
 
-    weights_dir = Path(base if adapter is not None else source)  # type: ignore[arg-type]
+    source, base, adapter = inputs.source, inputs.base, inputs.adapter
+    weights_dir = inputs.weights
     checks = architecture_checks(cfg, weights_dir, adapter)
     total, linear, weight_bytes, other = _weights(weights_dir)
     readme = PlannedFile("README.md", 8_000, estimated=True)
     targets: list[Target] = []
-    stages: list[str] = []
 
     if adapter is not None:
-        stages.append("merge")
         scale = 2 * total / weight_bytes  # merged shards follow the base's, written as 16-bit
         fp16_files = [PlannedFile(p.name, int(p.stat().st_size * scale), True) for p in sorted(weights_dir.glob("*.safetensors"))]
         fp16_files += [PlannedFile(SMALL_FILES + ", hubtool.json", other, True)]
     else:
         fp16_files = _listing(weights_dir)
-    targets.append(Target("fp16", cfg.repo_id("fp16"), "main", "fp16 (merged)" if adapter is not None else "fp16", fp16_files + [readme]))
+    targets.append(Target(ArtifactKind.FP16, cfg.repo_id("fp16"), "main", "fp16 (merged)" if adapter is not None else "fp16",
+                          fp16_files + [readme], stages=["merge"] if adapter is not None else []))
     if adapter is not None:
-        targets.append(Target("adapter", cfg.repo_id("adapter"), "main", "PEFT adapter", _listing(adapter) + [readme]))
+        targets.append(Target(ArtifactKind.ADAPTER, cfg.repo_id("adapter"), "main", "PEFT adapter", _listing(adapter) + [readme]))
 
     presets = [(spec, load_preset(spec, cfg.gptq_overrides)) for spec in cfg.gptq_presets]
+    ordered = presets
     if presets:
         main_index = next((i for i, (_, p) in enumerate(presets) if p.name == DEFAULT_PRESET), 0)
         ordered = [presets[main_index]] + [sp for i, sp in enumerate(presets) if i != main_index]
@@ -150,18 +171,18 @@ def make_plan(cfg: ReleaseConfig, *, source: Path | None, base: Path | None, ada
         if len(set(branches)) != len(branches):
             raise InputError(f"gptq presets: two variants share a branch ({', '.join(branches)}); give each preset its own `branch:`")
         for i, (spec, p) in enumerate(ordered):
-            stages.append(f"gptq:{p.name}")
             group = p.group_size if p.group_size > 0 else 4096
             q_bytes = int(linear * p.bits / 8 + linear / group * 2 * 1.25 + (total - linear) * 2)
             files = [PlannedFile("model.safetensors", q_bytes, True), PlannedFile(SMALL_FILES + ", quantize_config.json", other, True), readme]
-            targets.append(Target("gptq", cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=spec))
+            targets.append(Target(ArtifactKind.GPTQ, cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=spec,
+                                  stages=[f"gptq:{p.name}"]))
     if cfg.gguf_types:
         files = [PlannedFile(f"{cfg.name}.{t}.gguf", int(total * GGUF_NOMINAL_BPW.get(t, 8.0) / 8), True) for t in cfg.gguf_types]
-        stages += ["gguf:convert"] + [f"gguf:{t}" for t in cfg.gguf_types]  # convert once, quantize each type
-        targets.append(Target("gguf", cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme]))
-    if cfg.verify and (presets or cfg.gguf_types):
-        stages += ["verify:reference", "verify"]  # the fp16 log-probs once, then every artifact against them
-    stages += ["cards", "push"]
+        targets.append(Target(ArtifactKind.GGUF, cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme],
+                              stages=[f"gguf:{t}" for t in cfg.gguf_types]))
+    # GGUF: convert once to the source's own 16-bit type (exact), quantize each type from it
+    fp16_config = {"dtype": cfg.dtype} if adapter is not None else read_json(weights_dir / "config.json")  # the merge writes cfg.dtype
+    stages = build_stages(cfg, inputs, hasher, gptq_presets=ordered, gguf_base_type=base_type(fp16_config))
     return Plan(
         source=str(source) if source is not None else None,
         base=str(base) if base is not None else None,

@@ -1,0 +1,129 @@
+"""What each kind of release stage does: the engines (merge, gptqmodel, llama.cpp, the evaluators)
+called on the records of the stages it needs, returning its own record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from hubtool.artifacts import GGUFFile, GGUFFiles, GPTQVariant, MergedModel, QualityResult, Record, ReferenceLogits
+from hubtool.release.config import ReleaseConfig
+from hubtool.release.graph import Inputs, Stage, StageKind
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """A stage's world: the release settings, the input folders, and the records of the stages it needs."""
+
+    cfg: ReleaseConfig
+    inputs: Inputs
+    needs: Mapping[str, Record]
+
+    @property
+    def fp16_dir(self) -> Path:
+        """The fp16 model every quant and the reference are made from: the merge's output, else SOURCE."""
+        merged = next((r for r in self.needs.values() if isinstance(r, MergedModel)), None)
+        return merged.folder if merged is not None else Path(self.inputs.source)  # type: ignore[arg-type]
+
+    def need(self, record_type: type) -> list:
+        """The needed stages' records of one type, in the order the stage lists its needs."""
+        return [r for r in self.needs.values() if isinstance(r, record_type)]
+
+
+def merge(stage: Stage, ctx: StageContext, out: Path) -> MergedModel:
+    from hubtool.merge import merge_adapter
+
+    cfg = ctx.cfg
+    s = merge_adapter(ctx.inputs.base, ctx.inputs.adapter, out, dtype=cfg.dtype, rope=cfg.rope, trust_remote_code=cfg.trust_remote_code,  # type: ignore[arg-type]
+                      max_position_embeddings=cfg.max_position_embeddings, overwrite=True)
+    return MergedModel(out, tensors=s.tensors, merged_modules=s.merged_modules, bytes_written=s.bytes_written, rope=s.rope,
+                       config_changes=json.loads(json.dumps(s.config_changes, default=str)))
+
+
+def gptq(stage: Stage, ctx: StageContext, out: Path) -> GPTQVariant:
+    from hubtool.gptq import load_preset, quantize_gptq
+
+    cfg = ctx.cfg
+    preset = load_preset(stage.options["preset"], cfg.gptq_overrides)
+    s = quantize_gptq(ctx.fp16_dir, out, preset, calibration=cfg.gptq_calibration, device=cfg.gptq_device, overwrite=True,
+                      trust_remote_code=cfg.trust_remote_code)
+    return GPTQVariant(out, preset=preset.name, branch=preset.branch, bits=preset.bits, group_size=preset.group_size,
+                       desc_act=preset.desc_act, damp_percent=preset.damp_percent, seq_len=preset.seq_len,
+                       samples=int(s["calibration"].get("samples") or preset.samples), calibration=str(s["calibration"].get("source") or ""),
+                       size_bytes=int(s["size_bytes"]))
+
+
+def gguf_base(stage: Stage, ctx: StageContext, out: Path) -> GGUFFiles:
+    """The unsplit 16-bit GGUF (its own stage: a 70B conversion is paid once, not once per type)."""
+    from hubtool.gguf import export_gguf
+
+    rows = export_gguf(ctx.fp16_dir, out, [stage.options["type"]], name=ctx.cfg.name, split_max_size="0", overwrite=True,
+                       trust_remote_code=ctx.cfg.trust_remote_code)
+    return GGUFFiles(out, files=tuple(_gguf_file(r) for r in rows))
+
+
+def gguf(stage: Stage, ctx: StageContext, out: Path) -> GGUFFiles:
+    from hubtool.gguf import export_gguf
+
+    base = ctx.need(GGUFFiles)[0]
+    rows = export_gguf(ctx.fp16_dir, out, [stage.options["type"]], name=ctx.cfg.name, split_max_size=ctx.cfg.gguf_split_max_size,
+                       overwrite=True, trust_remote_code=ctx.cfg.trust_remote_code, base_gguf=base.folder / base.files[0].file)
+    return GGUFFiles(out, files=tuple(_gguf_file(r) for r in rows))
+
+
+def _gguf_file(row: Mapping) -> GGUFFile:
+    return GGUFFile(Path(row["file"]).name, str(row["type"]), int(row["size_bytes"]), row.get("bits_per_weight"),
+                    int(row.get("shard", 1)), int(row.get("shards", 1)))
+
+
+def reference(stage: Stage, ctx: StageContext, out: Path) -> ReferenceLogits:
+    """The fp16 log-probs every quality row is measured against: computed once per release."""
+    from transformers import AutoTokenizer
+
+    from hubtool.evaluate.reference import compute_reference, reference_windows
+    from hubtool.quality import read_text_source
+
+    cfg = ctx.cfg
+    tok = AutoTokenizer.from_pretrained(ctx.fp16_dir)
+    windows = reference_windows(tok, read_text_source(cfg.verify_text), context=cfg.verify_context, max_tokens=cfg.verify_max_tokens)
+    ref = compute_reference(ctx.fp16_dir, windows, out)
+    return ReferenceLogits(out, windows=len(windows), tokens=int(ref.info["tokens"]), vocab=int(ref.info["vocab"]))
+
+
+def verify_gptq(stage: Stage, ctx: StageContext, out: Path) -> QualityResult:
+    from hubtool.evaluate.reference import open_reference
+    from hubtool.gptq import verify_gptq as run
+    from hubtool.quality import read_results
+
+    cfg = ctx.cfg
+    out.mkdir(parents=True, exist_ok=True)
+    variant = ctx.need(GPTQVariant)[0]
+    run(variant.folder, ctx.fp16_dir, text=cfg.verify_text, rtn=cfg.verify_rtn, results_path=out / "quality.json",
+        context=cfg.verify_context, max_tokens=cfg.verify_max_tokens, reference=open_reference(ctx.need(ReferenceLogits)[0].folder))
+    return QualityResult.from_results(out, read_results(out / "quality.json"))
+
+
+def verify_gguf(stage: Stage, ctx: StageContext, out: Path) -> QualityResult:
+    from hubtool.evaluate.reference import open_reference
+    from hubtool.gguf import verify_gguf as run
+    from hubtool.quality import read_results
+
+    cfg = ctx.cfg
+    out.mkdir(parents=True, exist_ok=True)
+    folders = [r.folder for r in ctx.need(GGUFFiles)]
+    run(folders, ctx.fp16_dir, text=cfg.verify_text, max_tokens=cfg.verify_max_tokens, context=cfg.verify_context,
+        results_path=out / "quality.json", reference=open_reference(ctx.need(ReferenceLogits)[0].folder))
+    return QualityResult.from_results(out, read_results(out / "quality.json"))
+
+
+RUNNERS: dict[str, Callable[[Stage, StageContext, Path], Record]] = {
+    StageKind.MERGE: merge,
+    StageKind.GPTQ: gptq,
+    StageKind.GGUF_BASE: gguf_base,
+    StageKind.GGUF: gguf,
+    StageKind.REFERENCE: reference,
+    StageKind.VERIFY_GPTQ: verify_gptq,
+    StageKind.VERIFY_GGUF: verify_gguf,
+}
