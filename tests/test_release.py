@@ -529,6 +529,32 @@ def test_examples_are_valid(inputs):
                        ("my-org/my-model-32k-GGUF", "main")]
     workflow = yaml.safe_load((root / "github-release.yml").read_text())
     assert workflow[True]["push"]["tags"] == ["v*"]  # YAML 1.1 reads the key `on` as True
-    steps = workflow["jobs"]["release"]["steps"]
-    release = next(s for s in steps if s.get("name") == "Release")
-    assert release["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and "hubtool release" in release["run"] and "--json" in release["run"]
+    jobs = workflow["jobs"]
+    assert {k: v.get("needs") for k, v in jobs.items()} == {
+        "plan": None, "prepare": "plan", "quantize": ["plan", "prepare"], "verify": ["plan", "quantize"], "publish": ["plan", "verify"]}
+    assert "--cache hf://" in workflow["env"]["RELEASE"] and workflow["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    runs = {k: [st["run"] for st in v["steps"] if "hubtool" in st.get("run", "")] for k, v in jobs.items()}
+    assert runs["prepare"] == ['hubtool $RELEASE --stage "${{ needs.plan.outputs.prepare }}"']
+    assert runs["quantize"] == ['hubtool $RELEASE --stage "${{ matrix.stages }}"']
+    assert "--publish" in runs["publish"][0] and "gpu" in jobs["quantize"]["runs-on"]
+    # the plan job's script, run on this release's real --plan-json, gives the outputs the other jobs read
+    script = runs["plan"][0]
+    program = script.split("<<'EOF' >> \"$GITHUB_OUTPUT\"\n", 1)[1].rsplit("EOF", 1)[0]
+    rc, out, err = run_cli(["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]),
+                            "--config", str(root / "release.yaml"), "--plan-json"])
+    assert rc == 0, err
+    work = inputs["work"].parent / "workflow-plan"
+    work.mkdir(exist_ok=True)
+    (work / "plan.json").write_text(out)
+    import subprocess
+    import sys
+    import textwrap
+
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(program)], cwd=work, capture_output=True, text=True, check=True)
+    outputs = dict(line.split("=", 1) for line in res.stdout.splitlines())
+    assert outputs["prepare"] == "merge"
+    matrix = json.loads(outputs["quantize"])
+    assert {m["stages"]: m["resource"] for m in matrix} == {
+        "gptq:gptq-4bit-128g-actorder": "gpu", "gptq:gptq-4bit-32g-actorder": "gpu", "gptq:gptq-8bit-128g-actorder": "gpu",
+        "gguf:F16-base,gguf:Q4_K_M,gguf:Q5_K_M,gguf:Q8_0": "cpu", "verify:reference": "memory"}, matrix
+    assert outputs["verify"].split(",")[-1] == "verify:gguf"

@@ -105,16 +105,16 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
         return {"ok": True, "dry_run": True, "plan": plan.as_dict(), "plan_text": text}
     if args.plan_json:
         data = plan.as_dict()
-        return {"ok": True, "name": cfg.name, "stages": data["stages"], "groups": data["groups"], "targets": data["targets"],
-                "plan_text": text}
+        from hubtool.release.graph import ci_matrix
+
+        return {"ok": True, "name": cfg.name, "stages": data["stages"], "groups": data["groups"], "matrix": ci_matrix(plan.stages),
+                "targets": data["targets"], "plan_text": text}
     print(text, file=sys.stderr, flush=True)
-    common = {"work_dir": work_dir, "cache": args.cache, "hasher": hasher}
-    if args.stage:
-        summary = run_stages(cfg, plan, inputs, [n for n in args.stage.split(",") if n.strip()], **common)
-        return {**summary, "plan": plan.as_dict()}
-    with _hub(args) as endpoint:
-        common["endpoint"] = endpoint
-        if args.publish:
+    with _hub(args) as endpoint:  # also where an hf:// --cache lives
+        common = {"work_dir": work_dir, "cache": args.cache, "hasher": hasher, "endpoint": endpoint}
+        if args.stage:
+            summary = run_stages(cfg, plan, inputs, [n for n in args.stage.split(",") if n.strip()], **common)
+        elif args.publish:
             summary = publish(cfg, plan, inputs, create_pr=args.create_pr, **common)
         else:
             summary = run_release(cfg, plan, inputs, create_pr=args.create_pr, **common)

@@ -151,3 +151,15 @@ def groups(stages: tuple[Stage, ...]) -> dict[str, list[list[str]]]:
             chains.append([s.name] + [t.name for t in stages if t.kind == StageKind.GGUF and s.name in t.needs])
     verify = [s.name for s in stages if s.kind in (StageKind.VERIFY_GPTQ, StageKind.VERIFY_GGUF)]
     return {"prepare": prepare, "quantize": chains, "verify": [verify] if verify else []}
+
+
+def ci_matrix(stages: tuple[Stage, ...]) -> dict[str, Any]:
+    """`groups` as a CI job matrix reads it: one comma-joined `--stage` value per job, with the resource
+    its first stage needs (a GitHub Actions `fromJSON` include list, a Slurm array index)."""
+    by_name = {s.name: s for s in stages}
+    g = groups(stages)
+    return {
+        "prepare": ",".join(n for chain in g["prepare"] for n in chain),
+        "quantize": [{"stages": ",".join(chain), "resource": by_name[chain[0]].resource} for chain in g["quantize"]],
+        "verify": ",".join(n for chain in g["verify"] for n in chain),
+    }
