@@ -19,7 +19,9 @@ def write(d, name, text):
 
 def test_builtin_templates_exist_for_every_kind():
     names = sorted(p.name for p in builtin_template_dir().glob("*.md.j2"))
-    assert names == ["adapter.md.j2", "gguf.md.j2", "gptq.md.j2", "merged.md.j2"]
+    from hubtool.artifacts import ArtifactKind
+
+    assert names == sorted(f"{k.value}.md.j2" for k in ArtifactKind)  # one template per artifact kind, named for it
 
 
 def test_user_template_overrides_one_partial(tmp_path):
@@ -73,8 +75,17 @@ def test_sandbox_blocks_escapes(expr, tmp_path):
 def test_missing_template_dir_and_unknown_kind(tmp_path):
     with pytest.raises(CardError, match="template directory not found"):
         render_card("gguf", gguf_dir(tmp_path), release=RELEASE, template_dir=tmp_path / "nope")
-    with pytest.raises(CardError, match="use one of merged, adapter, gptq, gguf"):
+    with pytest.raises(CardError, match="use one of fp16, adapter, gptq, gguf"):
         render_card("awq", gguf_dir(tmp_path))
+
+
+def test_merged_is_the_fp16_kind_and_old_merged_templates_still_apply(tiny_llama, tmp_path):
+    """`merged` (the fp16 kind's older name) renders the fp16 card; a --template-dir written with a
+    merged.md.j2 keeps being used for it rather than silently ignored."""
+    meta = {"license": "apache-2.0", "base_model": "acme/base"}
+    assert render_card("merged", tiny_llama, meta=meta) == render_card("fp16", tiny_llama, meta=meta)
+    write(tmp_path / "tpl", "merged.md.j2", "# {{ model_name }}: our own fp16 card\n")
+    assert "our own fp16 card" in render_card("fp16", tiny_llama, meta=meta, template_dir=tmp_path / "tpl")
 
 
 def test_gguf_card_needs_files(tmp_path):

@@ -60,6 +60,9 @@ class StageStore:
         found = self.find(stage)
         if found is not None:
             log(f"{index}{stage.name}: cached ({self.folder(stage)})")
+            if self.remote is not None and not self.remote.has(stage):  # ran here before --cache was given: share it
+                with self._locked(stage):
+                    self.remote.upload(stage, self.folder(stage))
             self.ran.append({"name": stage.name, "key": stage.key, "cached": True, "seconds": 0.0, "out": str(found.folder)})
             return found
         with self._locked(stage):
@@ -207,6 +210,7 @@ class RemoteCache:
 
     def has(self, stage: Stage) -> bool:
         with self._guard(f"looking up {stage.name}"):
+            self.fs.invalidate_cache()  # another machine may have added it since we last listed
             return bool(self.fs.exists(self._path(stage.folder_name, STAGE_RECORD)))
 
     def download(self, stage: Stage, folder: Path, hasher: Hasher) -> None:
