@@ -49,7 +49,7 @@ def train_lora(base_dir: Path, out_dir: Path, *, steps: int, seq_len: int = 128,
 
     from hubtool.atomic import staged_dir
     from hubtool.quality import builtin_text
-    from hubtool.rope import parse_rope_arg
+    from hubtool.merge.rope import parse_rope_arg
 
     if (out_dir / "adapter_config.json").is_file():
         log(f"demo: reusing the LoRA adapter in {out_dir}")
