@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hubtool.shard_writer import ShardWriter  # noqa: E402
+from hubtool.merge.shard_writer import ShardWriter  # noqa: E402
 
 HIDDEN, MLP, VOCAB, HEADS = 4096, 11008, 32000, 32
 PROJ = {

@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hubtool.shard_writer import ShardWriter  # noqa: E402
+from hubtool.merge.shard_writer import ShardWriter  # noqa: E402
 
 SHAPES = {
     "7b": {"hidden": 4096, "mlp": 11008, "heads": 32, "kv_heads": 32, "full_layers": 32},

@@ -49,7 +49,7 @@ def train_lora(base_dir: Path, out_dir: Path, *, steps: int, seq_len: int = 128,
 
     from hubtool.atomic import staged_dir
     from hubtool.quality import builtin_text
-    from hubtool.rope import parse_rope_arg
+    from hubtool.merge.rope import parse_rope_arg
 
     if (out_dir / "adapter_config.json").is_file():
         log(f"demo: reusing the LoRA adapter in {out_dir}")
@@ -164,7 +164,8 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
     """Export SmolLM2, train the LoRA, release to an in-process local Hub, download back; prints the results."""
     import yaml
 
-    from hubtool.cli.release_cmd import quality_table
+    from hubtool.gguf.facts import file_name
+    from hubtool.quality_table import quality_table
     from hubtool.progress import stdout_to_stderr
     from hubtool.hub_server import serve_in_thread
     from hubtool.release import build_config, check_inputs, make_plan, run_release
@@ -196,7 +197,7 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
             log("demo: held-out perplexity of the base model, for comparison")
             base_ppl = heldout_perplexity(base)
             gguf_dir = next(local for repo, _, local, _ in downloads if repo.endswith("-GGUF"))
-            answer = gguf_answer(next(gguf_dir.glob("*.Q4_K_M.gguf")), PROMPT)
+            answer = gguf_answer(next(gguf_dir.glob(file_name("*", "Q4_K_M"))), PROMPT)
     elapsed = time.monotonic() - start
 
     tuned_ppl = next((r.get("ref_perplexity") for r in summary["quality"] if r.get("ref_perplexity")), None)

@@ -31,7 +31,7 @@ def check_int(value: Any, *, source: str, minimum: int = 1) -> int:
 
 def check_rope(value: Any, *, source: str, original_ctx: int | None = None) -> str | None:
     """`TYPE:FACTOR[,key=value]` RoPE scaling text (None = no scaling); returns the text unchanged."""
-    from hubtool.rope import parse_rope_arg
+    from hubtool.merge.rope import parse_rope_arg
 
     if value is None:
         return None

@@ -129,7 +129,7 @@ def test_merge_max_position_embeddings_zero(tiny_llama, adapter, tmp_path):
 def test_rope_api_keeps_explicit_context():
     """apply_to_config must not treat 0 as 'unset' and silently write the default context."""
     from hubtool.errors import InputError
-    from hubtool.rope import apply_to_config, parse_rope_arg
+    from hubtool.merge.rope import apply_to_config, parse_rope_arg
 
     with pytest.raises(InputError, match="below the base context"):
         apply_to_config({"max_position_embeddings": 2048}, parse_rope_arg("linear:2"), max_position_embeddings=0)
@@ -189,7 +189,7 @@ def test_merge_read_only_output(tiny_llama, adapter, tmp_path):
 
 def test_merge_disk_full_midway(tiny_llama, adapter, tmp_path, monkeypatch):
     """ENOSPC from the shard writer's thread: one line naming the output and the free space, temp folder gone."""
-    import hubtool.shard_writer as sw
+    import hubtool.merge.shard_writer as sw
 
     class FullDisk(io.RawIOBase):
         def __init__(self, path, mode):
@@ -682,7 +682,7 @@ def test_verify_gguf_wrong_reference_fails_the_gate(tiny_q8, tiny_llama, tokeniz
 
 SLOW_MERGE = """
 import sys, time
-import hubtool.shard_writer as sw
+import hubtool.merge.shard_writer as sw
 _write = sw.ShardWriter.write
 def slow(self, *a, **k):
     time.sleep(0.3)

@@ -445,7 +445,7 @@ def test_demo_release_config_is_valid_and_small():
     assert cfg.gptq_presets == ["gptq-4bit-32g-actorder"] and cfg.gptq_overrides == {"samples": 16, "seq_len": 256}
     assert cfg.gguf_types == ["Q4_K_M", "Q8_0"] and cfg.repo_id("gguf") == "demo/SmolLM2-135M-Instruct-demo-LoRA-32k-GGUF"
     # Llama-3-style scaling x4 of SmolLM2's 8k context: the "32k" in the name, short-range dimensions untouched
-    from hubtool.rope import parse_rope_arg
+    from hubtool.merge.rope import parse_rope_arg
 
     rope = parse_rope_arg(cfg.rope, original_ctx=8192)
     assert rope.rope_type == "llama3" and rope.factor == 4.0 and rope.effective_context(8192) == 32768

@@ -7,19 +7,14 @@ remembers, so a card cannot claim 4-bit/32g when the folder holds 8-bit/128g.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from hubtool.card.prompt_format import read_chat_template
 from hubtool.errors import CardError
+from hubtool.gguf import facts as gguf_facts
+from hubtool.gguf.facts import NOMINAL_BPW as GGUF_NOMINAL_BPW  # noqa: F401  (compose.py and release/plan.py read it here)
 
-# Nominal bits per weight of llama.cpp quant types (block formats; k-quant mixes approximate).
-GGUF_NOMINAL_BPW: dict[str, float] = {
-    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69, "Q5_K_S": 5.54,
-    "Q5_1": 6.0, "Q5_0": 5.5, "Q4_K_M": 4.85, "Q4_K_S": 4.58, "Q4_1": 5.0, "Q4_0": 4.5,
-    "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.5, "Q2_K": 3.0, "IQ4_XS": 4.25, "IQ4_NL": 4.5,
-}
 GGUF_USE_CASE: dict[str, str] = {
     "F32": "full precision, for re-quantizing",
     "F16": "full precision, for re-quantizing",
@@ -39,7 +34,6 @@ GGUF_USE_CASE: dict[str, str] = {
     "Q3_K_S": "very small, high quality loss",
     "Q2_K": "smallest, significant quality loss - not recommended for most purposes",
 }
-_GGUF_TYPE_IN_NAME = re.compile(r"(?:^|[.\-_])((?:I?Q\d(?:_[A-Z0-9]+)*)|F16|BF16|F32)(?=\.gguf$)", re.IGNORECASE)
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -134,23 +128,17 @@ def adapter_facts(model_dir: Path) -> dict[str, Any] | None:
     }
 
 
-def gguf_type_from_name(filename: str) -> str | None:
-    """'model.Q4_K_M.gguf' -> 'Q4_K_M'."""
-    m = _GGUF_TYPE_IN_NAME.search(filename)
-    return m.group(1).upper() if m else None
-
-
-_SHARD = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+gguf_type_from_name = gguf_facts.type_from_name  # compose.py reads it here
 
 
 def gguf_models(model_dir: Path) -> list[list[Path]]:
     """The GGUF models in a folder, each as its list of files (split models have several); no imatrix files."""
     groups: dict[str, list[Path]] = {}
     for path in sorted(Path(model_dir).glob("*.gguf")):
-        if path.name.endswith(".imatrix.gguf"):
+        if gguf_facts.is_imatrix(path.name):
             continue
-        m = _SHARD.match(path.name)
-        key = f"{m.group('stem')}-of-{m.group('n')}" if m else path.name
+        shard = gguf_facts.parse_shard(path.name)
+        key = f"{shard.stem}-of-{shard.count:05d}" if shard else path.name
         groups.setdefault(key, []).append(path)
     return list(groups.values())
 
@@ -163,10 +151,9 @@ def gguf_file_facts(path: Path, parts: list[Path] | None = None) -> dict[str, An
     path = Path(path)
     parts = [Path(p) for p in parts] if parts else [path]
     size = sum(p.stat().st_size for p in parts)
-    m = _SHARD.match(path.name)
-    name_for_type = f"{m.group('stem')}.gguf" if m else path.name
-    pattern = f"{m.group('stem')}-*-of-{m.group('n')}.gguf" if m else path.name
-    facts: dict[str, Any] = {"file": path.name, "type": gguf_type_from_name(name_for_type), "size_bytes": size,
+    shard = gguf_facts.parse_shard(path.name)
+    pattern = shard.glob if shard else path.name
+    facts: dict[str, Any] = {"file": path.name, "type": gguf_facts.type_from_name(path.name), "size_bytes": size,
                              "parts": len(parts), "download": pattern}
     info = _read_gguf(path)
     if len(parts) > 1 and info.get("n_elements"):
@@ -184,7 +171,7 @@ def gguf_file_facts(path: Path, parts: list[Path] | None = None) -> dict[str, An
 def _read_gguf(path: Path) -> dict[str, Any]:
     """Tensor element count, chat template and file type from GGUF metadata; {} without `gguf`."""
     try:
-        from gguf import GGUFReader  # optional: ships with the gguf extra
+        from gguf import GGUFReader, Keys  # optional: ships with the gguf extra
     except Exception:
         return {}
     try:
@@ -192,43 +179,23 @@ def _read_gguf(path: Path) -> dict[str, Any]:
     except Exception:
         return {}
     out: dict[str, Any] = {"n_elements": sum(int(t.n_elements) for t in reader.tensors)}
-    config: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for field in reader.fields.values():
-        name = field.name
         try:
-            value = field.contents()
+            values[field.name] = field.contents()
         except Exception:
             continue
-        suffix = name.split(".", 1)[-1]
-        if name == "tokenizer.chat_template":
-            out["chat_template"] = value
-        elif suffix in _GGUF_CONFIG_KEYS and not name.startswith(("general.", "tokenizer.")):
-            config[_GGUF_CONFIG_KEYS[suffix]] = value
-        elif name == "general.file_type":
-            try:
-                from gguf import LlamaFileType
-
-                out["file_type"] = LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
-            except Exception:
-                pass
+    if values.get(Keys.Tokenizer.CHAT_TEMPLATE):
+        out["chat_template"] = values[Keys.Tokenizer.CHAT_TEMPLATE]
+    if values.get(Keys.General.FILE_TYPE) is not None and (ftype := gguf_facts.file_type_name(values[Keys.General.FILE_TYPE])):
+        out["file_type"] = ftype
+    arch = values.get(Keys.General.ARCHITECTURE)
+    keys = gguf_facts.config_keys(str(arch)) if arch else {}
+    config = {name: values[key] for key, name in keys.items() if key in values}
     if config:
         out["config"] = config
         out["context_length"] = config.get("max_position_embeddings")
     return out
-
-
-# GGUF `<arch>.<key>` metadata -> the config.json names our RoPE and KV-cache maths read.
-_GGUF_CONFIG_KEYS = {
-    "context_length": "max_position_embeddings",
-    "block_count": "num_hidden_layers",
-    "embedding_length": "hidden_size",
-    "attention.head_count": "num_attention_heads",
-    "attention.head_count_kv": "num_key_value_heads",
-    "attention.key_length": "head_dim",
-    "rope.scaling.type": "rope_type",
-    "rope.scaling.factor": "rope_factor",
-    "rope.scaling.original_context_length": "original_max_position_embeddings",
-}
 
 
 def gguf_config(files: list[dict[str, Any]]) -> dict[str, Any]:

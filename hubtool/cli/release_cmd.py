@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 from hubtool.errors import HubtoolError
 from hubtool.progress import stdout_to_stderr
+from hubtool.quality_table import quality_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -160,17 +161,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         else:
             lines.append(f"{r['url']} @ {r['branch']}: {state}, commit {r['commit'][:12]}")
     return "\n".join(lines)
-
-
-def quality_table(rows: list[dict[str, Any]]) -> str:
-    """Perplexity / KL / top-1 vs fp16 for every verified artifact, as a fixed-width table."""
-    head = f"{'variant':<34} {'kind':<5} {'size MB':>8} {'ppl':>8} {'fp16 ppl':>9} {'d ppl %':>8} {'KL':>8} {'top-1':>6}"
-    out = [head, "-" * len(head)]
-    for r in rows:
-        size = f"{r['size_bytes'] / 1e6:.1f}" if r.get("size_bytes") else "-"
-        ref = r.get("ref_perplexity")
-        ppl = r.get("perplexity")
-        delta = f"{(ppl / ref - 1) * 100:+.1f}" if ppl and ref else "-"
-        out.append(f"{str(r.get('variant')):<34} {str(r.get('kind')):<5} {size:>8} {ppl or float('nan'):>8.3f} "
-                   f"{ref or float('nan'):>9.3f} {delta:>8} {r.get('kl_div', float('nan')):>8.4f} {r.get('top1', float('nan')):>6.3f}")
-    return "\n".join(out)

@@ -19,6 +19,7 @@ import numpy as np
 
 from hubtool.errors import InputError
 from hubtool.progress import log
+from hubtool.text_windows import bos_id, encode, windows
 
 REFERENCE_FILE = "reference.json"
 WINDOWS_FILE = "windows.json"
@@ -26,26 +27,21 @@ LOGPROBS_FILE = "logprobs.npy"
 
 
 def gptq_windows(tokenizer: Any, text: str, context: int, max_tokens: int) -> list[list[int]]:
-    """Non-overlapping windows of `context` tokens (BOS first when the model uses one), up to max_tokens."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    body = context - 1 if bos is not None else context
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    n = min(len(ids) // body, max(1, max_tokens // context))
-    if n == 0:
+    """Full windows of `context` tokens (BOS first when the model uses one), at most max_tokens // context of them."""
+    ids = encode(tokenizer, text, max_tokens=max(context, max_tokens))
+    found = windows(ids, context, bos_id(tokenizer), whole=True)[: max(1, max_tokens // context)]
+    if not found:
         raise InputError(f"held-out text has {len(ids)} tokens, fewer than one window of {context}; give more text or lower --context")
-    return [([bos] if bos is not None else []) + ids[i * body : (i + 1) * body] for i in range(n)]
+    return found
 
 
 def gguf_windows(tokenizer: Any, text: str, *, max_tokens: int, context: int) -> list[list[int]]:
-    """Held-out text as windows of CONTEXT tokens, each starting with BOS like llama.cpp's perplexity."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    step = context - len(bos)
-    windows = [bos + ids[i : i + step] for i in range(0, len(ids), step)]
-    windows = [w for w in windows if len(w) > len(bos) + 1]
-    if not windows:
+    """The first max_tokens of held-out text as windows of CONTEXT tokens, each starting with BOS like
+    llama.cpp's perplexity; the last may be short (at least two text tokens: one prediction)."""
+    found = windows(encode(tokenizer, text, max_tokens=max_tokens), context, bos_id(tokenizer), min_text=2)
+    if not found:
         raise InputError("--text: the held-out text is empty after tokenization; pass more text")
-    return windows
+    return found
 
 
 def reference_windows(tokenizer: Any, text: str, *, context: int, max_tokens: int) -> list[list[int]]:

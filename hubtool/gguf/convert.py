@@ -79,9 +79,11 @@ def base_type(config: dict[str, Any]) -> str:
 
 def card_overrides(front_matter: dict[str, Any], *, name: str, quantized_by: str) -> dict[str, Any]:
     """`--metadata` JSON for the converter: the fields its card reader does not take from front matter."""
+    from gguf import Keys
+
     return {
-        "general.name": str(front_matter.get("model_name") or name),
-        "general.quantized_by": str(front_matter.get("quantized_by") or quantized_by),
+        Keys.General.NAME: str(front_matter.get("model_name") or name),
+        Keys.General.QUANTIZED_BY: str(front_matter.get("quantized_by") or quantized_by),
     }
 
 
@@ -120,6 +122,8 @@ def convert_to_gguf(
     quantized_by: str = "hubtool",
 ) -> Path:
     """Run convert_hf_to_gguf (lazy) on MODEL_DIR, writing OUT_FILE of `outtype` (F16/BF16/Q8_0)."""
+    from gguf import Keys
+
     require_converter()
     shadow = _shadow_model_dir(model_dir, work, front_matter)
     meta = card_overrides(front_matter, name=name, quantized_by=quantized_by)
@@ -128,7 +132,7 @@ def convert_to_gguf(
     cmd = [
         sys.executable, "-m", CONVERTER_MODULE, str(shadow),
         "--outfile", str(out_file), "--outtype", outtype.lower(),
-        "--metadata", str(override), "--model-name", meta["general.name"],
+        "--metadata", str(override), "--model-name", meta[Keys.General.NAME],
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     log(f"converting {model_dir} -> {outtype} GGUF with llama.cpp's convert_hf_to_gguf (lazy)")

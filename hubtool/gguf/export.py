@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hubtool.errors import InputError, from_os_error, human_bytes, is_disk_error
+from hubtool.gguf import facts as gguf_facts
 from hubtool.gguf.convert import base_type, check_architecture, convert_to_gguf, require_converter
 from hubtool.gguf.quantize import quantize_gguf, require_llama_cpp
 from hubtool.gguf.split import split_gguf
@@ -25,14 +26,10 @@ from hubtool.progress import log, track
 DEFAULT_SPLIT_MAX_SIZE = "48G"
 
 
-def output_name(name: str, gguf_type: str) -> str:
-    return f"{name}.{gguf_type}.gguf"
-
-
 def existing_outputs(out_dir: Path, name: str, gguf_type: str) -> list[Path]:
     """The file or shards a previous run wrote for this type."""
-    single = out_dir / output_name(name, gguf_type)
-    shards = sorted(out_dir.glob(f"{name}.{gguf_type}-?????-of-?????.gguf"))
+    single = out_dir / gguf_facts.file_name(name, gguf_type)
+    shards = sorted(out_dir.glob(gguf_facts.shard_glob(name, gguf_type)))
     return ([single] if single.exists() else []) + shards
 
 
@@ -49,7 +46,7 @@ def gguf_size_info(path: Path) -> tuple[int, float]:
 def _publish(src: Path, out_dir: Path, name: str, gguf_type: str, split_bytes: int, work: Path) -> list[dict[str, Any]]:
     """Move a finished GGUF (split if too big) into OUT_DIR; return its output rows."""
     _, bpw = gguf_size_info(src)
-    target = out_dir / output_name(name, gguf_type)
+    target = out_dir / gguf_facts.file_name(name, gguf_type)
     if split_bytes and src.stat().st_size > split_bytes:
         shard_dir = Path(tempfile.mkdtemp(prefix="split-", dir=work))
         log(f"splitting {target.name} ({src.stat().st_size / 1e9:.1f} GB) at {split_bytes / 1e9:g} GB")
@@ -126,8 +123,8 @@ def export_gguf(
             clash = existing_outputs(out_dir, name, t)
             if clash:
                 raise InputError(f"{clash[0]}: already exists; choose another -o folder or pass --overwrite to replace it")
-        if calibration is not None and (out_dir / f"{name}.imatrix.gguf").exists():
-            raise InputError(f"{out_dir / f'{name}.imatrix.gguf'}: already exists; reuse it with --imatrix, or pass --overwrite")
+        if calibration is not None and (out_dir / gguf_facts.imatrix_name(name)).exists():
+            raise InputError(f"{out_dir / gguf_facts.imatrix_name(name)}: already exists; reuse it with --imatrix, or pass --overwrite")
 
     created = not out_dir.exists()
     need = _bytes_needed(model, gguf_types, base, keep_base=base in wanted and base_gguf is None)
@@ -148,15 +145,15 @@ def export_gguf(
         # the importance matrix first: a bad --imatrix file fails before the long conversion
         matrix = _importance(model_dir, arch, imatrix, calibration, out_dir, name, overwrite) if iq or imatrix or calibration else None
         if base_gguf is None:
-            base_file = convert_to_gguf(model_dir, work / output_name(name, base), base, work=work, front_matter=front_matter, name=name)
+            base_file = convert_to_gguf(model_dir, work / gguf_facts.file_name(name, base), base, work=work, front_matter=front_matter, name=name)
         elif base in wanted:  # _publish moves what it publishes: publish a copy, leave the caller's file
-            base_file = Path(shutil.copy2(base_gguf, work / output_name(name, base)))
+            base_file = Path(shutil.copy2(base_gguf, work / gguf_facts.file_name(name, base)))
         else:
             base_file = Path(base_gguf)
         quant_types = [t for t in gguf_types if t != base]
         for t in track(quant_types, description="quantize"):
             log(f"quantizing {t} from {base_file.name}")
-            dst = quantize_gguf(base_file, work / output_name(name, t), t, imatrix=matrix)
+            dst = quantize_gguf(base_file, work / gguf_facts.file_name(name, t), t, imatrix=matrix)
             rows += _publish(dst, out_dir, name, t, split_bytes, work)
         if base in wanted:
             rows = _publish(base_file, out_dir, name, base, split_bytes, work) + rows
@@ -174,10 +171,8 @@ def export_gguf(
 
 def _bytes_needed(model: Any, types: list[str], base: str, *, keep_base: bool) -> int:
     """Disk an export needs at its peak: the 16-bit base in the work folder plus every output file."""
-    from hubtool.card.facts import GGUF_NOMINAL_BPW
-
     params = sum(p.stat().st_size for p in model.path.glob("*.safetensors")) // 2  # 16-bit source, roughly
-    return int(params * 2 + sum(params * GGUF_NOMINAL_BPW.get(t, 16.0) / 8 for t in types if t != base or keep_base))
+    return int(params * 2 + sum(params * gguf_facts.NOMINAL_BPW.get(t, 16.0) / 8 for t in types if t != base or keep_base))
 
 
 def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: str | None, out_dir: Path, name: str, overwrite: bool) -> dict[str, Any]:
@@ -192,6 +187,6 @@ def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: s
     text = read_text_source(calibration)
     log(f"computing importance matrix from {calibration}")
     sums, counts = compute_imatrix(model_dir, text, arch_name=arch)
-    with staged_file(out_dir / f"{name}.imatrix.gguf", overwrite=overwrite) as tmp:
+    with staged_file(out_dir / gguf_facts.imatrix_name(name), overwrite=overwrite) as tmp:
         save_imatrix(tmp, sums, counts, dataset=calibration, context=512)
     return imatrix_means(sums, counts)

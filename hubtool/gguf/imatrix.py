@@ -18,6 +18,7 @@ import numpy as np
 
 from hubtool.errors import InputError
 from hubtool.progress import track
+from hubtool.text_windows import bos_id, encode, windows
 
 
 def _gguf_arch(arch_name: str):
@@ -41,7 +42,7 @@ def compute_imatrix(model_dir: Path, text: str, *, arch_name: str, context: int 
     if any("Mixtral" in a or "Moe" in a for a in config_archs):
         raise InputError(f"{model_dir}: computing an importance matrix for MoE models is not supported; pass a llama-imatrix file with --imatrix")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    ids = encode(tok, text, max_tokens=max_tokens)
     if len(ids) < 16:
         raise InputError("--calibration: the text is too short for an importance matrix; give at least a few paragraphs")
     tmap = gguf.get_tensor_name_map(_gguf_arch(arch_name), model.config.num_hidden_layers)
@@ -61,13 +62,10 @@ def compute_imatrix(model_dir: Path, text: str, *, arch_name: str, context: int 
             gguf_name = tmap.get_name(mod_name + ".weight", try_suffixes=(".weight",))
             if gguf_name:
                 hooks.append(module.register_forward_pre_hook(hook_for(gguf_name)))
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    step = max(1, context - len(bos))
-    windows = [ids[i : i + step] for i in range(0, len(ids), step)]
     try:
         with torch.inference_mode():
-            for window in track(windows, description="imatrix"):
-                model(torch.tensor([bos + window]))
+            for window in track(windows(ids, context, bos_id(tok)), description="imatrix"):
+                model(torch.tensor([window]))
     finally:
         for h in hooks:
             h.remove()
@@ -81,9 +79,9 @@ def save_imatrix(path: Path, sums: dict[str, np.ndarray], counts: dict[str, floa
     writer = gguf.GGUFWriter(str(path), arch="imatrix")
     # llama-imatrix files carry general.type = imatrix; GGUFWriter always adds general.architecture.
     writer.add_type("imatrix")
-    writer.add_array("imatrix.datasets", [dataset])
-    writer.add_uint32("imatrix.chunk_count", int(max(counts.values(), default=0) // max(context, 1)))
-    writer.add_uint32("imatrix.chunk_size", context)
+    writer.add_array(gguf.Keys.IMatrix.DATASETS, [dataset])
+    writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, int(max(counts.values(), default=0) // max(context, 1)))
+    writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, context)
     for name in sorted(sums):
         writer.add_tensor(f"{name}.in_sum2", np.asarray(sums[name], dtype=np.float32).reshape(1, -1))
         writer.add_tensor(f"{name}.counts", np.array([[counts[name]]], dtype=np.float32))

@@ -9,14 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SHARD_SUFFIX_RE = r"-(\d{5})-of-(\d{5})\.gguf$"
-
-
-def shard_names(path: Path, count: int) -> list[Path]:
-    """llama.cpp's split naming for PATH split in COUNT files."""
-    return [path.with_name(f"{path.stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
-
-
 def split_gguf(src: Path, dst: Path, max_bytes: int) -> list[Path]:
     """Write SRC as shards named after DST (`DST.stem-0000i-of-0000N.gguf`), each at most about MAX_BYTES of tensors.
 
@@ -27,8 +19,10 @@ def split_gguf(src: Path, dst: Path, max_bytes: int) -> list[Path]:
     reader = gguf.GGUFReader(str(src))
     arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
     writer = gguf.GGUFWriter(str(dst), arch=arch, split_max_size=max_bytes)
+    S = gguf.Keys.Split
+    split_keys = (S.LLM_KV_SPLIT_NO, S.LLM_KV_SPLIT_COUNT, S.LLM_KV_SPLIT_TENSORS_COUNT)  # the writer adds its own
     for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith(("GGUF.", "split.")):
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF.") or field.name in split_keys:
             continue
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from hubtool.errors import InputError, QuantizeError
+from hubtool.gguf import facts as gguf_facts
 from hubtool.gguf.types import ALL_TYPES
 from hubtool.progress import log, track
 
@@ -26,7 +26,6 @@ TEST_STRING = (
     "Hello world! GGUF tokenizers must agree: 3.14159, naïve café, Straße, 日本語 — tabs\tand  spaces.\n"
     "def f(x):\n    return x ** 2  # comment"
 )
-_NAME_RE = re.compile(r"^(?P<stem>.+)\.(?P<type>[A-Z0-9_]+?)(?:-(?P<i>\d{5})-of-(?P<n>\d{5}))?\.gguf$")
 
 
 # ---- files and metadata ---------------------------------------------------------------------
@@ -42,8 +41,8 @@ def find_gguf_files(paths: list[Path]) -> list[Path]:
         else:
             raise InputError(f"{p}: not found; pass GGUF files or a folder holding them")
         for c in candidates:
-            m = _NAME_RE.match(c.name)
-            if c.name.endswith(".imatrix.gguf") or (m and m.group("i") and m.group("i") != "00001"):
+            shard = gguf_facts.parse_shard(c.name)
+            if gguf_facts.is_imatrix(c.name) or (shard and shard.index != 1):
                 continue
             found.append(c)
     if not found:
@@ -52,12 +51,11 @@ def find_gguf_files(paths: list[Path]) -> list[Path]:
 
 
 def shard_paths(first: Path) -> list[Path]:
-    m = _NAME_RE.match(first.name)
-    if not m or not m.group("n"):
+    shard = gguf_facts.parse_shard(first.name)
+    if not shard:
         return [first]
-    n = int(m.group("n"))
-    stem = first.name[: -len(f"-00001-of-{n:05d}.gguf")]
-    paths = [first.with_name(f"{stem}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+    n = shard.count
+    paths = gguf_facts.shard_names(first.with_name(shard.unsplit_name), n)
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise InputError(f"{missing[0]}: shard missing; download all {n} shards next to {first.name}")
@@ -82,10 +80,12 @@ def gguf_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
 
 
 def variant_of(path: Path, meta: dict[str, Any]) -> str:
-    m = _NAME_RE.match(path.name)
-    if m and m.group("type") in ALL_TYPES:
-        return m.group("type")
-    ftype = meta.get("general.file_type")
+    import gguf
+
+    named = gguf_facts.type_from_name(path.name)
+    if named in ALL_TYPES:
+        return named
+    ftype = meta.get(gguf.Keys.General.FILE_TYPE)
     if ftype is not None:
         import llama_cpp
 
@@ -190,13 +190,15 @@ def check_rope(path: Path, meta: dict[str, Any], tensors: list[str], config: dic
 
 def check_tokenizer(path: Path, llm: Any, hf_tok: Any, meta: dict[str, Any]) -> None:
     """Token ids of a test string (and of a rendered chat turn) must be identical; the chat template must survive."""
+    import gguf
+
     want = hf_tok(TEST_STRING, add_special_tokens=True)["input_ids"]
     got = llm.tokenize(TEST_STRING.encode("utf-8"), add_bos=True, special=False)
     if list(got) != list(want):
         raise QuantizeError(f"{path}: tokenizer mismatch — llama.cpp ids {list(got)[:12]}… vs HF {list(want)[:12]}…; re-export with the model's own tokenizer files")
     template = getattr(hf_tok, "chat_template", None)
     if template:
-        if meta.get("tokenizer.chat_template") != template:
+        if meta.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE) != template:
             raise QuantizeError(f"{path}: chat template missing or changed in GGUF; re-export with chat_template.jinja / tokenizer_config.json present")
         chat = hf_tok.apply_chat_template([{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True)
         want = hf_tok(chat, add_special_tokens=False)["input_ids"]
@@ -206,13 +208,6 @@ def check_tokenizer(path: Path, llm: Any, hf_tok: Any, meta: dict[str, Any]) -> 
 
 
 # ---- logits ---------------------------------------------------------------------------------
-
-def text_windows(hf_tok: Any, text: str, *, max_tokens: int, context: int) -> list[list[int]]:
-    """Held-out text as windows of CONTEXT tokens, each starting with BOS like llama.cpp's perplexity."""
-    from hubtool.evaluate.reference import gguf_windows
-
-    return gguf_windows(hf_tok, text, max_tokens=max_tokens, context=context)
-
 
 @contextlib.contextmanager
 def open_llama(path: Path, *, context: int, vocab_only: bool = False) -> Iterator[Any]:
@@ -269,7 +264,7 @@ def verify_gguf(
     REFERENCE: a hubtool.evaluate.Reference holding the fp16 log-probs of these windows (a release
     computes it once for every row); without it it is computed here, block by block.
     """
-    from hubtool.evaluate.reference import compute_reference
+    from hubtool.evaluate.reference import compute_reference, gguf_windows
     from hubtool.gguf.quantize import require_llama_cpp
     from hubtool.quality import compare_logits, merge_metrics, read_text_source, write_results
 
@@ -284,7 +279,7 @@ def verify_gguf(
         with open_llama(path, context=context, vocab_only=True) as llm:
             check_tokenizer(path, llm, tok, meta)
         variants[path] = variant_of(path, meta)
-    windows = text_windows(tok, body, max_tokens=max_tokens, context=context)
+    windows = gguf_windows(tok, body, max_tokens=max_tokens, context=context)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
         if reference is None or not reference.covers(windows):

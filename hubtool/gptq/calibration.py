@@ -14,6 +14,7 @@ from typing import Any
 from hubtool.errors import InputError
 from hubtool.progress import log
 from hubtool.quality import builtin_text, read_text_source
+from hubtool.text_windows import bos_id, encode, windows
 
 BUILTIN_DESCRIPTION = "hubtool built-in calibration text (Python documentation prose, PSF-2.0)"
 
@@ -55,38 +56,19 @@ def _dataset_text(path: Path) -> str:
 
 
 def token_windows(text: str, tokenizer: Any, samples: int, seq_len: int) -> list[list[int]]:
-    """`samples` windows of `seq_len` tokens spread evenly over the text (BOS first when the model uses one).
+    """`samples` full windows of `seq_len` tokens spread evenly over the text (BOS first when the model uses one).
 
     Evenly spaced rather than random: the same input always gives the same quantized model.
     """
-    bos = getattr(tokenizer, "bos_token_id", None)
-    body = seq_len - 1 if bos is not None else seq_len
-    ids = _encode(text, tokenizer)
-    available = len(ids) // body
-    if available == 0:
+    ids = encode(tokenizer, text)
+    full = windows(ids, seq_len, bos_id(tokenizer), whole=True)
+    if not full:
         raise InputError(f"calibration text has {len(ids)} tokens, fewer than one window of {seq_len}; give more text or lower --seq-len")
-    if available < samples:
-        log(f"calibration: text holds only {available} windows of {seq_len} tokens; using {available} instead of {samples}")
-        samples = available
-    step = available / samples
-    starts = [int(i * step) * body for i in range(samples)]
-    return [([bos] if bos is not None else []) + ids[s : s + body] for s in starts]
-
-
-def _encode(text: str, tokenizer: Any) -> list[int]:
-    """Tokenize in paragraph-aligned chunks so a multi-MB corpus does not hit max-length warnings."""
-    ids: list[int] = []
-    chunk: list[str] = []
-    size = 0
-    for para in text.split("\n\n"):
-        chunk.append(para)
-        size += len(para)
-        if size > 20000:
-            ids += tokenizer("\n\n".join(chunk) + "\n\n", add_special_tokens=False)["input_ids"]
-            chunk, size = [], 0
-    if chunk:
-        ids += tokenizer("\n\n".join(chunk), add_special_tokens=False)["input_ids"]
-    return ids
+    if len(full) < samples:
+        log(f"calibration: text holds only {len(full)} windows of {seq_len} tokens; using {len(full)} instead of {samples}")
+        samples = len(full)
+    step = len(full) / samples
+    return [full[int(i * step)] for i in range(samples)]
 
 
 def calibration_dataset(spec: str, tokenizer: Any, samples: int, seq_len: int) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:

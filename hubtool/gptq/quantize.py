@@ -269,7 +269,7 @@ def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc
     import torch
     from safetensors import safe_open
 
-    from hubtool.shard_writer import DTYPE_NAMES, ShardWriter
+    from hubtool.merge.shard_writer import DTYPE_NAMES, ShardWriter
 
     shards = sorted(raw.glob("*.safetensors"))
     if not shards:

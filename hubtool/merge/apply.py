@@ -20,14 +20,14 @@ from typing import Any
 import torch
 
 from hubtool import __version__
-from hubtool.adapter import Adapter, LoraModule, load_adapter
+from hubtool.merge.adapter import Adapter, LoraModule, load_adapter
 from hubtool.atomic import check_output_free, staged_dir
 from hubtool.errors import InputError, MergeError
 from hubtool.hashing import sha256_file
 from hubtool.model_dir import SAFE_INDEX, SAFE_SINGLE, TOKENIZER_FILES, ModelDir, load_model_dir, remote_code_files
 from hubtool.progress import log, track
-from hubtool.rope import RopeScaling, apply_to_config, base_context, from_config
-from hubtool.shard_writer import BufferPool, ShardWriter
+from hubtool.merge.rope import RopeScaling, apply_to_config, base_context, from_config
+from hubtool.merge.shard_writer import BufferPool, ShardWriter
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 FP16_MAX = 65504.0
@@ -329,7 +329,7 @@ def _copy_aux(base: ModelDir, adapter_dir: Path, out: Path) -> None:
 
 def resolve_rope(base_config: dict[str, Any], adapter_dir: Path, rope: RopeScaling | str | None) -> RopeScaling | None:
     """Explicit --rope wins; else a scaling recorded in the adapter folder's config.json (training runs save one)."""
-    from hubtool.rope import parse_rope_arg
+    from hubtool.merge.rope import parse_rope_arg
 
     if isinstance(rope, str):
         return parse_rope_arg(rope, original_ctx=base_context(base_config))
