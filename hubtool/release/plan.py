@@ -139,7 +139,7 @@ def _listing(folder: Path) -> list[PlannedFile]:
 def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
     """The stages and the targets for every repo/branch the release writes, from the inputs' headers and
     content hashes (memoised in the work dir, so a re-run does not read the weights again)."""
-    from hubtool.card.facts import GGUF_NOMINAL_BPW
+    from hubtool.gguf.facts import NOMINAL_BPW, file_name
     from hubtool.gguf.convert import base_type
     from hubtool.gptq import DEFAULT_PRESET, load_preset
     from hubtool.model_dir import read_json
@@ -177,7 +177,7 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
             targets.append(Target(ArtifactKind.GPTQ, cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=spec,
                                   stages=[f"gptq:{p.name}"]))
     if cfg.gguf_types:
-        files = [PlannedFile(f"{cfg.name}.{t}.gguf", int(total * GGUF_NOMINAL_BPW.get(t, 8.0) / 8), True) for t in cfg.gguf_types]
+        files = [PlannedFile(file_name(cfg.name, t), int(total * NOMINAL_BPW.get(t, 8.0) / 8), True) for t in cfg.gguf_types]
         targets.append(Target(ArtifactKind.GGUF, cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme],
                               stages=[f"gguf:{t}" for t in cfg.gguf_types]))
     # GGUF: convert once to the source's own 16-bit type (exact), quantize each type from it
