@@ -24,7 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak plus its largest child's (GPTQ runs in a worker process): an upper bound of the
+    process tree's peak (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + child) / 1024
 
 
 def step(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ reference, verification, cards, push to a local Hub.
 
     python bench/scale.py --shape 7b --layers 2 4 8          # depth growth of every stage
     python bench/scale.py --shape 70b --layers 2 --no-gptq   # 70B layer shapes
-    python bench/scale.py --shape 7b --layers 32 --no-gptq   # the full 7B shape
+    python bench/scale.py --shape 7b --layers 32 --no-gptq --no-merge --gguf-types q4_k_m   # the full 7B shape
 
 Prints one table per model and the growth from the fewest to the most layers; --json FILE keeps
 the numbers. RSS is sampled every 0.2 s from /proc over the release process and its children.
@@ -173,7 +173,7 @@ def tree_rss(pid: int) -> int:
 STAGE_RE = re.compile(r"^\[\d+/\d+\] (?:(?P<stage>\S+): (?:running|cached)|(?P<plain>cards|push))")
 
 
-def run_release(base: Path, adapter: Path, work: Path, *, gptq: bool, verify_tokens: int, samples: int, seq_len: int,
+def run_release(base: Path, adapter: Path | None, work: Path, *, gptq: bool, verify_tokens: int, samples: int, seq_len: int,
                 log_file: Path, gguf_types: list[str]) -> dict[str, Any]:
     """One release in a child process; per stage: seconds (the release's own record) and peak tree RSS."""
     shutil.rmtree(work, ignore_errors=True)
@@ -186,7 +186,8 @@ def run_release(base: Path, adapter: Path, work: Path, *, gptq: bool, verify_tok
         "verify": {"max_tokens": verify_tokens, "context": 512},
         "card": {"license": "apache-2.0", "base_model": "bench/base"},
     }))
-    cmd = [sys.executable, "-m", "hubtool", "release", "--base", str(base), "--adapter", str(adapter), "--rope", "linear:4",
+    inputs = ["--base", str(base), "--adapter", str(adapter), "--rope", "linear:4"] if adapter is not None else [str(base)]
+    cmd = [sys.executable, "-m", "hubtool", "release", *inputs,
            "--config", str(work / "release.yaml"), "--work-dir", str(work / "work"), "--local-hub", str(work / "hub"), "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
@@ -298,6 +299,8 @@ def main() -> None:
     ap.add_argument("--verify-tokens", type=int, default=1024, help="held-out tokens for verification (windows of 512)")
     ap.add_argument("--gguf-types", default="q4_k_m,q8_0", help="comma list (q8_0 alone saves CPU time)")
     ap.add_argument("--keep", action="store_true", help="keep each release's work dir")
+    ap.add_argument("--no-merge", dest="merge", action="store_false",
+                    help="release the synthetic model as the merged source (no merge stage: one copy of the model less on disk)")
     ap.add_argument("--json", type=Path, help="write all numbers here")
     args = ap.parse_args()
     work_root = args.work or args.cache / "runs"
@@ -314,7 +317,7 @@ def main() -> None:
         work = work_root / f"{args.shape}-{layers}L-{args.gguf_types.replace(',', '+')}{'-gptq' if args.gptq else ''}"
         log_file = args.cache / f"release-{args.shape}-{layers}L-{args.gguf_types.replace(',', '+')}{'-gptq' if args.gptq else ''}.log"
         log_file.unlink(missing_ok=True)
-        res = run_release(base, adapter, work, gptq=args.gptq, verify_tokens=args.verify_tokens, samples=args.samples,
+        res = run_release(base, adapter if args.merge else None, work, gptq=args.gptq, verify_tokens=args.verify_tokens, samples=args.samples,
                           seq_len=args.seq_len, log_file=log_file, gguf_types=args.gguf_types.split(","))
         res["model_gb"] = round(size / GB, 3)
         results[layers] = res
