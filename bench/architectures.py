@@ -32,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# bench/ holds gguf.py and gptq.py: drop it from the path so `import gguf` finds the gguf package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GGUF_TYPES = ["F16", "Q8_0", "Q4_K_M"]
+STEPS = ["export", "lora", "merge", "peft", "convert", *(f"quantize-{t}" for t in GGUF_TYPES[1:]), "verify-gguf", "gptq", "verify-gptq"]
 
 
 def _paths(work: Path, key: str) -> dict[str, Path]:
@@ -213,16 +216,18 @@ def report(key: str, steps: dict[str, dict[str, Any]], args: argparse.Namespace)
     lines += ["| step | wall s | peak RSS MiB | result |", "|---|---:|---:|---|"]
     for kind, r in steps.items():
         lines.append(f"| {kind} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {_summary(kind, r)} |")
-    rows = steps.get("verify-gguf", {}).get("rows", []) + steps.get("verify-gptq", {}).get("rows", [])
-    if rows:
+    for kind, label in (("verify-gguf", "GGUF (llama.cpp)"), ("verify-gptq", "GPTQ / RTN (transformers, streamed)")):
+        rows = steps.get(kind, {}).get("rows", [])
+        if not rows:
+            continue
         r0 = rows[0]
-        lines += ["", f"Quality vs the fp16 model, {r0['tokens']} held-out tokens (context {args.context}); fp16 perplexity {r0['ref_perplexity']:.3f}", "",
+        lines += ["", f"{label} vs the fp16 model: {r0['tokens']} held-out tokens (context {args.context}), fp16 perplexity {r0['ref_perplexity']:.3f}", "",
                   "| variant | size MB | perplexity | Δppl | KL | top-1 |", "|---|---:|---:|---:|---:|---:|"]
         for r in rows:
-            name = r.get("variant") or r.get("kind")
             size = f"{r['size_bytes'] / 1e6:.1f}" if r.get("size_bytes") else "–"
             d = r["perplexity"] - r["ref_perplexity"]
-            lines.append(f"| {name} | {size} | {r['perplexity']:.3f} | {d:+.3f} ({100 * d / r['ref_perplexity']:+.1f}%) | {r['kl_div']:.4f} | {r['top1']:.3f} |")
+            lines.append(f"| {r.get('variant') or r.get('kind')} | {size} | {r['perplexity']:.3f} | {d:+.3f} ({100 * d / r['ref_perplexity']:+.1f}%) | "
+                         f"{r['kl_div']:.4f} | {r['top1']:.3f} |")
     return "\n".join(lines)
 
 
@@ -252,6 +257,7 @@ def main() -> None:
     ap.add_argument("--gptq-samples", type=int, default=16)
     ap.add_argument("--gptq-seq-len", type=int, default=256)
     ap.add_argument("--skip-gptq", action="store_true")
+    ap.add_argument("--steps", nargs="+", choices=STEPS, help="run only these (their inputs from an earlier run); the rest of the table is kept from that run")
     ap.add_argument("--step", nargs=3, metavar=("KIND", "MODEL", "RESULT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work = args.work.resolve()
@@ -265,23 +271,24 @@ def main() -> None:
     out = []
     for key in args.models:
         real_model(key)
-        steps: dict[str, dict[str, Any]] = {}
-        for kind in ["export", "lora", "merge", "peft", "convert", *(f"quantize-{t}" for t in GGUF_TYPES[1:]), "verify-gguf"]:
+        bench_json = args.work / key / "bench.json"
+        steps: dict[str, dict[str, Any]] = json.loads(bench_json.read_text()) if args.steps and bench_json.is_file() else {}
+        for kind in args.steps or [k for k in STEPS if not (args.skip_gptq and "gptq" in k)]:
+            if kind == "gptq":
+                why = gptq_support(key, args.work)
+                if why is not None:
+                    steps["skipped-gptq"] = {"why": why, "seconds": 0.0, "peak_rss_mb": 0.0}
+                    continue
+            if kind == "verify-gptq" and "error" in steps.get("gptq", {"error": "not run"}):
+                continue
             steps[kind] = measured(kind, key, args)
             if kind == "export" and "error" in steps[kind]:
                 break
-        if not args.skip_gptq and "error" not in steps["export"]:
-            why = gptq_support(key, args.work)
-            if why is None:
-                steps["gptq"] = measured("gptq", key, args)
-                if "error" not in steps["gptq"]:
-                    steps["verify-gptq"] = measured("verify-gptq", key, args)
-            else:
-                steps["skipped-gptq"] = {"why": why, "seconds": 0.0, "peak_rss_mb": 0.0}
+        steps = {k: steps[k] for k in [*STEPS, "skipped-gptq"] if k in steps}
         text = report(key, steps, args)
         print(text, flush=True)
         out.append(text)
-        (args.work / key / "bench.json").write_text(json.dumps(steps, indent=2, default=str))
+        bench_json.write_text(json.dumps(steps, indent=2, default=str))
     (args.work / "architectures.md").write_text("\n".join(out) + "\n")
 
 
