@@ -183,7 +183,9 @@ def run_release(base: Path, adapter: Path | None, work: Path, *, gptq: bool, ver
         "name": "bench", "namespace": "bench", "quants": quants,
         "gptq": {"presets": ["gptq-4bit-32g-actorder"], "samples": samples, "seq_len": seq_len},
         "gguf": {"types": gguf_types},
-        "verify": {"max_tokens": verify_tokens, "context": 512},
+        # random weights give near-uniform logits (perplexity ~ vocab), where top-1 agreement says little about
+        # a quant: the benchmark measures memory and time, so only the KL gate stays
+        "verify": {"max_tokens": verify_tokens, "context": 512, "gates": {"min_top1": None, "max_ppl_ratio": None, "max_kl": 1.0}},
         "card": {"license": "apache-2.0", "base_model": "bench/base"},
     }))
     inputs = ["--base", str(base), "--adapter", str(adapter), "--rope", "linear:4"] if adapter is not None else [str(base)]
