@@ -48,3 +48,16 @@ def test_library_chatter_only_with_verbose():
     # ... and quiet mode leaves hubtool's own line, and restores logging afterwards
     lines = [line for line in (quiet.stdout + quiet.stderr).splitlines() if line.strip()]
     assert lines == ["hubtool: stage 1/1 done", "WARNING:after:logging restored after the quiet block"], lines
+
+
+def test_gptq_worker_starts_without_warnings(tiny_llama, tmp_path):
+    """GPTQ runs in a child process (`python -m hubtool.gptq.worker`; gptqmodel patches transformers
+    process-wide). Starting it must not add warnings of its own: runpy warns when the module it runs was
+    already imported by its package, as it was before quantize.py imported the worker lazily."""
+    require_extra("gptqmodel", "gptq")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "hubtool", "quantize", "gptq", str(tiny_llama), "-o", str(tmp_path / "q"),
+                          "--samples", "4", "--seq-len", "32", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "gptq: wrote" in res.stderr
+    assert "RuntimeWarning" not in res.stderr and "found in sys.modules" not in res.stderr, res.stderr[-2000:]

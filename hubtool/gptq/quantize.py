@@ -31,7 +31,6 @@ from hubtool.gptq.calibration import calibration_dataset
 from hubtool.gptq.presets import GPTQPreset
 from hubtool.model_dir import SAFE_INDEX, load_model_dir, read_json
 from hubtool import progress
-from hubtool.gptq.worker import GPTQJob, run_gptq_job
 from hubtool.progress import log, stdout_to_stderr
 
 QUANTIZE_CONFIG = "quantize_config.json"
@@ -181,6 +180,10 @@ def quantize_gptq(
     Returns a summary: the preset fields, the calibration record, size_bytes and seconds.
     """
     from transformers import AutoTokenizer
+
+    # imported here, not at module level: `python -m hubtool.gptq.worker` must not find itself already
+    # imported by its package (runpy warns about that on every GPTQ run)
+    from hubtool.gptq.worker import GPTQJob, run_gptq_job
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     source = load_model_dir(model_dir, trust_remote_code=trust_remote_code)
