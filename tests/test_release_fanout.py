@@ -44,7 +44,9 @@ def fan_inputs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
 
 
 def _env(root: Path) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_CACHE=str(root / "hf-cache"))
+    # each job its own huggingface_hub home, as on separate machines (concurrent jobs sharing one Xet cache lock it)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(root / "hf-home"),
+               HF_HUB_CACHE=str(root / "hf-home" / "hub"))
     env.pop("HF_TOKEN", None)
     env.pop("HF_ENDPOINT", None)
     return env
@@ -92,7 +94,8 @@ def _fan_out(inputs: dict[str, Path], root: Path, cache: str, endpoint: str) -> 
     for i, chain in enumerate(groups["prepare"]):
         _run(_cmd(inputs, root / f"w-prepare-{i}", "--stage", ",".join(chain), *common), root)
     jobs = [subprocess.Popen(_cmd(inputs, root / f"w-quantize-{i}", "--stage", ",".join(chain), *common), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=_env(root), cwd=root) for i, chain in enumerate(groups["quantize"])]
+                             stderr=subprocess.PIPE, text=True, env=_env(root / f"w-quantize-{i}"), cwd=root)
+            for i, chain in enumerate(groups["quantize"])]
     for job in jobs:
         _, err = job.communicate(timeout=900)
         assert job.returncode == 0, err[-3000:]
