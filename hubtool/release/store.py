@@ -221,6 +221,10 @@ class RemoteCache:
         tmp = folder.with_name(f".{folder.name}.fetch-{uuid.uuid4().hex[:8]}")
         try:
             for rel, meta in record.get("files", {}).items():
+                parts = rel.split("/")
+                if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+                    raise StageError(f"{self.url}/{stage.folder_name}/{STAGE_RECORD}: file name {rel!r} leaves the stage folder; "
+                                     "delete that stage folder from the cache and re-run the stage")
                 dest = tmp / STAGE_OUTPUT / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with self._guard(f"downloading {stage.name}/{rel}"):
