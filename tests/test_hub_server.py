@@ -327,3 +327,40 @@ def test_non_ascii_names_get_a_404_not_a_dropped_connection(local_hub, tmp_path)
         hf_hub_download("acme/intl", "données/нет.txt", endpoint=local_hub.url, cache_dir=tmp_path / "dl")
     with pytest.raises(RevisionNotFoundError):
         api.list_repo_files("acme/intl", revision="ветка")
+
+
+_HOLD_STORE = """
+import sys, time, hf_xet
+cas, xet_hash, size, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+group = hf_xet.XetSession().new_file_download_group(endpoint=cas, token="t", token_expiry_unix_secs=int(time.time()) + 600)
+group.__enter__()  # xet-core's local store (and its index database) stays open until we exit
+group.start_download_file(hf_xet.XetFileInfo(xet_hash, size), out)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("hub_mode", ["xet"], indirect=True)
+def test_xet_downloads_while_another_process_holds_a_transfer(local_hub, tmp_path):
+    """xet-core opens its local store's index in one process at a time; each reader gets its own replica."""
+    import subprocess
+    import sys
+
+    api = HfApi(endpoint=local_hub.url, token=TOKEN)
+    api.create_repo("acme/busy")
+    src = make_folder(tmp_path / "src")
+    api.upload_folder(folder_path=src, repo_id="acme/busy")
+    large = next(e for e in api.list_repo_tree("acme/busy", path_in_repo="sub") if e.path == "sub/large.dat")
+    token = lambda: json.loads(urllib.request.urlopen(f"{local_hub.url}/api/models/acme/busy/xet-read-token/main").read())["casUrl"]  # noqa: E731
+    first, second = token(), token()
+    assert first != second and all(u.startswith("local://") and "/xet-readers/" in u for u in (first, second))
+    # another reader's process holds its download open (before replicas, all readers shared one store: the CI failure)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_STORE, first, large.xet_hash,
+                               str(large.size), str(tmp_path / "held.bin")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        got = hf_hub_download("acme/busy", "sub/large.dat", endpoint=local_hub.url, cache_dir=tmp_path / "dl")
+        assert Path(got).read_bytes() == (src / "sub" / "large.dat").read_bytes()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -44,7 +44,7 @@ def fan_inputs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
 
 
 def _env(root: Path) -> dict[str, str]:
-    # each job its own huggingface_hub home, as on separate machines (concurrent jobs sharing one Xet cache lock it)
+    # each job its own huggingface_hub home and Xet cache, as on separate machines
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(root / "hf-home"),
                HF_HUB_CACHE=str(root / "hf-home" / "hub"), HF_XET_CACHE=str(root / "hf-home" / "xet"))
     env.pop("HF_TOKEN", None)

@@ -724,7 +724,8 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             self._require_read(ref)
         exp = int(time.time()) + 3600
-        cas = self.hub.storage.xet.cas_url
+        xet = self.hub.storage.xet
+        cas = xet.cas_url if write else f"local://{xet.reader_replica().resolve()}"
         token = "local-xet-write" if write else "local-xet-read"
         self._json(200, {"casUrl": cas, "accessToken": token, "exp": exp}, {
             "X-Xet-Cas-Url": cas, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(exp),

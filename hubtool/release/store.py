@@ -30,6 +30,10 @@ from hubtool.release.cache import Hasher
 from hubtool.release.graph import Stage
 
 LOCKS = "locks"
+# xet-core's local CAS (the local Hub's Xet folder) is opened by one process per transfer; a second
+# process's transfer meanwhile fails with this, and goes through once the first one is done.
+XET_STORE_BUSY = "Database already open"
+BUSY_WAIT_S = 1800.0
 
 
 class StageStore:
@@ -208,6 +212,22 @@ class RemoteCache:
     def _guard(self, what: str) -> Any:
         return _RemoteErrors(self.url, what)
 
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """FN(*ARGS) under _guard, waiting out another process's transfer on a local Hub's Xet store."""
+        deadline, delay, told = time.monotonic() + BUSY_WAIT_S, 0.25, False
+        while True:
+            with self._guard(what):
+                try:
+                    return fn(*args)
+                except Exception as exc:
+                    if XET_STORE_BUSY not in str(exc) or time.monotonic() > deadline:
+                        raise
+            if not told:
+                log(f"{what}: the Hub's Xet store is busy with another process's transfer; waiting for it")
+                told = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
     def has(self, stage: Stage) -> bool:
         with self._guard(f"looking up {stage.name}"):
             self.fs.invalidate_cache()  # another machine may have added it since we last listed
@@ -227,8 +247,8 @@ class RemoteCache:
                                      "delete that stage folder from the cache and re-run the stage")
                 dest = tmp / STAGE_OUTPUT / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with self._guard(f"downloading {stage.name}/{rel}"):
-                    self.fs.get_file(self._path(stage.folder_name, STAGE_OUTPUT, rel), str(dest))
+                self._call(f"downloading {stage.name}/{rel}", self.fs.get_file,
+                           self._path(stage.folder_name, STAGE_OUTPUT, rel), str(dest))
                 if dest.stat().st_size != meta["size"] or hasher.file(dest) != meta["sha256"]:
                     raise StageError(f"{self.url}/{stage.folder_name}/{STAGE_OUTPUT}/{rel}: does not match its stage.json "
                                      "(an interrupted or concurrent upload); delete that stage folder from the cache and re-run the stage")
@@ -244,8 +264,8 @@ class RemoteCache:
         """Every output file, then stage.json (so readers see the stage only once it is whole)."""
         record = json.loads((folder / STAGE_RECORD).read_text(encoding="utf-8"))
         for rel in record.get("files", {}):
-            with self._guard(f"uploading {stage.name}/{rel}"):
-                self.fs.put_file(str(folder / STAGE_OUTPUT / rel), self._path(stage.folder_name, STAGE_OUTPUT, rel))
+            self._call(f"uploading {stage.name}/{rel}", self.fs.put_file,
+                       str(folder / STAGE_OUTPUT / rel), self._path(stage.folder_name, STAGE_OUTPUT, rel))
         with self._guard(f"uploading {stage.name}/{STAGE_RECORD}"):
             self.fs.pipe_file(self._path(stage.folder_name, STAGE_RECORD), (folder / STAGE_RECORD).read_bytes())
 
