@@ -124,6 +124,28 @@ def test_f16_logits_match_hf_model(exported, src, verified):
     assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
 
 
+def test_verification_loads_without_a_repacked_copy(exported):
+    """llama.cpp's repack buffers double a quantized model's memory; verification loads without them,
+    gets the same logits as a default load, and leaves llama-cpp-python's defaults as they were."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    path = exported[0] / "Tiny-Test.Q4_K_M.gguf"
+    ids = [1] + list(range(3, 60))
+    default_fn = lib.llama_model_default_params
+    with open_llama(path, context=64) as llm:
+        assert llm.model_params.use_extra_bufts is False
+        got = llama_logits(llm, ids)
+    assert lib.llama_model_default_params is default_fn and lib.llama_model_default_params().use_extra_bufts is True
+    plain = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_ubatch=64, logits_all=True, verbose=False)
+    try:
+        assert plain.model_params.use_extra_bufts is True
+        ref = llama_logits(plain, ids)
+    finally:
+        plain.close()
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
 def test_q8_0_top1_and_ordering(verified):
     assert verified["Q8_0"]["top1"] >= 0.99
     assert verified["Q8_0"]["kl_div"] < 0.01

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -209,13 +210,44 @@ def check_tokenizer(path: Path, llm: Any, hf_tok: Any, meta: dict[str, Any]) -> 
 
 # ---- logits ---------------------------------------------------------------------------------
 
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_repacked_copy() -> Iterator[None]:
+    """Load without llama.cpp's extra CPU buffer types (`use_extra_bufts`, its `--no-repack`).
+
+    With them, the CPU backend keeps a second, repacked copy of every quantized matrix in anonymous
+    memory beside the memory-mapped file: verify:gguf of a 7B Q4_K_M peaked at 9.2 GB, twice the file.
+    Without, only the file's pages (reclaimable page cache) grow with depth; measured on 7B shapes,
+    the logits match to quantization noise and evaluation is no slower on this CPU. llama-cpp-python has
+    no argument for it, so its default-parameters function is wrapped for the duration of the load.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    with _PARAMS_LOCK:
+        default = lib.llama_model_default_params
+
+        def params() -> Any:
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = default
+
+
 @contextlib.contextmanager
 def open_llama(path: Path, *, context: int, vocab_only: bool = False) -> Iterator[Any]:
     """llama_cpp.Llama with every position's logits kept (or just its tokenizer), quiet, freed on exit."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, vocab_only=vocab_only,
-                          logits_all=True, n_threads=os.cpu_count() or 1, verbose=False)
+    with _no_repacked_copy():
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, vocab_only=vocab_only,
+                              logits_all=True, n_threads=os.cpu_count() or 1, verbose=False)
     try:
         yield llm
     finally:
