@@ -61,3 +61,21 @@ def test_gptq_worker_starts_without_warnings(tiny_llama, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "gptq: wrote" in res.stderr
     assert "RuntimeWarning" not in res.stderr and "found in sys.modules" not in res.stderr, res.stderr[-2000:]
+
+
+def test_every_command_keeps_library_chatter_behind_verbose(tiny_llama, tmp_path):
+    """Not only release and demo: `quantize gptq` used to print gptqmodel's banner and ~170 INFO/WARN lines."""
+    require_extra("gptqmodel", "gptq")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def gptq(out: str, *extra: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "hubtool", "quantize", "gptq", str(tiny_llama), "-o", str(tmp_path / out),
+                              "--samples", "4", "--seq-len", "32", "--device", "cpu", *extra], capture_output=True, text=True,
+                             env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout + res.stderr
+
+    loud, quiet = gptq("loud", "--verbose"), gptq("quiet")
+    assert "GPT-QModel" in loud and "INFO" in loud  # the chatter is real, so this test can fail
+    assert "GPT-QModel" not in quiet and "INFO" not in quiet and "WARN" not in quiet, quiet[-2000:]
+    assert "gptq: wrote" in quiet

@@ -46,7 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
+    _add_verbose(parser)
     return parser
+
+
+VERBOSE_HELP = "also show the libraries' own logs, warnings and progress bars"
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """Every command takes --verbose: without it, library chatter stays out of the user's way."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if "--verbose" not in parser._option_string_actions:
+            parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+        return
+    for child in subs[0].choices.values():
+        _add_verbose(child)
 
 
 _RECEIVED: list[int] = []  # signals received during this main(): an exception a C extension made of ours still means "stopped"
@@ -87,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        if args.command == "hub":  # a long-running server: its --verbose logs requests
+            return int(args.func(args) or 0)
+        from hubtool.progress import quiet_libraries
+
+        with quiet_libraries(getattr(args, "verbose", False)):
+            return int(args.func(args) or 0)
     except HubtoolError as exc:
         return _fail(str(exc), exc.exit_code)
     except Interrupted as exc:
