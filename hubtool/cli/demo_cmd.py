@@ -13,15 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-steps", type=int, default=30, help="LoRA training steps on built-in text (default 30)")
     p.add_argument("--gptq-samples", type=int, default=16, help="GPTQ calibration samples (default 16, kept small for CPUs)")
     p.add_argument("--gptq-seq-len", type=int, default=256, help="tokens per GPTQ calibration sample (default 256)")
-    p.add_argument("--verbose", action="store_true", help="also show the libraries' own logs, warnings and progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hubtool.progress import quiet_libraries
+    from hubtool.demo import run_demo  # main() keeps library chatter behind --verbose
 
-    with quiet_libraries(args.verbose):
-        from hubtool.demo import run_demo
-
-        run_demo(args.work_dir, port=args.port, train_steps=args.train_steps, gptq_samples=args.gptq_samples, gptq_seq_len=args.gptq_seq_len)
+    run_demo(args.work_dir, port=args.port, train_steps=args.train_steps, gptq_samples=args.gptq_samples, gptq_seq_len=args.gptq_seq_len)
     return 0

@@ -49,7 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="render the cards and push, once every stage is in the work dir or --cache (no stage runs)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom-code models (auto_map in config.json); their .py files ship in every repo")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
-    p.add_argument("--verbose", action="store_true", help="also show the libraries' own logs, warnings and progress bars")
     p.set_defaults(func=run)
 
 
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress.set_quiet(args.json)
     try:
-        with stdout_to_stderr(), progress.quiet_libraries(args.verbose):
+        with stdout_to_stderr():  # main() keeps library chatter behind --verbose
             summary = release(args)
     except HubtoolError as exc:
         if args.json:
