@@ -71,3 +71,57 @@ def test_a_busy_xet_store_is_waited_out_other_errors_are_one_line(tmp_path, monk
     with pytest.raises(StageError, match="Database already open"):
         remote._call("downloading merge/x", busy_twice)
     assert len(calls) == 1
+
+
+def _stage_folder(root: Path, n_files: int) -> Path:
+    """A finished stage in a work dir: N_FILES shards plus stage.json (as StageStore writes it)."""
+    folder = root / STAGE.folder_name
+    meta = {}
+    for i in range(n_files):
+        data = bytes([i % 256]) * (1000 + i)
+        rel = f"model-{i + 1:05d}-of-{n_files:05d}.safetensors"
+        (folder / "out" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "out" / rel).write_bytes(data)
+        meta[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "stage.json").write_text(json.dumps({"name": STAGE.name, "key": STAGE.key, "files": meta}))
+    return folder
+
+
+def test_hf_cache_commits_a_30_file_stage_once_and_fetches_it_whole(tmp_path, local_hub):
+    """hf:// caches: one commit per stage (HfFileSystem made one per file: 31 here), the same bytes back."""
+    from huggingface_hub import HfApi
+
+    folder = _stage_folder(tmp_path / "work-a", 30)
+    remote = store.RemoteCache("hf://datasets/acme/stage-cache/v1", endpoint=local_hub.url)
+    api = HfApi(endpoint=local_hub.url)
+    before = len(api.list_repo_commits("acme/stage-cache", repo_type="dataset"))
+    assert not remote.has(STAGE)
+    remote.upload(STAGE, folder)
+    commits = api.list_repo_commits("acme/stage-cache", repo_type="dataset")
+    assert len(commits) - before == 1
+    files = api.list_repo_files("acme/stage-cache", repo_type="dataset")
+    assert f"v1/{STAGE.folder_name}/stage.json" in files and sum(f.endswith(".safetensors") for f in files) == 30
+
+    other = store.RemoteCache("hf://datasets/acme/stage-cache/v1", endpoint=local_hub.url)  # another machine
+    assert other.has(STAGE)
+    dest = tmp_path / "work-b" / STAGE.folder_name
+    other.download(STAGE, dest, Hasher(tmp_path / "work-b"))
+    for src in (folder / "out").iterdir():
+        assert (dest / "out" / src.name).read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == ["out", "stage.json"]  # no snapshot leftovers
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_hf_cache_refuses_a_stage_whose_files_do_not_match_its_record(tmp_path, local_hub):
+    """A tampered shard in the cache repo is caught by its sha256 and nothing is placed in the work dir."""
+    from huggingface_hub import HfApi
+
+    folder = _stage_folder(tmp_path / "work-a", 3)
+    remote = store.RemoteCache("hf://acme/stage-cache", endpoint=local_hub.url)
+    remote.upload(STAGE, folder)
+    HfApi(endpoint=local_hub.url).upload_file(path_or_fileobj=b"tampered", repo_id="acme/stage-cache",
+                                              path_in_repo=f"{STAGE.folder_name}/out/model-00002-of-00003.safetensors")
+    dest = tmp_path / "work-b" / STAGE.folder_name
+    with pytest.raises(StageError, match="model-00002-of-00003.safetensors: does not match its stage.json"):
+        remote.download(STAGE, dest, Hasher(tmp_path / "work-b"))
+    assert not dest.exists() and list((tmp_path / "work-b").iterdir()) == []

@@ -205,6 +205,10 @@ class RemoteCache:
             raise StageError(f"--cache {url}: {exc}; use a path, or an fsspec URL whose filesystem is installed (s3fs for s3://, gcsfs for gs://)") from None
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
+        # hf://: a stage goes up as one commit and comes down as one snapshot (HfFileSystem would make a
+        # commit and a request per file: 31 commits for a 30-shard stage).
+        self.hub = self.fs.resolve_path(self.root) if self.url.startswith("hf://") else None
+        self.hub_options = options
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
@@ -237,19 +241,26 @@ class RemoteCache:
         """The cached stage into FOLDER (via a temp folder beside it, renamed when every file checked out)."""
         with self._guard(f"reading {stage.name}"):
             record = json.loads(self.fs.cat_file(self._path(stage.folder_name, STAGE_RECORD)))
-        log(f"{stage.name}: fetching from the stage cache {self.url} ({len(record.get('files', {}))} file(s))")
+        files: dict[str, Any] = record.get("files", {})
+        log(f"{stage.name}: fetching from the stage cache {self.url} ({len(files)} file(s))")
+        for rel in files:
+            parts = rel.split("/")
+            if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+                raise StageError(f"{self.url}/{stage.folder_name}/{STAGE_RECORD}: file name {rel!r} leaves the stage folder; "
+                                 "delete that stage folder from the cache and re-run the stage")
         tmp = folder.with_name(f".{folder.name}.fetch-{uuid.uuid4().hex[:8]}")
         try:
-            for rel, meta in record.get("files", {}).items():
-                parts = rel.split("/")
-                if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
-                    raise StageError(f"{self.url}/{stage.folder_name}/{STAGE_RECORD}: file name {rel!r} leaves the stage folder; "
-                                     "delete that stage folder from the cache and re-run the stage")
+            if self.hub is not None:
+                self._fetch_snapshot(stage, files, tmp / STAGE_OUTPUT)
+            else:
+                for rel in files:
+                    dest = tmp / STAGE_OUTPUT / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self._call(f"downloading {stage.name}/{rel}", self.fs.get_file,
+                               self._path(stage.folder_name, STAGE_OUTPUT, rel), str(dest))
+            for rel, meta in files.items():
                 dest = tmp / STAGE_OUTPUT / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                self._call(f"downloading {stage.name}/{rel}", self.fs.get_file,
-                           self._path(stage.folder_name, STAGE_OUTPUT, rel), str(dest))
-                if dest.stat().st_size != meta["size"] or hasher.file(dest) != meta["sha256"]:
+                if not dest.is_file() or dest.stat().st_size != meta["size"] or hasher.file(dest) != meta["sha256"]:
                     raise StageError(f"{self.url}/{stage.folder_name}/{STAGE_OUTPUT}/{rel}: does not match its stage.json "
                                      "(an interrupted or concurrent upload); delete that stage folder from the cache and re-run the stage")
             (tmp / STAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -260,14 +271,53 @@ class RemoteCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _in_repo(self, stage: Stage, *parts: str) -> str:
+        assert self.hub is not None
+        return "/".join(p for p in (self.hub.path_in_repo.strip("/"), stage.folder_name, *parts) if p)
+
+    def _fetch_snapshot(self, stage: Stage, files: dict[str, Any], out: Path) -> None:
+        """The stage's output files in one snapshot_download, moved into OUT (checked by the caller)."""
+        from huggingface_hub import snapshot_download
+
+        assert self.hub is not None
+        landing = out.parent / "snapshot"
+        prefix = self._in_repo(stage, STAGE_OUTPUT)
+        self._call(f"downloading {stage.name}", lambda: snapshot_download(
+            self.hub.repo_id, repo_type=self.hub.repo_type, revision=self.hub.revision, local_dir=landing,
+            allow_patterns=[f"{prefix}/{rel}" for rel in files], endpoint=self.hub_options["endpoint"],
+            token=self.hub_options["token"]))
+        for rel in files:
+            src = landing / prefix / rel
+            if src.is_file():
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, out / rel)
+        shutil.rmtree(landing, ignore_errors=True)
+
     def upload(self, stage: Stage, folder: Path) -> None:
         """Every output file, then stage.json (so readers see the stage only once it is whole)."""
         record = json.loads((folder / STAGE_RECORD).read_text(encoding="utf-8"))
+        if self.hub is not None:
+            self._commit_stage(stage, folder, record)
+            return
         for rel in record.get("files", {}):
             self._call(f"uploading {stage.name}/{rel}", self.fs.put_file,
                        str(folder / STAGE_OUTPUT / rel), self._path(stage.folder_name, STAGE_OUTPUT, rel))
         with self._guard(f"uploading {stage.name}/{STAGE_RECORD}"):
             self.fs.pipe_file(self._path(stage.folder_name, STAGE_RECORD), (folder / STAGE_RECORD).read_bytes())
+
+    def _commit_stage(self, stage: Stage, folder: Path, record: dict[str, Any]) -> None:
+        """One Hub commit holding every output file and stage.json: a commit is atomic, so no reader sees half a stage."""
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        assert self.hub is not None
+        operations = [CommitOperationAdd(self._in_repo(stage, STAGE_OUTPUT, rel), str(folder / STAGE_OUTPUT / rel))
+                      for rel in record.get("files", {})]
+        operations.append(CommitOperationAdd(self._in_repo(stage, STAGE_RECORD), str(folder / STAGE_RECORD)))
+        api = HfApi(endpoint=self.hub_options["endpoint"], token=self.hub_options["token"])
+        self._call(f"uploading {stage.name}", lambda: api.create_commit(
+            self.hub.repo_id, operations, commit_message=f"stage {stage.folder_name}", repo_type=self.hub.repo_type,
+            revision=self.hub.revision))
+        self.fs.invalidate_cache()
 
     @contextmanager
     def lock(self, stage: Stage) -> Iterator[None]:
