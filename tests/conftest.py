@@ -49,7 +49,7 @@ def local_hub(tmp_path, hub_mode, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    with serve_in_thread(tmp_path / "local-hub") as hub:
+    with serve_in_thread(tmp_path / "local-hub", open_faults=True) as hub:
         hub.mode = hub_mode
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         yield hub

@@ -20,8 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765, help="port (0 picks a free one); default 8765")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind; default 127.0.0.1 (local only)")
     p.add_argument("--users", type=Path, metavar="FILE",
-                   help='require tokens: JSON {"TOKEN": {"name": "alice", "orgs": ["acme"]}}; writes need a token owning the namespace, '
-                        "private repos are hidden, fault injection needs a token (default: open, any caller may write)")
+                   help='require tokens: JSON {"TOKEN": {"name": "alice", "orgs": ["acme"], "admin": false}}; writes need a token owning '
+                        "the namespace, private repos are hidden, fault injection needs an admin (default: open, any caller may write)")
+    p.add_argument("--allow-faults", action="store_true",
+                   help="open mode: let any caller inject faults through /_hubtool/faults (for test rigs; off by default)")
     p.add_argument("--allow-open-network", action="store_true",
                    help="with a non-loopback --host and no --users, let anyone on the network write (refused without this flag)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
@@ -31,17 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hubtool.errors import InputError
     from hubtool.hub_server import bind_warning, is_loopback, make_server
+    from hubtool.hub_server.errors import StorageError
     from hubtool.progress import log
 
     users = load_users(args.users) if args.users else None
+    admins = load_admins(args.users) if args.users else frozenset()
     if users is None and not is_loopback(args.host) and not args.allow_open_network:
         # Open mode takes no token at all: on a network interface that is a world-writable store.
         raise InputError(f"--host {args.host}: an open local Hub (no --users) only listens on loopback; "
                          "pass --users FILE to require tokens, or --allow-open-network to expose it anyway")
     try:
-        server = make_server(args.root, args.host, args.port, users=users, verbose=args.verbose)
+        server = make_server(args.root, args.host, args.port, users=users, verbose=args.verbose,
+                             admins=admins, open_faults=bool(args.allow_faults))
     except OSError as exc:
         raise InputError(f"{args.host}:{args.port}: cannot listen ({exc.strerror}); pick another --port") from None
+    except StorageError as exc:  # the root is served by another process (its lock names it)
+        raise InputError(f"--root {exc}") from None
     print(server.hub.url, flush=True)
     warning = bind_warning(args.host, users)
     if warning:
@@ -74,5 +81,13 @@ def load_users(path: Path) -> dict[str, tuple[str, list[str]]]:
         orgs = spec.get("orgs", []) if isinstance(spec, dict) else None
         if not isinstance(name, str) or not name or not isinstance(orgs, list) or not all(isinstance(o, str) for o in orgs) or len(token) < 8:
             raise InputError(f"{path}: entry {n} must be TOKEN (8+ chars): {{\"name\": USER, \"orgs\": [ORG, ...]}}")
+        if not isinstance(spec.get("admin", False), bool):
+            raise InputError(f"{path}: entry {n}: \"admin\" must be true or false")
         users[token] = (name, list(orgs))
     return users
+
+
+def load_admins(path: Path) -> frozenset[str]:
+    """The user names marked `"admin": true` in --users FILE (already checked by load_users)."""
+    data = json.loads(path.read_text())
+    return frozenset(spec["name"] for spec in data.values() if spec.get("admin") is True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hubtool.hub_server.faults import DROP_CONNECTION, FaultRule, Faults
+from hubtool.hub_server.root_lock import RootLock
 from hubtool.hub_server.storage import Storage
 
 __all__ = ["DROP_CONNECTION", "HubState", "LocalHub", "bind_warning", "make_server", "serve_in_thread"]
@@ -33,15 +34,19 @@ class HubState:
     `users` maps token -> (user name, org names). None (the default) means an open Hub: any
     caller, with or without a token, may write anywhere — right for offline rehearsal. With
     `users` set, writes need a known token (401) and a namespace it owns (403), private repos
-    are hidden from others, pull requests may be opened by any known user who can read the repo,
-    and fault injection needs a known token. Tokens live only in memory: nothing the server
-    stores or logs contains them.
+    are hidden from others, and pull requests may be opened by any known user who can read the repo.
+    Fault injection over HTTP (`/_hubtool/faults`) changes what every client sees: only the users
+    named in `admins` may use it, and in open mode nobody unless `open_faults` is set (tests do;
+    `hubtool hub serve --allow-faults`). Tokens live only in memory: nothing the server stores or
+    logs contains them.
     """
 
     storage: Storage
     url: str = ""
     users: dict[str, tuple[str, list[str]]] | None = None
     verbose: bool = False
+    admins: frozenset[str] = frozenset()
+    open_faults: bool = False
     faults: Faults = field(default_factory=Faults)
     requests: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10000))
     max_body: int = 256 * 1024 * 1024  # JSON / NDJSON bodies (read into memory)
@@ -51,9 +56,9 @@ class HubState:
     tree_page_size_expand: int = 50
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
-    def sign(self, oid: str) -> str:
-        """Signature for a presigned LFS upload URL (the client PUTs there without its token)."""
-        return hmac.new(self.secret, oid.encode(), hashlib.sha256).hexdigest()[:32]
+    def sign(self, oid: str, scope: str) -> str:
+        """Signature for a presigned LFS upload URL of OID into repo SCOPE ("type/ns/name")."""
+        return hmac.new(self.secret, f"{scope}\0{oid}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def record(self, method: str, path: str) -> None:
         self.requests.append((method, path))
@@ -64,11 +69,17 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], hub: HubState) -> None:
+    def __init__(self, address: tuple[str, int], hub: HubState, lock: RootLock) -> None:
         from hubtool.hub_server.handlers import HubHandler
 
-        super().__init__(address, HubHandler)
         self.hub = hub
+        self._root_lock = lock
+        super().__init__(address, HubHandler)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.hub.storage.close()
+        self._root_lock.release()
 
 
 def is_loopback(host: str) -> bool:
@@ -94,11 +105,18 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, *, users: di
                 verbose: bool = False, **limits: Any) -> _Server:
     """A bound (not yet serving) server; `server.hub.url` is its endpoint.
 
-    `limits` overrides HubState fields (max_body, max_upload, read_timeout, tree_page_size, ...).
-    Stale temp files under ROOT (interrupted uploads of a previous run) are removed first.
+    `limits` overrides HubState fields (max_body, max_upload, read_timeout, tree_page_size, admins, ...).
+    ROOT is locked for this server's life (a second server on it is refused with a StorageError
+    naming the first process); temp files under ROOT (interrupted uploads of a previous run) are
+    removed first.
     """
-    hub = HubState(Storage(Path(root)), users=users, verbose=verbose, **limits)
-    server = _Server((host, port), hub)
+    lock = RootLock(Path(root))
+    try:
+        hub = HubState(Storage(Path(root)), users=users, verbose=verbose, **limits)
+        server = _Server((host, port), hub, lock)
+    except BaseException:
+        lock.release()
+        raise
     bound_host, bound_port = server.server_address[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     hub.url = f"http://{shown}:{bound_port}"
@@ -130,7 +148,7 @@ class LocalHub:
 
     def stop(self) -> None:
         self._server.shutdown()
-        self._server.server_close()
+        self._server.server_close()  # drops the root lock and this server's Xet read replicas
         self._thread.join(timeout=10)
 
     def __enter__(self) -> "LocalHub":

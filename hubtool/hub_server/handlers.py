@@ -272,6 +272,18 @@ class HubHandler(BaseHTTPRequestHandler):
             raise StorageError(401, "Unauthorized", "Invalid credentials in Authorization header")
         return user
 
+    def _require_admin(self) -> str:
+        """The server's owner: an admin in --users (401 without a token, 403 for others); in open
+        mode nobody, unless the server was started with open_faults."""
+        if self.hub.users is None:
+            if not self.hub.open_faults:
+                raise StorageError(403, "Forbidden", "fault injection is off: start the server with --allow-faults (open mode) or an admin in --users")
+            return _OPEN_USER
+        user = self._require_user()
+        if user[0] not in self.hub.admins:
+            raise StorageError(403, "Forbidden", "only an admin of this server (\"admin\": true in --users) may inject faults")
+        return user[0]
+
     def _can_write(self, ref: RepoRef, user: tuple[str, list[str]]) -> bool:
         return self.hub.users is None or ref.namespace in (user[0], *user[1])
 
@@ -393,14 +405,14 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _route_internal(self, method: str, segs: list[str]) -> None:
         if segs == ["faults"]:
-            # Fault injection changes what every client sees: behind the same auth as writes.
-            self._require_user()
+            # Fault injection changes what every client sees: the server's owner only.
+            self._require_admin()
             if method == "POST":
                 spec = self.body_json(required=True)
                 try:
                     rule = self.hub.faults.add(str(spec["method"]), str(spec["path_regex"]), int(spec["status"]), int(spec.get("times", 1)))
-                except re.error as exc:
-                    raise StorageError(400, "BadRequest", f"invalid path_regex: {exc}") from None
+                except (ValueError, OverflowError) as exc:
+                    raise StorageError(400, "BadRequest", f"invalid fault: {exc}") from None
                 return self._json(200, rule.as_dict())
             if method == "DELETE":
                 self.hub.faults.clear()
@@ -408,11 +420,16 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._json(200, {"faults": self.hub.faults.snapshot()})
         if len(segs) >= 2 and segs[0] == "lfs":
             oid = validate.oid(segs[1])
+            scope = self.query.get("repo", [None])[0]
+            ref = self._scope_ref(scope)
             if len(segs) == 2 and method == "PUT":
                 # The client PUTs to the batch answer's href without its token (a presigned URL):
-                # with auth on, the href carries a signature only this server can make.
-                if self.hub.users is not None and not hmac.compare_digest(self.query.get("sig", [""])[0], self.hub.sign(oid)):
-                    self._require_user()
+                # with auth on, the href carries a signature only this server can make, for one repo.
+                signed = scope is not None and hmac.compare_digest(self.query.get("sig", [""])[0], self.hub.sign(oid, scope))
+                if self.hub.users is not None and not signed:
+                    if ref is None:
+                        raise StorageError(401, "Unauthorized", "an LFS upload needs the batch answer's signed URL")
+                    self._require_contributor(ref)
                 stream = self._stream()
                 self._consumed = True
                 try:
@@ -420,13 +437,24 @@ class HubHandler(BaseHTTPRequestHandler):
                 except (StorageError, OSError):
                     self.close_connection = True  # part of the body may still be in flight
                     raise
+                if ref is not None:
+                    self.hub.storage.own(ref, {oid})  # its bytes were sent to this repo: it owns them
                 return self._json(200, {"oid": oid, "size": size})
             if segs[2:] == ["verify"] and method == "POST":
                 self.body()
-                if not self.hub.storage.has_blob(oid):
+                if not self.hub.storage.has_blob(oid) or (ref is not None and not self.hub.storage.owns(ref, oid)):
                     raise StorageError(404, "EntryNotFound", f"LFS object {oid} not found")
                 return self._json(200, {"oid": oid})
         raise StorageError(404, "NotFound", f"no route for {method} {self.raw_path}")
+
+    def _scope_ref(self, scope: str | None) -> RepoRef | None:
+        """The repo an LFS upload URL is for (`?repo=TYPE/NS/NAME`), which must exist."""
+        if scope is None:
+            return None
+        repo_type, _, repo_id = scope.partition("/")
+        ref = RepoRef(repo_type, repo_id)
+        self.hub.storage.repo_meta(ref)
+        return ref
 
     # ------------------------------------------------------------------ repos
     def _repo_url(self, ref: RepoRef) -> str:
@@ -637,6 +665,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def discussion_status(self, ref: RepoRef, num: int) -> None:
         spec = self.body_json(required=True)
         user = self._require_user()
+        self._require_read(ref)  # a private repo the caller cannot see is 404, as a missing one
         item = self.hub.storage.discussion(ref, num)
         if not self._can_write(ref, user) and item["author"] != user[0]:
             raise StorageError(403, "Forbidden", f"You don't have the rights to change #{num} of {ref.repo_id}")
@@ -689,8 +718,12 @@ class HubHandler(BaseHTTPRequestHandler):
                 continue
             item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
             base = f"{self.hub.url}/_hubtool/lfs/{oid}"
-            if upload and not self.hub.storage.has_blob(oid):
-                item["actions"] = {"upload": {"href": f"{base}?sig={self.hub.sign(oid)}"}, "verify": {"href": f"{base}/verify"}}
+            # An object is this repo's only once its bytes were sent here: a blob stored for another
+            # repo is asked for again (knowing a sha256 proves nothing).
+            if upload and not (self.hub.storage.has_blob(oid) and self.hub.storage.owns(ref, oid)):
+                scope = f"{ref.type}/{ref.repo_id}"
+                query = urlencode({"repo": scope, "sig": self.hub.sign(oid, scope)})
+                item["actions"] = {"upload": {"href": f"{base}?{query}"}, "verify": {"href": f"{base}/verify?{urlencode({'repo': scope})}"}}
             objects.append(item)
         self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}, {"Content-Type": "application/vnd.git-lfs+json"})
 
@@ -724,8 +757,14 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             self._require_read(ref)
         exp = int(time.time()) + 3600
-        xet = self.hub.storage.xet
-        cas = xet.cas_url if write else f"local://{xet.reader_replica().resolve()}"
+        storage = self.hub.storage
+        if write:
+            cas = storage.xet.cas_url(storage.xet_store_id(ref))  # this repo's own store: uploads there are its own
+        else:
+            # A replica of only this revision's Xet files (the caller may read this repo): never the whole CAS.
+            _, files = storage.files_at(ref, rev)
+            wanted = sorted({(e["sha256"], e["xet"]) for e in files.values() if e.get("xet")})
+            cas = f"local://{storage.xet.reader_replica(wanted)}"
         token = "local-xet-write" if write else "local-xet-read"
         self._json(200, {"casUrl": cas, "accessToken": token, "exp": exp}, {
             "X-Xet-Cas-Url": cas, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(exp),

@@ -2,8 +2,9 @@
 
 Layout under the root:
     blobs/ab/<sha256>                      file contents (LFS uploads, regular files, Xet reads)
-    xet-cas/                               hf-xet's file-backed CAS (see xet.py)
-    repos/<type>/<ns>/<name>/repo.json     {private, created}
+    xet-cas/stores/<id>/                   hf-xet's file-backed CAS, one per repo (see xet.py)
+    repos/<type>/<ns>/<name>/repo.json     {private, created, xet_store}
+    repos/<type>/<ns>/<name>/objects.json  {sha256: [...]}: the LFS/Xet objects this repo owns
     repos/<type>/<ns>/<name>/refs.json     {branches, tags: {name: commit id}, prs: {N: commit id}}
     repos/<type>/<ns>/<name>/commits/<id>.json   {parents, title, message, date, author, files}
     repos/<type>/<ns>/<name>/discussions.json    discussions and pull requests, with events
@@ -11,6 +12,11 @@ Every JSON write goes to a temp file and is renamed into place, so a killed serv
 leaves a half-written repo (leftover temp files are removed at the next start). One lock
 serialises ref updates (commits are small). Names reach the disk only through validate.py and
 `validate.under`, which refuses any path resolving outside the root.
+
+Objects are content-addressed and shared on disk, but *owned* per repo, as on the Hub: a commit
+may name an LFS/Xet object only if it was uploaded to that repo (its bytes sent there, or written
+by hf-xet into that repo's store) or a commit of that repo already holds it. Knowing a sha256 is
+not enough to claim another repo's (private) bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import binascii
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -97,14 +105,24 @@ class Storage:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.root = self.root.resolve()
         self.blob_dir = self.root / "blobs"
-        self.xet = XetStore(self.root / "xet-cas")
+        self._own_readers = _readers_dir_beside(self.root)
+        self.xet = XetStore(self.root / "xet-cas", self._own_readers / "xet-readers" if self._own_readers else None)
         self._lock = threading.RLock()
-        self.removed_temp_files = self.clean_stale_temp_files()
+        # Replicas of a previous run (under the root, or this run's own temp folder) serve no token now.
+        shutil.rmtree(self.root / "xet-readers", ignore_errors=True)
+        self.removed_temp_files = self.clean_stale_temp_files(older_than=0)
+
+    def close(self) -> None:
+        """Remove this server's reader replicas (and their temp folder); repos are untouched."""
+        self.xet.remove_all_replicas()
+        if self._own_readers is not None:
+            shutil.rmtree(self._own_readers, ignore_errors=True)
 
     def clean_stale_temp_files(self, older_than: float = STALE_TEMP_SECONDS) -> int:
         """Delete temp files (interrupted uploads, half-written JSON) untouched for `older_than` seconds.
 
-        Live uploads keep touching theirs, so a second server on the same root is not disturbed.
+        At start every one goes (older_than=0): the root lock (see root_lock.py) means no other
+        server is writing here, so any temp file is a leftover of an interrupted upload.
         """
         cutoff = time.time() - older_than
         removed = 0
@@ -188,7 +206,7 @@ class Storage:
         if not path.is_file():
             if not entry.get("xet"):
                 raise StorageError(404, "EntryNotFound", f"content of {entry['sha256']} is missing")
-            self.xet.materialize(entry["xet"], entry["size"], path)
+            self.xet.materialize(entry["sha256"], entry["xet"], entry["size"], path)
         return path
 
     # ------------------------------------------------------------------ repos
@@ -217,6 +235,43 @@ class Storage:
                 continue
         return out
 
+    # ------------------------------------------------------------------ object ownership
+    def xet_store_id(self, ref: RepoRef) -> str:
+        """The repo's own Xet store id (made on first use; repos of older servers get one then)."""
+        with self._lock:
+            meta = self.repo_meta(ref)
+            if not meta.get("xet_store"):
+                meta["xet_store"] = secrets.token_hex(16)
+                write_json_atomic(self.repo_dir(ref) / "repo.json", meta)
+            return str(meta["xet_store"])
+
+    def owned(self, ref: RepoRef) -> set[str]:
+        """sha256 of every object this repo owns: uploaded to it, or held by one of its commits."""
+        path = self.repo_dir(ref) / "objects.json"
+        try:
+            return set(json.loads(path.read_text())["sha256"])
+        except FileNotFoundError:
+            pass
+        with self._lock:  # a repo of an older server: what its commits hold is its own
+            found: set[str] = set()
+            for commit_file in (self.repo_dir(ref) / "commits").glob("*.json"):
+                try:
+                    found |= {e["sha256"] for e in json.loads(commit_file.read_text())["files"].values()}
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+            write_json_atomic(path, {"sha256": sorted(found)})
+            return found
+
+    def own(self, ref: RepoRef, oids: set[str]) -> None:
+        """Record OIDS as owned by REF (their bytes were sent to it)."""
+        with self._lock:
+            have = self.owned(ref)
+            if not set(oids) <= have:
+                write_json_atomic(self.repo_dir(ref) / "objects.json", {"sha256": sorted(have | set(oids))})
+
+    def owns(self, ref: RepoRef, sha256: str) -> bool:
+        return sha256 in self.owned(ref)
+
     def create_repo(self, ref: RepoRef, *, private: bool, author: str) -> bool:
         """Create with an initial commit holding .gitattributes (as the Hub does); False if it exists."""
         with self._lock:
@@ -226,15 +281,16 @@ class Storage:
             files = {".gitattributes": _entry_regular(GITATTRIBUTES, sha)}
             commit = self._write_commit(ref, parents=[], title="initial commit", message="", author=author, files=files)
             write_json_atomic(self.repo_dir(ref) / "refs.json", {"branches": {"main": commit}, "tags": {}, "prs": {}})
-            write_json_atomic(self.repo_dir(ref) / "repo.json", {"private": private, "created": _now()})
+            write_json_atomic(self.repo_dir(ref) / "objects.json", {"sha256": [sha]})
+            write_json_atomic(self.repo_dir(ref) / "repo.json", {"private": private, "created": _now(), "xet_store": secrets.token_hex(16)})
             return True
 
     def delete_repo(self, ref: RepoRef) -> None:
-        import shutil
-
         with self._lock:
-            self.repo_meta(ref)
+            store = self.repo_meta(ref).get("xet_store")
             shutil.rmtree(self.repo_dir(ref))
+            if store:
+                self.xet.drop_store(str(store))
 
     def move_repo(self, src: RepoRef, dst: RepoRef) -> None:
         """Rename/transfer a repo (same type); 409 if the destination exists."""
@@ -392,8 +448,11 @@ class Storage:
                     raise StorageError(412, "PreconditionFailed", f"A commit has happened since {parent}; head is {head}")
                 base_commit = head
             files = dict(self.commit(ref, base_commit)["files"])
+            owned = self.owned(ref)
+            store = self.xet_store_id(ref)
             for op in operations:
-                self._apply(files, op)
+                self._apply(files, op, owned, store)
+            self.own(ref, {e["sha256"] for e in files.values()})
             commit_id = self._write_commit(ref, parents=[base_commit], title=title, message=message, author=author, files=files)
             if create_pr:
                 num = self._new_discussion(ref, refs, title=title, description=message, author=author,
@@ -420,7 +479,7 @@ class Storage:
             self._write_refs(ref, refs)
             return commit_id
 
-    def _apply(self, files: dict[str, dict[str, Any]], op: Any) -> None:
+    def _apply(self, files: dict[str, dict[str, Any]], op: Any, owned: set[str], store: str) -> None:
         if not isinstance(op, dict) or not isinstance(op.get("value"), dict):
             raise StorageError(400, "BadRequest", "each commit operation must be an object {key, value}")
         key, value = op.get("key"), op["value"]
@@ -447,20 +506,25 @@ class Storage:
             oid = validate.oid(value.get("oid"))
             if value.get("algo", "sha256") != "sha256":
                 raise StorageError(400, "BadRequest", f"{path}: only sha256 LFS objects are supported")
-            known = self.blob_size(oid)
-            xet_hash = None
-            if known is None:
+            # Only objects this repo owns: uploaded to it (LFS PUT, or hf-xet into its store) or already in it.
+            xet_file = self.xet.lookup(oid, store) or (self.xet.lookup(oid, "") if oid in owned else None)
+            if oid not in owned and xet_file is None:
                 raise StorageError(
                     400, "BadRequest",
-                    f"LFS object {oid} for {path} was never uploaded (no LFS upload, and no hf-xet shard under "
-                    f"{self.xet.cas_dir} records it: if this was a Xet upload, this hf-xet's local CAS layout "
-                    "is not the one xet.py reads)",
+                    f"LFS object {oid} for {path} was never uploaded to this repo (no LFS upload here, and no hf-xet "
+                    "shard in this repo's Xet store records it: if this was a Xet upload, this hf-xet's local CAS "
+                    "layout is not the one xet.py reads)",
                 )
-            if not self.has_blob(oid):
-                found = self.xet.lookup(oid)
-                xet_hash = found[0] if found else None
+            earlier = next((e for e in files.values() if e.get("sha256") == oid and e.get("lfs")), None)
+            if self.has_blob(oid):
+                known = self.blob_path(oid).stat().st_size
+            elif xet_file is not None:
+                known = xet_file.size
+            elif earlier is not None:
+                known = int(earlier["size"])
             else:
-                xet_hash = next((e.get("xet") for e in files.values() if e.get("sha256") == oid and e.get("xet")), None)
+                raise StorageError(400, "BadRequest", f"LFS object {oid} for {path} is missing from the store")
+            xet_hash = xet_file.xet_hash if xet_file is not None else (earlier.get("xet") if earlier else None)
             # A copy of an LFS file names only the oid: the size is the stored object's.
             if "size" in value and int(value["size"]) != known:
                 raise StorageError(400, "BadRequest", f"{path}: size {value['size']} does not match LFS object {oid} ({known} bytes)")
@@ -593,6 +657,18 @@ class Storage:
                 self._add_event(ref, num, "comment", author, {"edited": False, "hidden": False, "latest": {"raw": comment}})
             self._add_event(ref, num, "status-change", author, {"status": "merged"})
             return commit_id
+
+
+def _readers_dir_beside(root: Path) -> Path | None:
+    """A private temp folder for Xet read replicas when it shares ROOT's filesystem (hard links work,
+    and read tokens then name a temp path, not the root); None means ROOT/xet-readers."""
+    try:
+        tmp = Path(tempfile.gettempdir())
+        if tmp.stat().st_dev != root.stat().st_dev:
+            return None
+        return Path(tempfile.mkdtemp(prefix="hubtool-hub-"))
+    except OSError:
+        return None
 
 
 def _entry_regular(data: bytes, sha256: str) -> dict[str, Any]:

@@ -1,31 +1,37 @@
 """Xet mode for the local Hub: hf-xet writes chunks into a file-backed CAS folder we hand it.
 
-The client is given `casUrl = local://<root>/xet-cas`; hf-xet then stores xorbs and shard
-files there itself (xet-core's local store), so file bytes never pass through our HTTP server.
-A commit only names files by sha256, so we read the shard files' file-info sections to map
-sha256 -> xet file hash (for `X-Xet-Hash` and tree `xetHash`), and use hf-xet's own downloader
-to materialise a blob when a plain HTTP client asks for the bytes.
+Each repo has its own store, `xet-cas/stores/<id>` (the id lives in repo.json, so a moved repo
+keeps it): a Xet write token for a repo names that store only, so what a client uploads there is
+owned by that repo and a commit elsewhere cannot claim it. hf-xet stores xorbs and shard files
+there itself (xet-core's local store), so file bytes never pass through our HTTP server. A commit
+only names files by sha256, so we read the shard files' file-info sections to map sha256 -> xet
+file hash, size and the xorbs holding it (for `X-Xet-Hash`, tree `xetHash`, and replicas).
+Stores of servers before per-repo stores (`xet-cas/xet/xorbs`) are still read.
 
 The shard layout is internal to xet-core (checked with hf-xet 1.8): if it changes, `lookup`
 finds nothing and commits of Xet-uploaded files fail with a clear 400, never silently.
 
-xet-core's local store keeps an index database (redb) that one process opens at a time, for as long
-as a transfer runs; the real Hub's CAS has no such limit. So every reader (a read token, or our own
-reassembly of a blob) gets a private replica: xorbs and shards hard-linked, the index copied while no
-writer holds it. Concurrent downloads then never meet; uploads still go one process at a time into
-the shared store (a second concurrent upload gets xet-core's "Database already open", which
-hubtool's own stage cache waits out).
+A read token names a *replica* holding only the shards and xorbs of the files the token's repo
+revision has (hard links where the filesystem allows), never the whole CAS: a reader of one
+public repo cannot list or fetch another repo's objects. Replicas live outside the root where
+the temp folder shares its filesystem (so the token does not reveal the root path), and are
+bounded: at most READER_CAP at a time (the oldest go first) and none older than a token's life.
+xet-core keeps an index database (redb) that one process opens at a time, so every reader gets
+its own replica and they never meet.
 """
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
+import re
 import shutil
 import struct
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +44,22 @@ _FLAG_METADATA_EXT = 0x4000_0000
 _BOOKEND = b"\xff" * 32
 _STORE = Path("xet", "xorbs")  # where xet-core's LocalClient keeps its files under a local:// CAS URL
 _INDEX_DB = "global_dedup_lookup.redb"
-READER_MAX_AGE_S = 6 * 3600  # replicas older than this (tokens last an hour) are removed
-WRITER_WAIT_S = 900.0  # how long a reader waits for an upload that holds the index
+WRITER_WAIT_S = 900.0  # how long a reader waits for an upload that holds a store's index
+_XORB_PREFIX = "default."  # xet-core names a xorb file `default.<hash>` in <store>/xet/xorbs/xorbs
+READER_MAX_AGE_S = 3600 + 600  # a read token lasts an hour: its replica goes a little after
+READER_CAP = 32  # replicas at once; each holds links to one repo revision's objects + hf-xet's ~1 MB index
+_STORE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class XetFile:
+    """One file recorded in a shard: its xet hash, size, the shard naming it and the xorbs holding it."""
+
+    xet_hash: str
+    size: int
+    shard: Path
+    xorbs: tuple[str, ...]
+    store: str  # store id, "" for the pre-per-repo shared store
 
 
 def _merkle_hex(raw: bytes) -> str:
@@ -47,9 +67,9 @@ def _merkle_hex(raw: bytes) -> str:
     return "".join(raw[i : i + 8][::-1].hex() for i in range(0, 32, 8))
 
 
-def parse_shard(data: bytes) -> dict[str, tuple[str, int]]:
-    """sha256 -> (xet hash, size) for every file recorded (with its sha256) in one shard file."""
-    found: dict[str, tuple[str, int]] = {}
+def parse_shard_files(data: bytes) -> dict[str, tuple[str, int, tuple[str, ...]]]:
+    """sha256 -> (xet hash, size, xorb hashes) for every file recorded (with its sha256) in one shard."""
+    found: dict[str, tuple[str, int, tuple[str, ...]]] = {}
     off = _SHARD_HEADER_SIZE
     while off + _ENTRY_SIZE <= len(data):
         file_hash = data[off : off + 32]
@@ -58,98 +78,159 @@ def parse_shard(data: bytes) -> dict[str, tuple[str, int]]:
         flags, n_entries = struct.unpack_from("<II", data, off + 32)
         entries = off + _ENTRY_SIZE
         size = sum(struct.unpack_from("<I", data, entries + i * _ENTRY_SIZE + 36)[0] for i in range(n_entries))
+        xorbs = tuple(dict.fromkeys(_merkle_hex(data[entries + i * _ENTRY_SIZE : entries + i * _ENTRY_SIZE + 32]) for i in range(n_entries)))
         off = entries + n_entries * _ENTRY_SIZE
         if flags & _FLAG_VERIFICATION:
             off += n_entries * _ENTRY_SIZE
         if flags & _FLAG_METADATA_EXT:
-            found[_merkle_hex(data[off : off + 32])] = (_merkle_hex(file_hash), size)
+            found[_merkle_hex(data[off : off + 32])] = (_merkle_hex(file_hash), size, xorbs)
             off += _ENTRY_SIZE
     return found
 
 
-class XetStore:
-    """The CAS folder hf-xet writes into, plus a sha256 -> xet hash index read from its shards."""
+def parse_shard(data: bytes) -> dict[str, tuple[str, int]]:
+    """sha256 -> (xet hash, size) for every file recorded (with its sha256) in one shard file."""
+    return {sha: (xh, size) for sha, (xh, size, _) in parse_shard_files(data).items()}
 
-    def __init__(self, cas_dir: Path) -> None:
+
+class XetStore:
+    """The CAS folders hf-xet writes into (one per repo), plus a sha256 -> XetFile index read from their shards."""
+
+    def __init__(self, cas_dir: Path, readers_dir: Path | None = None) -> None:
         self.cas_dir = Path(cas_dir)
         self.cas_dir.mkdir(parents=True, exist_ok=True)
-        self.readers_dir = self.cas_dir.parent / "xet-readers"
-        self._index: dict[str, tuple[str, int]] = {}
-        self._seen: set[str] = set()
+        self.readers_dir = Path(readers_dir) if readers_dir else self.cas_dir.parent / "xet-readers"
+        self._index: dict[str, list[XetFile]] = {}
+        self._seen: set[Path] = set()
         self._lock = threading.Lock()
+        self._replicas_lock = threading.Lock()
 
-    @property
-    def cas_url(self) -> str:
-        return f"local://{self.cas_dir.resolve()}"
+    def store_dir(self, store_id: str) -> Path:
+        """The CAS folder of one repo's store (`store_id` from repo.json; "" is the legacy shared one)."""
+        if store_id == "":
+            return self.cas_dir
+        if not _STORE_ID_RE.fullmatch(store_id):
+            raise StorageError(500, "InternalError", "bad xet store id in repo.json")
+        return self.cas_dir / "stores" / store_id
 
-    def lookup(self, sha256: str) -> tuple[str, int] | None:
-        """(xet hash, size) of the file with this sha256 if hf-xet has stored it here."""
+    def cas_url(self, store_id: str) -> str:
+        """The write URL of a repo's store (writers of that repo may see its path)."""
+        path = self.store_dir(store_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return f"local://{path.resolve()}"
+
+    def lookup(self, sha256: str, store_id: str | None = None) -> XetFile | None:
+        """The Xet file with this sha256, in STORE_ID's store only (None: in any store)."""
         with self._lock:
-            if sha256 not in self._index:
+            if not any(store_id is None or f.store == store_id for f in self._index.get(sha256, ())):
                 self._rescan()
-            return self._index.get(sha256)
+            for found in self._index.get(sha256, ()):
+                if store_id is None or found.store == store_id:
+                    return found
+            return None
+
+    def find(self, sha256: str, xet_hash: str) -> XetFile | None:
+        """The record of a committed file (sha256 + xet hash) in whichever store holds it."""
+        with self._lock:
+            for attempt in range(2):
+                for found in self._index.get(sha256, ()):
+                    if found.xet_hash == xet_hash:
+                        return found
+                if attempt == 0:
+                    self._rescan()
+        return None
 
     def _rescan(self) -> None:
         # Shard files are content-addressed and immutable once renamed into place: read each once.
         for shard in self.cas_dir.rglob("*.mdb"):
-            if shard.name in self._seen:
-                continue
+            if shard in self._seen or shard.parent.name != "shards" or shard.name.startswith("."):
+                continue  # shard-cache/ is hf-xet's client cache; xorbs/shards/ is the store's own
+            rel = shard.relative_to(self.cas_dir).parts
+            store = rel[1] if rel[0] == "stores" and len(rel) > 2 else ""
             try:
-                self._index.update(parse_shard(shard.read_bytes()))
+                files = parse_shard_files(shard.read_bytes())
             except (OSError, struct.error):
                 continue  # half-written by a concurrent upload: retried on the next lookup
-            self._seen.add(shard.name)
+            for sha, (xet_hash, size, xorbs) in files.items():
+                self._index.setdefault(sha, []).append(XetFile(xet_hash, size, shard, xorbs, store))
+            self._seen.add(shard)
 
-    def reader_replica(self) -> Path:
-        """A private copy of the store for one reader, so that readers never contend for the index."""
-        self._remove_old_replicas()
+    def reader_replica(self, files: list[tuple[str, str]]) -> Path:
+        """A private store for one reader holding only FILES' ((sha256, xet hash)) shards and xorbs."""
+        self.remove_old_replicas()
+        self.readers_dir.mkdir(parents=True, exist_ok=True)
         replica = self.readers_dir / f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
-        pool, copy = self.cas_dir / _STORE, replica / _STORE
+        copy = replica / _STORE
         for sub in ("xorbs", "shards"):
             (copy / sub).mkdir(parents=True)
-        index = pool / _INDEX_DB
-        if index.is_file():
-            with open(index, "rb") as fh:
-                self._wait_for_writers(fh, index)
-                try:
-                    shutil.copyfile(index, copy / _INDEX_DB)
-                    for sub in ("xorbs", "shards"):
-                        for f in (pool / sub).iterdir() if (pool / sub).is_dir() else ():
+        records = [f for f in (self.find(sha, xh) for sha, xh in files) if f is not None]
+        # xet-core finds files through its index database (redb): copy the one of the store holding
+        # most of these files (a repo's files are in its own store; only a root of an older server
+        # mixes stores), taken while no upload holds it. It indexes that store only: that one repo.
+        # The index names every shard of its store, which must all be there (they describe that one
+        # repo's uploads; a shared store of an older server also lists other repos' file hashes, but
+        # only these files' xorbs, the bytes, are linked).
+        stores = collections.Counter(f.store for f in records)
+        if stores:
+            pool = self.store_dir(stores.most_common(1)[0][0]) / _STORE
+            index = pool / _INDEX_DB
+            if index.is_file():
+                with open(index, "rb") as fh:
+                    _wait_for_writers(fh, index)
+                    try:
+                        shutil.copyfile(index, copy / _INDEX_DB)
+                        for f in (pool / "shards").iterdir() if (pool / "shards").is_dir() else ():
                             if f.is_file() and not f.name.startswith("."):
-                                _link_or_copy(f, copy / sub / f.name)
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+                                _link_or_copy(f, copy / "shards" / f.name)
+                    finally:
+                        fcntl.flock(fh, fcntl.LOCK_UN)
+        for found in records:
+            sources = [found.shard] + [found.shard.parent.parent / "xorbs" / f"{_XORB_PREFIX}{x}" for x in found.xorbs]
+            for src in sources:  # each with xet-core's `.tagset` sidecar
+                for part in (src, src.with_name(src.name + ".tagset")):
+                    dest = copy / src.parent.name / part.name
+                    if part.is_file() and not dest.exists():
+                        _link_or_copy(part, dest)
         return replica
 
-    @staticmethod
-    def _wait_for_writers(fh: Any, index: Path) -> None:
-        """Take the index's lock (redb's own, flock) so no upload changes it while we copy."""
-        deadline = time.monotonic() + WRITER_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    def remove_old_replicas(self, keep: int = READER_CAP - 1) -> None:
+        """Drop replicas older than a token's life, then the oldest beyond KEEP."""
+        with self._replicas_lock:
+            if not self.readers_dir.is_dir():
                 return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StorageError(503, "ServiceUnavailable", f"an upload has held {index} for {WRITER_WAIT_S:.0f} s; retry later") from None
-                time.sleep(0.1)
-
-    def _remove_old_replicas(self) -> None:
-        if not self.readers_dir.is_dir():
-            return
-        cutoff = time.time() - READER_MAX_AGE_S
-        for old in self.readers_dir.iterdir():
-            stamp = old.name.split("-", 1)[0]
-            if stamp.isdigit() and int(stamp) < cutoff:
+            cutoff = time.time() - READER_MAX_AGE_S
+            live = []
+            for old in self.readers_dir.iterdir():
+                stamp = old.name.split("-", 1)[0]
+                if not stamp.isdigit() or int(stamp) < cutoff:
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    live.append((old.stat().st_mtime, old.name, old))
+            for _, _, old in sorted(live)[: max(len(live) - keep, 0)]:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def materialize(self, xet_hash: str, size: int, dest: Path) -> None:
+    def drop_store(self, store_id: str) -> None:
+        """Delete a deleted repo's store and forget its files."""
+        path = self.store_dir(store_id)
+        with self._lock:
+            shutil.rmtree(path, ignore_errors=True)
+            for sha in list(self._index):
+                self._index[sha] = [f for f in self._index[sha] if f.store != store_id]
+            self._seen = {p for p in self._seen if path not in p.parents}
+
+    def replica_count(self) -> int:
+        return sum(1 for _ in self.readers_dir.iterdir()) if self.readers_dir.is_dir() else 0
+
+    def remove_all_replicas(self) -> None:
+        shutil.rmtree(self.readers_dir, ignore_errors=True)
+
+    def materialize(self, sha256: str, xet_hash: str, size: int, dest: Path) -> None:
         """Reassemble a Xet-stored file into `dest` with hf-xet's own reader (atomic rename)."""
         import hf_xet
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        replica = self.reader_replica()
+        replica = self.reader_replica([(sha256, xet_hash)])
         try:
             session = hf_xet.XetSession()
             with session.new_file_download_group(
@@ -159,10 +240,27 @@ class XetStore:
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(replica, ignore_errors=True)
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _wait_for_writers(fh: Any, index: Path) -> None:
+    """Take the index's lock (redb's own, flock) so no upload changes it while we copy."""
+    deadline = time.monotonic() + WRITER_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StorageError(503, "ServiceUnavailable", f"an upload has held the Xet index for {WRITER_WAIT_S:.0f} s; retry later") from None
+            time.sleep(0.1)
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
-    except OSError:  # a filesystem without hard links
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links, or another device
         shutil.copyfile(src, dest)
