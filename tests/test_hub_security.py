@@ -603,3 +603,80 @@ def test_server_keeps_serving_after_a_burst_of_probes(open_hub):
     for probe in probes * 3:
         raw_exchange(hub.url, probe, timeout=4)
     assert_serving(hub)
+
+
+# ---------------------------------------------------------------------------- resources
+def test_read_tokens_and_downloads_leave_a_bounded_number_of_replicas(sandbox):
+    """50 anonymous read tokens and 50 downloads: replicas stay at most READER_CAP (was one per token, for good)."""
+    from hubtool.hub_server.xet import READER_CAP
+
+    root, _ = sandbox
+    data = os.urandom(200_000)
+    with serve_in_thread(root) as hub:
+        api = HfApi(endpoint=hub.url, token=False)
+        api.create_repo("acme/pub")
+        api.upload_file(path_or_fileobj=data, path_in_repo="w.safetensors", repo_id="acme/pub")
+        readers = hub.state.storage.xet.readers_dir
+        for _ in range(50):
+            assert request(hub.url, "GET", "/api/models/acme/pub/xet-read-token/main")[0] == 200
+            status, _, body = request(hub.url, "GET", "/acme/pub/resolve/main/w.safetensors")
+            assert status == 200 and body == data
+        replicas = [p for p in readers.iterdir()]
+        assert 1 <= len(replicas) <= READER_CAP
+        seen, own_bytes = set(), 0
+        for f in readers.rglob("*"):
+            st = f.stat()
+            if f.is_file() and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                own_bytes += st.st_size if st.st_nlink == 1 else 0  # hard links share the store's bytes
+        assert own_bytes <= READER_CAP * (2 << 20)  # hf-xet's index copy (~1 MB) per replica, at most
+        assert not (hub.root / "xet-readers").exists()  # and none under the root
+    assert not readers.exists()  # a stopped server leaves no replica behind
+
+
+def test_slow_body_is_cut_off_by_a_total_time_limit(open_hub):
+    """One byte a second never trips a 2 s per-read timeout; the total budget (2 s + size/64 KiB/s) does."""
+    hub, _ = open_hub
+    parts = urlsplit(hub.url)
+    sent = 0
+    start = time.monotonic()
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/repos/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n")
+        try:
+            while sent < 40 and time.monotonic() - start < 20:
+                sock.sendall(b" ")
+                sent += 1
+                time.sleep(1.0)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert sent < 12, f"the server kept reading a 1 byte/s body for {sent} s"
+
+
+def test_card_of_brackets_is_linked_raw_not_rendered(open_hub):
+    hub, _ = open_hub
+    api = HfApi(endpoint=hub.url, token=False)
+    api.upload_file(path_or_fileobj=b"[" * 240_000, path_in_repo="README.md", repo_id="acme/target")
+    status, _, page = request(hub.url, "GET", "/acme/target", timeout=30)
+    assert status == 200 and b"view raw" in page and b"/acme/target/resolve/" in page
+    api.upload_file(path_or_fileobj=b"# Fine card\n\nSome *text* with a [link](https://example.com).\n", path_in_repo="README.md", repo_id="acme/target")
+    status, _, page = request(hub.url, "GET", "/acme/target")
+    assert status == 200 and b"<em>text</em>" in page and b"view raw" not in page
+
+
+# ---------------------------------------------------------------------------- malformed input is 4xx (or a page)
+@pytest.mark.parametrize("header", [
+    "model-index: just a string",
+    "model-index:\n- results: a string",
+    "model-index:\n- results:\n  - metrics: a string\n    dataset: a string",
+    "model-index:\n- results:\n  - metrics:\n    - a string\n    dataset: [1, 2]",
+    "model-index: [1, 2, null]",
+    "released: 2024-01-02\nblob: !!binary aGVsbG8=\nitems: !!set {a: null, b: null}",
+    "when:\n  2024-01-02: a date key",
+    "loop: &a [*a]",
+])
+def test_repo_page_with_odd_front_matter_types_is_a_page(open_hub, header):
+    hub, _ = open_hub
+    card = f"---\nlicense: mit\n{header}\n---\n# Card\n".encode()
+    HfApi(endpoint=hub.url, token=False).upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id="acme/target")
+    status, _, page = request(hub.url, "GET", "/acme/target")
+    assert status == 200 and b"<h1>Card</h1>" in page and b"Error" not in page, page[:300]

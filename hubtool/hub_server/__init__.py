@@ -52,6 +52,8 @@ class HubState:
     max_body: int = 256 * 1024 * 1024  # JSON / NDJSON bodies (read into memory)
     max_upload: int = 50 * 1000**3  # one LFS object, streamed to disk (the Hub's per-file limit)
     read_timeout: float = 60.0  # seconds a client may stall mid-request before its thread is freed
+    # A body's total time: read_timeout plus 1 s per min_body_rate bytes (64 KiB/s: a 50 GB upload gets ~9 days)
+    min_body_rate: float = 64 * 1024
     tree_page_size: int = 1000
     tree_page_size_expand: int = 50
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)

@@ -68,6 +68,49 @@ class _ChunkedReader:
         return bytes(out)
 
 
+class _TimedReader:
+    """The request body with a *total* time budget: `stall` seconds plus one second per `min_rate`
+    bytes received. A client sending one byte every few seconds never trips a per-read timeout,
+    but runs out of this budget, and its thread is freed (TimeoutError)."""
+
+    def __init__(self, raw: Any, sock: Any, stall: float, min_rate: float) -> None:
+        self.raw, self.sock, self.stall, self.min_rate = raw, sock, stall, min_rate
+        self.start = time.monotonic()
+        self.got = 0
+
+    def _budget(self) -> None:
+        left = self.start + self.stall + self.got / self.min_rate - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request body arrived too slowly")
+        self.sock.settimeout(min(left, self.stall))
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            self._budget()
+            chunk = self.raw.read1(65536 if n < 0 else min(65536, n - len(out)))
+            if not chunk:
+                break
+            out += chunk
+            self.got += len(chunk)
+        return bytes(out)
+
+    def readline(self, limit: int = 65536) -> bytes:
+        out = bytearray()
+        while len(out) < limit:
+            self._budget()
+            buf = self.raw.peek(1)[: limit - len(out)]
+            if not buf:
+                break
+            end = buf.find(b"\n")
+            take = end + 1 if end >= 0 else len(buf)
+            out += self.raw.read(take)
+            self.got += take
+            if end >= 0:
+                break
+        return bytes(out)
+
+
 class HubHandler(BaseHTTPRequestHandler):
     """One request; `self.server.hub` (HubState) holds storage, faults, auth and limits."""
 
@@ -132,6 +175,10 @@ class HubHandler(BaseHTTPRequestHandler):
                     self._drain()
                 except Exception:
                     self.close_connection = True
+            try:
+                self.connection.settimeout(self.timeout)  # the body reader narrowed it
+            except OSError:
+                pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _dispatch
 
@@ -139,7 +186,7 @@ class HubHandler(BaseHTTPRequestHandler):
         """The request body as a stream; 400 for a bad Content-Length, 413 over the limit for this route."""
         if self._body_stream is None:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                self._body_stream = _ChunkedReader(self.rfile)
+                self._body_stream = _ChunkedReader(self._timed())
                 self._length = None
             else:
                 raw = (self.headers.get("Content-Length") or "0").strip()
@@ -147,13 +194,16 @@ class HubHandler(BaseHTTPRequestHandler):
                     self._consumed = True
                     self.close_connection = True  # the body's end is unknown: this connection is done
                     raise StorageError(400, "BadRequest", f"invalid Content-Length {raw[:40]!r}")
-                self._body_stream = self.rfile
+                self._body_stream = self._timed()
                 self._length = int(raw)
                 if self._length > self._limit():
                     self._consumed = True
                     self.close_connection = True  # never read a body we refuse
                     raise StorageError(413, "PayloadTooLarge", f"request body of {self._length} bytes is over the {self._limit()}-byte limit")
         return self._body_stream
+
+    def _timed(self) -> _TimedReader:
+        return _TimedReader(self.rfile, self.connection, self.hub.read_timeout, self.hub.min_body_rate)
 
     def _limit(self) -> int:
         """Largest body this request may carry: LFS uploads stream to disk, everything else is read into memory."""

@@ -21,6 +21,12 @@ from urllib.parse import quote
 
 from hubtool.hub_server.storage import RepoRef, StorageError
 
+# markdown-it's inline parser costs tens of microseconds per bracket/emphasis mark, and more on
+# adversarial runs (240 kB of '[' took 10 s a view): larger cards, or ones with more marks than any
+# real card, are not rendered but linked raw, which keeps every page view bounded.
+MAX_RENDER_BYTES = 200_000
+MAX_RENDER_MARKS = 8_000
+_MARKS = re.compile(r"[\[\]!*_<>`()~|\\]")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
 MAX_TEXT_BYTES = 256_000
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
@@ -108,7 +114,12 @@ def _repo_page(storage: Any, ref: RepoRef, rev: str, folder: str) -> str:
         if text is not None:
             meta, body = _split(text)
             meta_html = _metadata(meta)
-            card_html = f"<article class='card'>{render_markdown(body)}</article>"
+            raw = _u(f"/{ref.repo_id}/resolve/{commit_id}/README.md")
+            if len(body) > MAX_RENDER_BYTES or len(_MARKS.findall(body, 0, MAX_RENDER_BYTES)) > MAX_RENDER_MARKS:
+                card_html = (f"<article class='card'><p class='muted' id='card-too-large'>This card is too large to render here "
+                             f"({len(body)} characters): <a href='{raw}'>view raw</a>.</p></article>")
+            else:
+                card_html = f"<article class='card'>{render_markdown(body)}</article>"
     prefix = folder.strip("/") + "/" if folder.strip("/") else ""
     listed = {p: e for p, e in files.items() if p.startswith(prefix)}
     if prefix and not listed:
@@ -183,21 +194,39 @@ def _metadata(meta: dict[str, Any]) -> str:
         for item in value if isinstance(value, list) else ([value] if value not in (None, "") else []):
             chips.append(f"<span data-key='{_e(key)}'>{_e(key)}: {_e(item)}</span>")
     out = f"<div class='chips' id='metadata'>{''.join(chips)}</div>"
-    index = meta.get("model-index")
+    # The header is untrusted YAML: any field may be any type (a string where a list belongs, a
+    # date, binary, a set). What does not have the model-index shape is skipped, never a 500.
     rows = []
-    for entry in index if isinstance(index, list) else []:
-        for result in (entry or {}).get("results") or []:
-            dataset = (result.get("dataset") or {}).get("name", "")
-            for metric in result.get("metrics") or []:
-                rows.append(f"<tr><td>{_e(metric.get('name') or metric.get('type'))}</td><td>{_e(metric.get('value'))}</td><td>{_e(dataset)}</td></tr>")
+    for entry in _dicts(meta.get("model-index")):
+        for result in _dicts(entry.get("results")):
+            dataset = result.get("dataset")
+            name = dataset.get("name", "") if isinstance(dataset, dict) else ""
+            for metric in _dicts(result.get("metrics")):
+                rows.append(f"<tr><td>{_e(metric.get('name') or metric.get('type'))}</td><td>{_e(metric.get('value'))}</td><td>{_e(name)}</td></tr>")
     if rows:
         out += f"<h3>Evaluation results</h3><table id='eval-results'><tr><th>Metric</th><th>Value</th><th>Dataset</th></tr>{''.join(rows)}</table>"
     other = {k: v for k, v in meta.items() if k not in CHIP_KEYS and k != "model-index"}
     if other:
         out += "<details><summary>Other metadata</summary><table>" + "".join(
-            f"<tr><th>{_e(k)}</th><td><pre>{_e(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</pre></td></tr>" for k, v in other.items()
+            f"<tr><th>{_e(k)}</th><td><pre>{_e(_shown(v))}</pre></td></tr>"
+            for k, v in other.items()
         ) + "</table></details>"
     return out
+
+
+def _shown(value: Any) -> str:
+    """A header value as text: JSON where it is JSON-like, else Python's own text (dates, sets, bytes, cycles)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return str(value)[:10_000]
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The dict items of VALUE if it is a list (anything else in a header is ignored here)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _repo_header(ref: RepoRef, rev: str, commit_id: str) -> str:
