@@ -680,3 +680,117 @@ def test_repo_page_with_odd_front_matter_types_is_a_page(open_hub, header):
     HfApi(endpoint=hub.url, token=False).upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id="acme/target")
     status, _, page = request(hub.url, "GET", "/acme/target")
     assert status == 200 and b"<h1>Card</h1>" in page and b"Error" not in page, page[:300]
+
+
+@pytest.mark.parametrize("size", ["1e400", "Infinity", "-Infinity", "NaN", "1.5", "true", '"12"', "-1"])
+def test_odd_sizes_in_lfs_batch_and_preupload_are_4xx(open_hub, size):
+    hub, _ = open_hub
+    oid = "a" * 64
+    batch = f'{{"operation": "upload", "objects": [{{"oid": "{oid}", "size": {size}}}]}}'.encode()
+    status, _, answer = request(hub.url, "POST", "/acme/target.git/info/lfs/objects/batch", batch, {"Content-Type": "application/json"})
+    if status == 200:  # the batch API answers per object: this one must carry an error and no upload action
+        obj = json.loads(answer)["objects"][0]
+        assert obj["error"]["code"] == 422 and "actions" not in obj
+    else:
+        assert_4xx(status, answer)
+    pre = f'{{"files": [{{"path": "x.bin", "size": {size}, "sample": ""}}]}}'.encode()
+    status, _, answer = request(hub.url, "POST", "/api/models/acme/target/preupload/main", pre, {"Content-Type": "application/json"})
+    assert_4xx(status, answer)
+    body = commit_body({"key": "lfsFile", "value": {"path": "x.bin", "algo": "sha256", "oid": oid, "size": json.loads(size) if size[0] not in "IN-" else 1}})
+    status, _, answer = request(hub.url, "POST", "/api/models/acme/target/commit/main", body.replace(b'"size": 1}', f'"size": {size}}}'.encode()))
+    assert_4xx(status, answer)
+    assert HfApi(endpoint=hub.url).list_repo_files("acme/target") == [".gitattributes"]
+
+
+@pytest.mark.parametrize("route", ["/api/repos/create", "/api/models/acme/target/preupload/main", "/api/models/acme/target/commit/main"])
+def test_deeply_nested_json_is_400(open_hub, route):
+    hub, _ = open_hub
+    body = b"[" * 100_000 + b"]" * 100_000
+    status, _, answer = request(hub.url, "POST", route, body, {"Content-Type": "application/json"})
+    assert status == 400 and b"deeper" in answer
+    status, _, answer = request(hub.url, "POST", route, b'{"a": ' * 2000 + b"1" + b"}" * 2000, {"Content-Type": "application/json"})
+    assert status == 400
+
+
+# ---------------------------------------------------------------------------- fidelity
+def test_repo_names_are_case_insensitive(open_hub):
+    hub, _ = open_hub
+    api = HfApi(endpoint=hub.url, token=False)
+    api.create_repo("local/CaseRepo")
+    from huggingface_hub.errors import HfHubHTTPError
+
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_repo("local/caserepo")
+    assert err.value.response.status_code == 409
+    api.upload_file(path_or_fileobj=b"hello\n", path_in_repo="a.txt", repo_id="LOCAL/caserepo")
+    assert api.list_repo_files("local/CaseRepo") == [".gitattributes", "a.txt"]
+    assert api.repo_info("local/casEREPO").id == "local/CaseRepo"
+    assert [m.id for m in api.list_models(author="local")] == ["local/CaseRepo"]
+
+
+def test_case_variant_of_a_namespace_gets_no_access(sandbox):
+    """User `Alice` must not reach alice's repos by spelling the namespace her way."""
+    root, _ = sandbox
+    other = "hf_OTHERaliceTOKEN0123456789"
+    with serve_in_thread(root, users={ALICE: ("alice", []), other: ("Alice", [])}) as hub:
+        HfApi(endpoint=hub.url, token=ALICE).create_repo("alice/private", private=True)
+        mallory = HfApi(endpoint=hub.url, token=other)
+        from huggingface_hub.errors import HfHubHTTPError
+
+        for call in (lambda: mallory.list_repo_files("Alice/private"),
+                     lambda: mallory.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="Alice/private"),
+                     lambda: mallory.create_repo("Alice/PRIVATE")):
+            with pytest.raises(HfHubHTTPError) as err:
+                call()
+            assert err.value.response.status_code in (403, 404, 409)
+        assert HfApi(endpoint=hub.url, token=ALICE).list_repo_files("alice/private") == [".gitattributes"]
+
+
+@pytest.mark.parametrize("namespace", ["api", "models", "datasets", "spaces", "Models"])
+def test_reserved_namespaces_are_refused(open_hub, namespace):
+    hub, _ = open_hub
+    body = json.dumps({"name": "x", "organization": namespace}).encode()
+    status, _, answer = request(hub.url, "POST", "/api/repos/create", body, {"Content-Type": "application/json"})
+    assert status == 400 and b"reserved" in answer
+    body = json.dumps({"fromRepo": "acme/target", "toRepo": f"{namespace}/target"}).encode()
+    status, _, answer = request(hub.url, "POST", "/api/repos/move", body, {"Content-Type": "application/json"})
+    assert status == 400
+    assert not (hub.root / "repos" / "model" / namespace).exists()
+
+
+def test_control_characters_are_not_echoed_into_headers(open_hub):
+    hub, _ = open_hub
+    reply = raw_exchange(hub.url, b"GET /acme/target/resolve/main/a%1b%5b31mred%07%00.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = reply.split(b"\r\n\r\n", 1)[0]
+    assert b" 404 " in head.split(b"\r\n")[0]
+    message = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"x-error-message:"))
+    assert not any(c < 0x20 or c == 0x7F for c in message), message
+
+
+@pytest.mark.parametrize(("value", "status"), [("bytes=-", 416), ("bytes=-0", 416), ("bytes=0-", 206), ("bytes=-3", 206), ("bytes=99-", 416)])
+def test_range_edge_cases(open_hub, value, status):
+    hub, _ = open_hub
+    HfApi(endpoint=hub.url).upload_file(path_or_fileobj=b"0123456789", path_in_repo="d.txt", repo_id="acme/target")
+    got, headers, body = request(hub.url, "GET", "/acme/target/resolve/main/d.txt", headers={"Range": value})
+    assert got == status, (value, got, body)
+    if status == 206:
+        assert body == (b"789" if value == "bytes=-3" else b"0123456789")
+
+
+def test_second_server_on_one_root_is_refused(sandbox):
+    """Two servers on one root lost 9 of 20 commits: the second is refused, naming the first."""
+    from hubtool.hub_server.errors import StorageError
+
+    root, _ = sandbox
+    with serve_in_thread(root) as hub:
+        with pytest.raises(StorageError) as err:
+            serve_in_thread(root)
+        assert f"pid {os.getpid()}" in str(err.value) and str(root) in str(err.value)
+        proc = subprocess.run([sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(root), "--port", "0"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and f"pid {os.getpid()}" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+        assert_serving_root = request(hub.url, "GET", "/api/models/acme/none")[0]
+        assert assert_serving_root == 404
+    with serve_in_thread(root) as hub:  # the lock goes with the server
+        assert request(hub.url, "GET", "/api/models/acme/none")[0] == 404

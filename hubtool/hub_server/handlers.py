@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _TYPE_PLURALS = {f"{t}s": t for t in REPO_TYPES}
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _OPEN_USER = "local"
 _DISCUSSION_PAGE = 50
 
@@ -153,7 +154,7 @@ class HubHandler(BaseHTTPRequestHandler):
         except StorageError as exc:
             self._drain()
             self._error(exc.status, exc.code, str(exc))
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             self._drain()
             self._error(400, "BadRequest", f"malformed request: {exc.__class__.__name__}: {exc}")
         except TimeoutError:
@@ -244,7 +245,7 @@ class HubHandler(BaseHTTPRequestHandler):
         try:
             if "application/x-www-form-urlencoded" in ctype:
                 return {k: (v if len(v) > 1 or k in ("paths",) else v[0]) for k, v in parse_qs(raw.decode()).items()}
-            obj = json.loads(raw)
+            obj = validate.json_loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StorageError(400, "BadRequest", f"body is not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
@@ -302,7 +303,7 @@ class HubHandler(BaseHTTPRequestHandler):
         # Headers are Latin-1 on the wire: a message naming a non-ASCII file or branch goes in the
         # (UTF-8 JSON) body only, which the client reads too.
         if message.isascii():
-            headers["X-Error-Message"] = message
+            headers["X-Error-Message"] = _CONTROL_RE.sub("?", message)  # never echo a URL's control bytes into a header
         self._json(status, {"error": message, **(extra or {})}, headers)
 
     # ------------------------------------------------------------------ auth
@@ -388,9 +389,9 @@ class HubHandler(BaseHTTPRequestHandler):
         if segs and segs[0] in _TYPE_PLURALS and len(segs) > 3:
             repo_type, segs = _TYPE_PLURALS[segs[0]], segs[1:]
         if len(segs) >= 6 and segs[1].endswith(".git") and segs[2:] == ["info", "lfs", "objects", "batch"]:
-            return self.lfs_batch(RepoRef(repo_type, f"{segs[0]}/{segs[1][:-4]}"))
+            return self.lfs_batch(self._ref(repo_type, f"{segs[0]}/{segs[1][:-4]}"))
         if len(segs) >= 5 and segs[2] == "resolve" and method in ("GET", "HEAD"):
-            return self.resolve(RepoRef(repo_type, f"{segs[0]}/{segs[1]}"), segs[3], "/".join(segs[4:]))
+            return self.resolve(self._ref(repo_type, f"{segs[0]}/{segs[1]}"), segs[3], "/".join(segs[4:]))
         raise StorageError(404, "NotFound", f"no route for {method} {self.raw_path}")
 
     def _route_api(self, method: str, segs: list[str]) -> None:
@@ -408,7 +409,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if len(segs) == 1 and segs[0] in _TYPE_PLURALS and method == "GET":
             return self.list_repos(_TYPE_PLURALS[segs[0]])
         if len(segs) >= 3 and segs[0] in _TYPE_PLURALS:
-            ref = RepoRef(_TYPE_PLURALS[segs[0]], f"{segs[1]}/{segs[2]}")
+            ref = self._ref(_TYPE_PLURALS[segs[0]], f"{segs[1]}/{segs[2]}")
             rest = segs[3:]
             op = rest[0] if rest else ""
             rev = rest[1] if len(rest) > 1 else "main"
@@ -497,12 +498,17 @@ class HubHandler(BaseHTTPRequestHandler):
                 return self._json(200, {"oid": oid})
         raise StorageError(404, "NotFound", f"no route for {method} {self.raw_path}")
 
+    def _ref(self, repo_type: str, repo_id: str) -> RepoRef:
+        """The repo a request names, as stored: names are case-insensitive (as on the Hub), and every
+        access decision then uses the stored namespace, not the caller's spelling of it."""
+        return self.hub.storage.canonical(RepoRef(repo_type, repo_id))
+
     def _scope_ref(self, scope: str | None) -> RepoRef | None:
         """The repo an LFS upload URL is for (`?repo=TYPE/NS/NAME`), which must exist."""
         if scope is None:
             return None
         repo_type, _, repo_id = scope.partition("/")
-        ref = RepoRef(repo_type, repo_id)
+        ref = self._ref(repo_type, repo_id)
         self.hub.storage.repo_meta(ref)
         return ref
 
@@ -532,11 +538,12 @@ class HubHandler(BaseHTTPRequestHandler):
             namespace = user[0] if user else _OPEN_USER
         if not isinstance(namespace, str):
             raise StorageError(400, "BadRequest", "'organization' must be a string")
-        return RepoRef(repo_type, f"{namespace}/{name}")
+        return self._ref(repo_type, f"{namespace}/{name}")
 
     def create_repo(self) -> None:
         spec = self.body_json(required=True)
         ref = self._ref_from_body(spec)
+        validate.not_reserved(ref.namespace)
         author = self._require_write(ref)
         private = spec.get("private") is True or spec.get("visibility") == "private"
         if not self.hub.storage.create_repo(ref, private=private, author=author):
@@ -552,7 +559,8 @@ class HubHandler(BaseHTTPRequestHandler):
     def move_repo(self) -> None:
         spec = self.body_json(required=True)
         repo_type = validate.repo_type(spec.get("type") or "model")
-        src, dst = RepoRef(repo_type, spec.get("fromRepo")), RepoRef(repo_type, spec.get("toRepo"))
+        src, dst = self._ref(repo_type, spec.get("fromRepo")), self._ref(repo_type, spec.get("toRepo"))
+        validate.not_reserved(dst.namespace)
         self._require_write(src)
         self._require_write(dst)
         self.hub.storage.move_repo(src, dst)
@@ -739,7 +747,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 sample = base64.b64decode(item.get("sample") or "", validate=True)
             except (binascii.Error, ValueError):
                 raise StorageError(400, "BadRequest", f"{path}: sample is not valid base64") from None
-            lfs = wants_lfs(path, int(item["size"]), sample)
+            lfs = wants_lfs(path, validate.size(item.get("size"), f"{path}: size"), sample)
             existing = files.get(path)
             oid = None
             if existing is not None and existing["lfs"] == lfs:
@@ -762,8 +770,9 @@ class HubHandler(BaseHTTPRequestHandler):
         for obj in spec["objects"]:
             if not isinstance(obj, dict):
                 raise StorageError(400, "BadRequest", "each object must be {oid, size}")
-            oid, size = validate.oid(obj.get("oid")), int(obj["size"])
-            if size < 0 or size > self.hub.max_upload:
+            oid = validate.oid(obj.get("oid"))
+            size = obj.get("size")
+            if not validate.is_size(size) or size > self.hub.max_upload:
                 objects.append({"oid": oid, "size": size, "error": {"code": 422, "message": f"size must be 0-{self.hub.max_upload} bytes"}})
                 continue
             item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
@@ -782,7 +791,7 @@ class HubHandler(BaseHTTPRequestHandler):
         create_pr = self._flag("create_pr")
         author = self._require_commit(ref, rev, create_pr)
         try:
-            lines = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+            lines = [validate.json_loads(line) for line in raw.decode().splitlines() if line.strip()]
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StorageError(400, "BadRequest", f"commit payload is not NDJSON: {exc}") from None
         if not lines or not isinstance(lines[0], dict) or lines[0].get("key") != "header" or not isinstance(lines[0].get("value"), dict):
@@ -921,6 +930,8 @@ class HubHandler(BaseHTTPRequestHandler):
         blob = self.hub.storage.open_blob(entry)
         start, end, status = 0, size - 1, 200
         match = _RANGE_RE.match(self.headers.get("Range", "").strip())
+        if match and not any(match.groups()):  # `bytes=-` names no range at all (RFC 9110 14.1.1)
+            return self._error(416, "RangeNotSatisfiable", f"range {self.headers['Range']} names no bytes", {"size": size})
         if match and size > 0:
             lo, hi = match.groups()
             if lo:

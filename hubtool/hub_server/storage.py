@@ -214,6 +214,21 @@ class Storage:
         ns, name = ref.repo_id.split("/")
         return validate.under(self.root, "repos", ref.type, ns, name)
 
+    def canonical(self, ref: RepoRef) -> RepoRef:
+        """REF spelled as the stored repo is, when one matches it case-insensitively (else REF).
+
+        Repo names are case-insensitive on the Hub: `acme/CaseRepo` and `acme/caserepo` are one repo.
+        """
+        if (self.repo_dir(ref) / "repo.json").is_file():
+            return ref
+        ns, name = ref.repo_id.split("/")
+        base = self.root / "repos" / ref.type
+        for ns_dir in _case_matches(base, ns):
+            for name_dir in _case_matches(ns_dir, name):
+                if (name_dir / "repo.json").is_file():
+                    return RepoRef(ref.type, f"{ns_dir.name}/{name_dir.name}")
+        return ref
+
     def exists(self, ref: RepoRef) -> bool:
         return (self.repo_dir(ref) / "repo.json").is_file()
 
@@ -526,7 +541,7 @@ class Storage:
                 raise StorageError(400, "BadRequest", f"LFS object {oid} for {path} is missing from the store")
             xet_hash = xet_file.xet_hash if xet_file is not None else (earlier.get("xet") if earlier else None)
             # A copy of an LFS file names only the oid: the size is the stored object's.
-            if "size" in value and int(value["size"]) != known:
+            if "size" in value and validate.size(value["size"], f"{path}: size") != known:
                 raise StorageError(400, "BadRequest", f"{path}: size {value['size']} does not match LFS object {oid} ({known} bytes)")
             files[path] = {"size": known, "sha256": oid, "lfs": True, "xet": xet_hash, "oid": git_blob_sha1(lfs_pointer(oid, known))}
         elif key == "deletedFile":
@@ -657,6 +672,15 @@ class Storage:
                 self._add_event(ref, num, "comment", author, {"edited": False, "hidden": False, "latest": {"raw": comment}})
             self._add_event(ref, num, "status-change", author, {"status": "merged"})
             return commit_id
+
+
+def _case_matches(folder: Path, name: str) -> list[Path]:
+    """Entries of FOLDER whose name equals NAME ignoring case (exact spelling first)."""
+    try:
+        found = [p for p in folder.iterdir() if p.name.lower() == name.lower() and not p.is_symlink()]
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: p.name != name)
 
 
 def _readers_dir_beside(root: Path) -> Path | None:

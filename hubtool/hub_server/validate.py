@@ -8,8 +8,10 @@ ref-name rules; where the real Hub's exact answer is unknown we refuse rather th
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 from hubtool.hub_server.errors import StorageError
 
@@ -48,6 +50,18 @@ def repo_id(value: str) -> str:
     if name.endswith(".git"):
         raise _bad(f"invalid repo name {name!r}: cannot end with '.git'")
     return value
+
+
+# Namespaces whose URLs are the Hub's own routes (/api/..., /models/..., /datasets/...): a repo
+# there could be written but never read back or shown, so the Hub refuses them, and so do we.
+RESERVED_NAMESPACES = frozenset({"api", "models", "datasets", "spaces", "docs", "new", "settings", "organizations",
+                                 "login", "logout", "join", "pricing", "collections", "papers", "posts", "blog"})
+
+
+def not_reserved(namespace: str) -> str:
+    if namespace.lower() in RESERVED_NAMESPACES:
+        raise _bad(f"namespace {namespace!r} is reserved (its URLs are the Hub's own routes); pick another")
+    return namespace
 
 
 def repo_type(value: object) -> str:
@@ -102,6 +116,41 @@ def oid(value: object) -> str:
     if not isinstance(value, str) or not _OID_RE.fullmatch(value):
         raise _bad(f"invalid LFS oid {str(value)[:80]!r}: must be 64 lowercase hex characters")
     return value
+
+
+MAX_JSON_DEPTH = 64  # far deeper than any request the client sends; the stdlib parser recurses
+_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET_RE = re.compile(r"[\[\]{}]")
+
+
+def json_loads(raw: bytes | str) -> Any:
+    """JSON as the client sends it: no NaN/Infinity, at most MAX_JSON_DEPTH levels (400 otherwise).
+
+    The depth is checked before parsing (the stdlib parser recurses: a 100k-deep array is a
+    RecursionError), on the text with its strings taken out.
+    """
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    depth = 0
+    for bracket in _BRACKET_RE.finditer(_JSON_STRING_RE.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise _bad(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+    def constant(name: str) -> Any:
+        raise _bad(f"JSON constant {name} is not allowed")
+
+    return json.loads(text, parse_constant=constant)
+
+
+def is_size(value: object) -> bool:
+    """A byte count: a non-negative JSON integer (not a float such as 1e400, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
+
+
+def size(value: object, what: str = "size") -> int:
+    if not is_size(value):
+        raise _bad(f"{what} must be a non-negative integer, not {str(value)[:40]!r}")
+    return int(value)  # type: ignore[arg-type]
 
 
 def is_commit_id(value: str) -> bool:

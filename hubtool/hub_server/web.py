@@ -69,7 +69,7 @@ def serve_page(handler: Any, segs: list[str]) -> None:
         if segs == [""]:
             status, body = 200, _index(handler)
         else:
-            ref = RepoRef("model", f"{segs[0]}/{segs[1]}")
+            ref = storage.canonical(RepoRef("model", f"{segs[0]}/{segs[1]}"))
             handler._require_read(ref)  # private repos stay private on the web too
             view = segs[2] if len(segs) > 2 else "tree"
             rev = segs[3] if len(segs) > 3 else "main"
