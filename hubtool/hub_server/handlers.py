@@ -9,111 +9,37 @@ server will not read closes the connection instead.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import re
-import time
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from hubtool.hub_server import web
-from hubtool.hub_server.faults import DROP_CONNECTION
-from hubtool.hub_server import validate
+from hubtool.hub_server import validate, web
+from hubtool.hub_server.access import AccessMixin
+from hubtool.hub_server.api_admin import AdminMixin
+from hubtool.hub_server.api_discussions import DiscussionsMixin
+from hubtool.hub_server.api_repos import ReposMixin
+from hubtool.hub_server.api_uploads import UploadsMixin
+from hubtool.hub_server.bodies import ChunkedReader, TimedReader
 from hubtool.hub_server.errors import StorageError
-from hubtool.hub_server.storage import REPO_TYPES, RepoRef, lfs_pointer, wants_lfs
-from hubtool.hub_server.validate import PR_REF_RE
+from hubtool.hub_server.faults import DROP_CONNECTION
+from hubtool.hub_server.storage import REPO_TYPES, RepoRef
 
 if TYPE_CHECKING:
     from hubtool.hub_server import HubState
 
 _TYPE_PLURALS = {f"{t}s": t for t in REPO_TYPES}
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_OPEN_USER = "local"
-_DISCUSSION_PAGE = 50
 
 
-class _ChunkedReader:
-    """File-like view of a `Transfer-Encoding: chunked` request body."""
+class HubHandler(AccessMixin, ReposMixin, DiscussionsMixin, UploadsMixin, AdminMixin, BaseHTTPRequestHandler):
+    """One request; `self.server.hub` (HubState) holds storage, faults, auth and limits.
 
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.left = 0
-        self.done = False
-
-    def read(self, n: int = -1) -> bytes:
-        out = bytearray()
-        while not self.done and (n < 0 or len(out) < n):
-            if self.left == 0:
-                size_line = self.raw.readline(1024).split(b";", 1)[0].strip()
-                if not size_line or len(size_line) > 15 or not all(c in b"0123456789abcdefABCDEF" for c in size_line):
-                    raise StorageError(400, "BadRequest", f"bad chunk size {size_line[:20]!r}")
-                self.left = int(size_line, 16)
-                if self.left == 0:
-                    for _ in range(100):  # trailers, then the blank line
-                        if not self.raw.readline(8192).strip():
-                            break
-                    self.done = True
-                    break
-            take = self.left if n < 0 else min(self.left, n - len(out))
-            data = self.raw.read(take)
-            if not data:
-                raise StorageError(400, "BadRequest", "chunked body ended early")
-            out += data
-            self.left -= len(data)
-            if self.left == 0:
-                self.raw.readline(8)  # CRLF after each chunk
-        return bytes(out)
-
-
-class _TimedReader:
-    """The request body with a *total* time budget: `stall` seconds plus one second per `min_rate`
-    bytes received. A client sending one byte every few seconds never trips a per-read timeout,
-    but runs out of this budget, and its thread is freed (TimeoutError)."""
-
-    def __init__(self, raw: Any, sock: Any, stall: float, min_rate: float) -> None:
-        self.raw, self.sock, self.stall, self.min_rate = raw, sock, stall, min_rate
-        self.start = time.monotonic()
-        self.got = 0
-
-    def _budget(self) -> None:
-        left = self.start + self.stall + self.got / self.min_rate - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request body arrived too slowly")
-        self.sock.settimeout(min(left, self.stall))
-
-    def read(self, n: int = -1) -> bytes:
-        out = bytearray()
-        while n < 0 or len(out) < n:
-            self._budget()
-            chunk = self.raw.read1(65536 if n < 0 else min(65536, n - len(out)))
-            if not chunk:
-                break
-            out += chunk
-            self.got += len(chunk)
-        return bytes(out)
-
-    def readline(self, limit: int = 65536) -> bytes:
-        out = bytearray()
-        while len(out) < limit:
-            self._budget()
-            buf = self.raw.peek(1)[: limit - len(out)]
-            if not buf:
-                break
-            end = buf.find(b"\n")
-            take = end + 1 if end >= 0 else len(buf)
-            out += self.raw.read(take)
-            self.got += take
-            if end >= 0:
-                break
-        return bytes(out)
-
-
-class HubHandler(BaseHTTPRequestHandler):
-    """One request; `self.server.hub` (HubState) holds storage, faults, auth and limits."""
+    This module is the plumbing (bodies, answers, routing); the endpoints live with their concern:
+    api_repos.py (repos, refs, reads), api_uploads.py (preupload, LFS, commits, Xet tokens),
+    api_discussions.py, api_admin.py (faults), web.py (pages); access.py decides who may do what.
+    """
 
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK
@@ -187,7 +113,7 @@ class HubHandler(BaseHTTPRequestHandler):
         """The request body as a stream; 400 for a bad Content-Length, 413 over the limit for this route."""
         if self._body_stream is None:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                self._body_stream = _ChunkedReader(self._timed())
+                self._body_stream = ChunkedReader(self._timed())
                 self._length = None
             else:
                 raw = (self.headers.get("Content-Length") or "0").strip()
@@ -203,8 +129,8 @@ class HubHandler(BaseHTTPRequestHandler):
                     raise StorageError(413, "PayloadTooLarge", f"request body of {self._length} bytes is over the {self._limit()}-byte limit")
         return self._body_stream
 
-    def _timed(self) -> _TimedReader:
-        return _TimedReader(self.rfile, self.connection, self.hub.read_timeout, self.hub.min_body_rate)
+    def _timed(self) -> TimedReader:
+        return TimedReader(self.rfile, self.connection, self.hub.read_timeout, self.hub.min_body_rate)
 
     def _limit(self) -> int:
         """Largest body this request may carry: LFS uploads stream to disk, everything else is read into memory."""
@@ -306,72 +232,6 @@ class HubHandler(BaseHTTPRequestHandler):
             headers["X-Error-Message"] = _CONTROL_RE.sub("?", message)  # never echo a URL's control bytes into a header
         self._json(status, {"error": message, **(extra or {})}, headers)
 
-    # ------------------------------------------------------------------ auth
-    def _user(self) -> tuple[str, list[str]] | None:
-        """(name, orgs) of the caller; None when auth is on and the token is missing or unknown."""
-        if self.hub.users is None:
-            return (_OPEN_USER, [])
-        auth = self.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        if token and token in self.hub.users:
-            return self.hub.users[token]
-        return None
-
-    def _require_user(self) -> tuple[str, list[str]]:
-        user = self._user()
-        if user is None:
-            raise StorageError(401, "Unauthorized", "Invalid credentials in Authorization header")
-        return user
-
-    def _require_admin(self) -> str:
-        """The server's owner: an admin in --users (401 without a token, 403 for others); in open
-        mode nobody, unless the server was started with open_faults."""
-        if self.hub.users is None:
-            if not self.hub.open_faults:
-                raise StorageError(403, "Forbidden", "fault injection is off: start the server with --allow-faults (open mode) or an admin in --users")
-            return _OPEN_USER
-        user = self._require_user()
-        if user[0] not in self.hub.admins:
-            raise StorageError(403, "Forbidden", "only an admin of this server (\"admin\": true in --users) may inject faults")
-        return user[0]
-
-    def _can_write(self, ref: RepoRef, user: tuple[str, list[str]]) -> bool:
-        return self.hub.users is None or ref.namespace in (user[0], *user[1])
-
-    def _require_write(self, ref: RepoRef) -> str:
-        """The caller's name if they may write to REF's namespace: 401 without a known token, else 403."""
-        user = self._require_user()
-        if not self._can_write(ref, user):
-            raise StorageError(403, "Forbidden", f"You don't have the rights to write to {ref.repo_id}")
-        return user[0]
-
-    def _require_read(self, ref: RepoRef) -> None:
-        meta = self.hub.storage.repo_meta(ref)
-        if meta.get("private") and self.hub.users is not None:
-            user = self._user()
-            if user is None or ref.namespace not in (user[0], *user[1]):
-                status = 401 if user is None else 404
-                raise StorageError(status, "RepoNotFound", f"Repository {ref.repo_id} not found")
-
-    def _require_contributor(self, ref: RepoRef, pr_num: int | None = None) -> str:
-        """Who may open (or push to) a pull request: any known user who can read the repo; a PR's
-        own ref also takes pushes from its author. Writers of the namespace may always."""
-        user = self._require_user()
-        self._require_read(ref)
-        if self._can_write(ref, user) or pr_num is None:
-            return user[0]
-        if self.hub.storage.discussion(ref, pr_num).get("author") == user[0]:
-            return user[0]
-        raise StorageError(403, "Forbidden", f"You don't have the rights to push to refs/pr/{pr_num} of {ref.repo_id}")
-
-    def _require_commit(self, ref: RepoRef, rev: str, create_pr: bool) -> str:
-        if create_pr:
-            return self._require_contributor(ref)
-        pr = PR_REF_RE.fullmatch(rev)
-        if pr:
-            return self._require_contributor(ref, int(pr.group(1)))
-        return self._require_write(ref)
-
     def _flag(self, name: str) -> bool:
         return self.query.get(name, ["0"])[0].lower() in ("1", "true")
 
@@ -456,503 +316,17 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _route_internal(self, method: str, segs: list[str]) -> None:
         if segs == ["faults"]:
-            # Fault injection changes what every client sees: the server's owner only.
-            self._require_admin()
-            if method == "POST":
-                spec = self.body_json(required=True)
-                try:
-                    rule = self.hub.faults.add(str(spec["method"]), str(spec["path_regex"]), int(spec["status"]), int(spec.get("times", 1)))
-                except (ValueError, OverflowError) as exc:
-                    raise StorageError(400, "BadRequest", f"invalid fault: {exc}") from None
-                return self._json(200, rule.as_dict())
-            if method == "DELETE":
-                self.hub.faults.clear()
-                return self._json(200, {"faults": []})
-            return self._json(200, {"faults": self.hub.faults.snapshot()})
+            return self.faults_endpoint(method)
         if len(segs) >= 2 and segs[0] == "lfs":
             oid = validate.oid(segs[1])
-            scope = self.query.get("repo", [None])[0]
-            ref = self._scope_ref(scope)
             if len(segs) == 2 and method == "PUT":
-                # The client PUTs to the batch answer's href without its token (a presigned URL):
-                # with auth on, the href carries a signature only this server can make, for one repo.
-                signed = scope is not None and hmac.compare_digest(self.query.get("sig", [""])[0], self.hub.sign(oid, scope))
-                if self.hub.users is not None and not signed:
-                    if ref is None:
-                        raise StorageError(401, "Unauthorized", "an LFS upload needs the batch answer's signed URL")
-                    self._require_contributor(ref)
-                stream = self._stream()
-                self._consumed = True
-                try:
-                    size = self.hub.storage.put_stream(oid, stream, self._length, max_size=self.hub.max_upload)
-                except (StorageError, OSError):
-                    self.close_connection = True  # part of the body may still be in flight
-                    raise
-                if ref is not None:
-                    self.hub.storage.own(ref, {oid})  # its bytes were sent to this repo: it owns them
-                return self._json(200, {"oid": oid, "size": size})
+                return self.lfs_put(oid)
             if segs[2:] == ["verify"] and method == "POST":
-                self.body()
-                if not self.hub.storage.has_blob(oid) or (ref is not None and not self.hub.storage.owns(ref, oid)):
-                    raise StorageError(404, "EntryNotFound", f"LFS object {oid} not found")
-                return self._json(200, {"oid": oid})
+                return self.lfs_verify(oid)
         raise StorageError(404, "NotFound", f"no route for {method} {self.raw_path}")
 
-    def _ref(self, repo_type: str, repo_id: str) -> RepoRef:
-        """The repo a request names, as stored: names are case-insensitive (as on the Hub), and every
-        access decision then uses the stored namespace, not the caller's spelling of it."""
-        return self.hub.storage.canonical(RepoRef(repo_type, repo_id))
-
-    def _scope_ref(self, scope: str | None) -> RepoRef | None:
-        """The repo an LFS upload URL is for (`?repo=TYPE/NS/NAME`), which must exist."""
-        if scope is None:
-            return None
-        repo_type, _, repo_id = scope.partition("/")
-        ref = self._ref(repo_type, repo_id)
-        self.hub.storage.repo_meta(ref)
-        return ref
-
-    # ------------------------------------------------------------------ repos
     def _repo_url(self, ref: RepoRef) -> str:
         prefix = "" if ref.type == "model" else f"{ref.type}s/"
         return f"{self.hub.url}/{prefix}{ref.repo_id}"
 
-    def whoami(self) -> None:
-        name, orgs = self._require_user()
-        self._json(200, {
-            "type": "user", "name": name, "fullname": name,
-            "orgs": [{"type": "org", "name": o} for o in orgs],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}},
-        })
-
-    def _ref_from_body(self, spec: dict[str, Any]) -> RepoRef:
-        """The repo a create/delete body names: {name, organization?, type?} (the caller's namespace by default)."""
-        repo_type = spec.get("type") or "model"
-        validate.repo_type(repo_type)
-        name = spec.get("name")
-        if not isinstance(name, str):
-            raise StorageError(400, "BadRequest", "'name' must be a string")
-        namespace = spec.get("organization")
-        if namespace is None:
-            user = self._user()
-            namespace = user[0] if user else _OPEN_USER
-        if not isinstance(namespace, str):
-            raise StorageError(400, "BadRequest", "'organization' must be a string")
-        return self._ref(repo_type, f"{namespace}/{name}")
-
-    def create_repo(self) -> None:
-        spec = self.body_json(required=True)
-        ref = self._ref_from_body(spec)
-        validate.not_reserved(ref.namespace)
-        author = self._require_write(ref)
-        private = spec.get("private") is True or spec.get("visibility") == "private"
-        if not self.hub.storage.create_repo(ref, private=private, author=author):
-            return self._error(409, "Conflict", "You already created this model repo", {"url": self._repo_url(ref)})
-        self._json(200, {"url": self._repo_url(ref), "name": ref.repo_id, "id": ref.repo_id})
-
-    def delete_repo(self) -> None:
-        ref = self._ref_from_body(self.body_json(required=True))
-        self._require_write(ref)
-        self.hub.storage.delete_repo(ref)
-        self._json(200, {})
-
-    def move_repo(self) -> None:
-        spec = self.body_json(required=True)
-        repo_type = validate.repo_type(spec.get("type") or "model")
-        src, dst = self._ref(repo_type, spec.get("fromRepo")), self._ref(repo_type, spec.get("toRepo"))
-        validate.not_reserved(dst.namespace)
-        self._require_write(src)
-        self._require_write(dst)
-        self.hub.storage.move_repo(src, dst)
-        self._json(200, {})
-
-    def settings(self, ref: RepoRef) -> None:
-        spec = self.body_json(required=True)
-        self._require_write(ref)
-        unknown = sorted(set(spec) - {"private", "visibility", "gated"})
-        if unknown or not spec:
-            raise StorageError(400, "BadRequest", f"unsupported settings {unknown[:5]}: the local Hub knows visibility, private, gated=false")
-        if "gated" in spec and spec["gated"] not in (False, None):
-            raise StorageError(400, "BadRequest", "gated repos are not supported by the local Hub")
-        visibility = spec.get("visibility")
-        if visibility is not None and visibility not in ("public", "private"):
-            raise StorageError(400, "BadRequest", f"invalid visibility {str(visibility)[:20]!r}: public or private")
-        private = spec.get("private")
-        if private is not None and not isinstance(private, bool):
-            raise StorageError(400, "BadRequest", "'private' must be true or false")
-        if visibility is not None:
-            private = visibility == "private"
-        if private is not None:
-            self.hub.storage.set_private(ref, private)
-        self._json(200, {})
-
-    def _readable(self, ref: RepoRef) -> bool:
-        try:
-            self._require_read(ref)
-            return True
-        except StorageError:
-            return False
-
-    def list_repos(self, repo_type: str) -> None:
-        """GET /api/models|datasets|spaces?author=&search=&limit=: repos this caller can see."""
-        author = self.query.get("author", [None])[0]
-        search = (self.query.get("search", [""])[0] or "").lower()
-        limit = int(self.query.get("limit", ["1000"])[0])
-        out = []
-        for ref, meta in self.hub.storage.list_repos(repo_type):
-            if author and ref.namespace != author or search and search not in ref.repo_id.lower() or not self._readable(ref):
-                continue
-            out.append({"_id": ref.repo_id, "id": ref.repo_id, "author": ref.namespace, "private": bool(meta.get("private")),
-                        "createdAt": meta["created"], "downloads": 0, "likes": 0, "tags": []})
-            if len(out) >= limit:
-                break
-        self._json(200, out)
-
-    def repo_info(self, ref: RepoRef, rev: str) -> None:
-        self._require_read(ref)
-        meta = self.hub.storage.repo_meta(ref)
-        commit_id, files = self.hub.storage.files_at(ref, rev)
-        commit = self.hub.storage.commit(ref, commit_id)
-        siblings = []
-        for path, entry in sorted(files.items()):
-            sib: dict[str, Any] = {"rfilename": path, "size": entry["size"], "blobId": entry["oid"]}
-            if entry["lfs"]:
-                sib["lfs"] = {"size": entry["size"], "sha256": entry["sha256"], "pointerSize": len(lfs_pointer(entry["sha256"], entry["size"]))}
-            siblings.append(sib)
-        self._json(200, {
-            "_id": ref.repo_id, "id": ref.repo_id, "modelId": ref.repo_id, "author": ref.namespace,
-            "sha": commit_id, "lastModified": commit["date"], "createdAt": meta["created"],
-            "private": bool(meta.get("private")), "disabled": False, "gated": False,
-            "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
-        })
-
-    def list_refs(self, ref: RepoRef) -> None:
-        self._require_read(ref)
-        refs = self.hub.storage.refs(ref)
-        prs = []
-        if self._flag("include_prs"):
-            prs = [{"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": c} for n, c in sorted(refs["prs"].items(), key=lambda kv: int(kv[0]))]
-        self._json(200, {
-            "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": c} for n, c in sorted(refs["branches"].items())],
-            "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": c} for n, c in sorted(refs["tags"].items())],
-            "converts": [],
-            "pullRequests": prs,
-        })
-
-    def create_branch(self, ref: RepoRef, branch: str) -> None:
-        spec = self.body_json()
-        self._require_write(ref)
-        self.hub.storage.create_branch(ref, branch, spec.get("startingPoint"))
-        self._json(200, {})
-
-    def create_tag(self, ref: RepoRef, rev: str) -> None:
-        spec = self.body_json(required=True)
-        self._require_write(ref)
-        self.hub.storage.create_tag(ref, spec.get("tag"), rev)
-        self._json(200, {})
-
-    def delete_tag(self, ref: RepoRef, tag: str) -> None:
-        self._require_write(ref)
-        self.hub.storage.delete_tag(ref, tag)
-        self._json(200, {})
-
-    def delete_branch(self, ref: RepoRef, branch: str) -> None:
-        self._require_write(ref)
-        self.hub.storage.delete_branch(ref, branch)
-        self._json(200, {})
-
-    def super_squash(self, ref: RepoRef, branch: str) -> None:
-        spec = self.body_json()
-        author = self._require_write(ref)
-        message = spec.get("message") or f"Super-squash branch '{branch}'"
-        if not isinstance(message, str):
-            raise StorageError(400, "BadRequest", "'message' must be a string")
-        commit_id = self.hub.storage.squash(ref, branch, message, author)
-        self._json(200, {"commitId": commit_id})
-
-    # ------------------------------------------------------------------ discussions and pull requests
-    def _discussion_json(self, ref: RepoRef, item: dict[str, Any], *, details: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "num": item["num"], "title": item["title"], "status": item["status"], "isPullRequest": item["isPullRequest"],
-            "createdAt": item["createdAt"], "author": {"name": item["author"], "type": "user"},
-            "repo": {"name": ref.repo_id, "type": ref.type}, "pinned": False,
-            "numComments": sum(1 for e in item["events"] if e["type"] == "comment"),
-        }
-        if details:
-            out["events"] = [{**e, "author": {"name": e["author"], "type": "user"}} for e in item["events"]]
-            if item["isPullRequest"]:
-                out["changes"] = {"base": f"refs/heads/{item['base']}", "mergeCommitId": item.get("mergeCommitId")}
-                out["filesWithConflicts"] = []
-        return out
-
-    def list_discussions(self, ref: RepoRef) -> None:
-        """GET .../discussions?p=&type=&status=&author=: 50 per page, newest first, as the Hub pages them."""
-        self._require_read(ref)
-        kind = self.query.get("type", ["all"])[0]
-        status = self.query.get("status", ["all"])[0]
-        author = self.query.get("author", [None])[0]
-        page = int(self.query.get("p", ["0"])[0])
-        items = [d for d in reversed(self.hub.storage.discussions(ref))
-                 if (kind == "all" or (kind == "pull_request") == d["isPullRequest"])
-                 and (status == "all" or d["status"] == status) and (author is None or d["author"] == author)]
-        start = page * _DISCUSSION_PAGE
-        self._json(200, {"discussions": [self._discussion_json(ref, d) for d in items[start:start + _DISCUSSION_PAGE]],
-                         "count": len(items), "start": start, "numClosedDiscussions": sum(1 for d in items if d["status"] != "open")})
-
-    def create_discussion(self, ref: RepoRef) -> None:
-        spec = self.body_json(required=True)
-        author = self._require_contributor(ref)
-        title, description = spec.get("title"), spec.get("description") or ""
-        if not isinstance(title, str) or not title.strip() or not isinstance(description, str):
-            raise StorageError(400, "BadRequest", "'title' (non-empty) and 'description' must be strings")
-        num = self.hub.storage.create_discussion(ref, title=title, description=description, author=author,
-                                                 pull_request=spec.get("pullRequest") is True)
-        self._json(200, {"num": num, "url": f"{self._repo_url(ref)}/discussions/{num}", "pullRequest": spec.get("pullRequest") is True})
-
-    def discussion_details(self, ref: RepoRef, num: int) -> None:
-        self._require_read(ref)
-        self._json(200, self._discussion_json(ref, self.hub.storage.discussion(ref, num), details=True))
-
-    def merge_pr(self, ref: RepoRef, num: int) -> None:
-        spec = self.body_json()
-        author = self._require_write(ref)
-        comment = spec.get("comment")
-        commit_id = self.hub.storage.merge_pull_request(ref, num, author, comment if isinstance(comment, str) else None)
-        self._json(200, {"commitId": commit_id})
-
-    def discussion_status(self, ref: RepoRef, num: int) -> None:
-        spec = self.body_json(required=True)
-        user = self._require_user()
-        self._require_read(ref)  # a private repo the caller cannot see is 404, as a missing one
-        item = self.hub.storage.discussion(ref, num)
-        if not self._can_write(ref, user) and item["author"] != user[0]:
-            raise StorageError(403, "Forbidden", f"You don't have the rights to change #{num} of {ref.repo_id}")
-        event = self.hub.storage.change_status(ref, num, spec.get("status"), user[0])
-        self._json(200, {"newStatus": {**event, "author": {"name": event["author"], "type": "user"}}})
-
-    # ------------------------------------------------------------------ uploads
-    def preupload(self, ref: RepoRef, rev: str) -> None:
-        spec = self.body_json(required=True)
-        self._require_commit(ref, rev, self._flag("create_pr"))
-        _, files = self.hub.storage.files_at(ref, rev)
-        items = spec.get("files")
-        if not isinstance(items, list):
-            raise StorageError(400, "BadRequest", "'files' must be a list")
-        out = []
-        for item in items:
-            if not isinstance(item, dict):
-                raise StorageError(400, "BadRequest", "each file must be an object {path, size, sample}")
-            path = validate.file_path(item.get("path"))
-            try:
-                sample = base64.b64decode(item.get("sample") or "", validate=True)
-            except (binascii.Error, ValueError):
-                raise StorageError(400, "BadRequest", f"{path}: sample is not valid base64") from None
-            lfs = wants_lfs(path, validate.size(item.get("size"), f"{path}: size"), sample)
-            existing = files.get(path)
-            oid = None
-            if existing is not None and existing["lfs"] == lfs:
-                oid = existing["sha256"] if lfs else existing["oid"]
-            out.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
-        self._json(200, {"files": out, "commitOid": None})
-
-    def lfs_batch(self, ref: RepoRef) -> None:
-        spec = self.body_json(required=True)
-        if spec.get("operation") not in ("upload", "download") or not isinstance(spec.get("objects"), list):
-            raise StorageError(400, "BadRequest", "LFS batch needs operation upload|download and a list of objects")
-        upload = spec.get("operation") == "upload"
-        if upload:
-            # Blobs are content-addressed and inert until a commit names them: anyone who may
-            # open a pull request may upload them (the commit itself checks write access).
-            self._require_contributor(ref)
-        else:
-            self._require_read(ref)
-        objects = []
-        for obj in spec["objects"]:
-            if not isinstance(obj, dict):
-                raise StorageError(400, "BadRequest", "each object must be {oid, size}")
-            oid = validate.oid(obj.get("oid"))
-            size = obj.get("size")
-            if not validate.is_size(size) or size > self.hub.max_upload:
-                objects.append({"oid": oid, "size": size, "error": {"code": 422, "message": f"size must be 0-{self.hub.max_upload} bytes"}})
-                continue
-            item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-            base = f"{self.hub.url}/_hubtool/lfs/{oid}"
-            # An object is this repo's only once its bytes were sent here: a blob stored for another
-            # repo is asked for again (knowing a sha256 proves nothing).
-            if upload and not (self.hub.storage.has_blob(oid) and self.hub.storage.owns(ref, oid)):
-                scope = f"{ref.type}/{ref.repo_id}"
-                query = urlencode({"repo": scope, "sig": self.hub.sign(oid, scope)})
-                item["actions"] = {"upload": {"href": f"{base}?{query}"}, "verify": {"href": f"{base}/verify?{urlencode({'repo': scope})}"}}
-            objects.append(item)
-        self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}, {"Content-Type": "application/vnd.git-lfs+json"})
-
-    def commit(self, ref: RepoRef, rev: str) -> None:
-        raw = self.body()
-        create_pr = self._flag("create_pr")
-        author = self._require_commit(ref, rev, create_pr)
-        try:
-            lines = [validate.json_loads(line) for line in raw.decode().splitlines() if line.strip()]
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StorageError(400, "BadRequest", f"commit payload is not NDJSON: {exc}") from None
-        if not lines or not isinstance(lines[0], dict) or lines[0].get("key") != "header" or not isinstance(lines[0].get("value"), dict):
-            raise StorageError(400, "BadRequest", "commit payload must start with a header line")
-        header = lines[0]["value"]
-        summary, description, parent = header.get("summary") or "", header.get("description") or "", header.get("parentCommit")
-        if not isinstance(summary, str) or not isinstance(description, str) or not (parent is None or isinstance(parent, str)):
-            raise StorageError(400, "BadRequest", "header summary/description/parentCommit must be strings")
-        commit_id, pr_num = self.hub.storage.apply_commit(
-            ref, rev, title=summary, message=description, author=author, parent=parent, operations=lines[1:], create_pr=create_pr,
-        )
-        self._json(200, {
-            "success": True, "commitOid": commit_id, "commitUrl": f"{self._repo_url(ref)}/commit/{commit_id}",
-            "pullRequestUrl": f"{self._repo_url(ref)}/discussions/{pr_num}" if pr_num else None,
-        })
-
-    def xet_token(self, ref: RepoRef, rev: str, *, write: bool) -> None:
-        if write:
-            self._require_commit(ref, rev, self._flag("create_pr"))
-            if rev != "None":
-                self.hub.storage.resolve(ref, rev)
-        else:
-            self._require_read(ref)
-        exp = int(time.time()) + 3600
-        storage = self.hub.storage
-        if write:
-            cas = storage.xet.cas_url(storage.xet_store_id(ref))  # this repo's own store: uploads there are its own
-        else:
-            # A replica of only this revision's Xet files (the caller may read this repo): never the whole CAS.
-            _, files = storage.files_at(ref, rev)
-            wanted = sorted({(e["sha256"], e["xet"]) for e in files.values() if e.get("xet")})
-            cas = f"local://{storage.xet.reader_replica(wanted)}"
-        token = "local-xet-write" if write else "local-xet-read"
-        self._json(200, {"casUrl": cas, "accessToken": token, "exp": exp}, {
-            "X-Xet-Cas-Url": cas, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(exp),
-        })
-
     # ------------------------------------------------------------------ reads
-    def _entry_json(self, path: str, entry: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "file", "path": path, "size": entry["size"], "oid": entry["oid"]}
-        if entry["lfs"]:
-            out["lfs"] = {"oid": entry["sha256"], "size": entry["size"], "pointerSize": len(lfs_pointer(entry["sha256"], entry["size"]))}
-        if entry.get("xet"):
-            out["xetHash"] = entry["xet"]
-        return out
-
-    def tree(self, ref: RepoRef, rev: str, path: str) -> None:
-        """Files then folders, in pages with a `Link: <...>; rel="next"` header; `expand` adds lastCommit."""
-        self._require_read(ref)
-        commit_id, files = self.hub.storage.files_at(ref, rev)
-        recursive = self._flag("recursive")
-        expand = self._flag("expand")
-        path = path.strip("/")
-        if path:
-            validate.file_path(path)
-        prefix = f"{path}/" if path else ""
-        if prefix and not any(p.startswith(prefix) for p in files):
-            raise StorageError(404, "EntryNotFound", f"{path} does not exist on {rev}")
-        out: list[dict[str, Any]] = []
-        dirs: set[str] = set()
-        for name in sorted(files):
-            if not name.startswith(prefix):
-                continue
-            parts = name[len(prefix):].split("/")
-            for depth in range(1, len(parts)):
-                if depth == 1 or recursive:
-                    dirs.add(prefix + "/".join(parts[:depth]))
-            if recursive or len(parts) == 1:
-                out.append(self._entry_json(name, files[name]))
-        out += [{"type": "directory", "path": d, "size": 0, "oid": "0" * 40} for d in sorted(dirs)]
-        page_size = self.hub.tree_page_size_expand if expand else self.hub.tree_page_size
-        cursor = self.query.get("cursor", ["0"])[0]
-        start = int(cursor) if cursor.isdigit() else 0
-        page = out[start:start + page_size]
-        headers = {}
-        if start + page_size < len(out):
-            query = urlencode({**{k: v[0] for k, v in self.query.items()}, "cursor": start + page_size})
-            headers["Link"] = f'<{self.hub.url}{self.raw_path}?{query}>; rel="next"'
-        if expand:
-            last = self.hub.storage.last_commits(ref, commit_id, [e["path"] for e in page])
-            for entry in page:
-                entry["lastCommit"] = last.get(entry["path"])
-        self._json(200, page, headers)
-
-    def paths_info(self, ref: RepoRef, rev: str) -> None:
-        spec = self.body_json()
-        self._require_read(ref)
-        commit_id, files = self.hub.storage.files_at(ref, rev)
-        paths = spec.get("paths", [])
-        paths = [paths] if isinstance(paths, str) else paths
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise StorageError(400, "BadRequest", "'paths' must be a list of strings")
-        out = []
-        for path in paths:
-            path = path.strip("/")
-            if path in files:
-                out.append(self._entry_json(path, files[path]))
-            elif path and any(p.startswith(path + "/") for p in files):
-                out.append({"type": "directory", "path": path, "size": 0, "oid": "0" * 40})
-        expand = spec.get("expand") in (True, "true", "1", "True")
-        if expand:
-            last = self.hub.storage.last_commits(ref, commit_id, [e["path"] for e in out])
-            for entry in out:
-                entry["lastCommit"] = last.get(entry["path"])
-        self._json(200, out)
-
-    def commits(self, ref: RepoRef, rev: str) -> None:
-        self._require_read(ref)
-        self._json(200, [
-            {"id": c["id"], "title": c["title"], "message": c["message"], "date": c["date"], "authors": [{"user": c["author"]}]}
-            for c in self.hub.storage.history(ref, rev)
-        ])
-
-    def resolve(self, ref: RepoRef, rev: str, path: str) -> None:
-        self._require_read(ref)
-        commit_id, files = self.hub.storage.files_at(ref, rev)
-        entry = files.get(path)
-        if entry is None:
-            raise StorageError(404, "EntryNotFound", f"{path} does not exist on {rev}")
-        headers = {"X-Repo-Commit": commit_id, "ETag": f'"{entry["oid"]}"', "Accept-Ranges": "bytes"}
-        if entry["lfs"]:
-            headers.update({"X-Linked-Etag": f'"{entry["sha256"]}"', "X-Linked-Size": str(entry["size"])})
-        if entry.get("xet"):
-            headers["X-Xet-Hash"] = entry["xet"]
-            headers["X-Xet-Refresh-Route"] = f"{self.hub.url}/api/{ref.type}s/{ref.repo_id}/xet-read-token/{commit_id}"
-        self._send_blob(entry, headers)
-
-    def _send_blob(self, entry: dict[str, Any], headers: dict[str, str]) -> None:
-        size = entry["size"]
-        if self.command == "HEAD":
-            self.send_response(200)
-            for key, value in {**headers, "Content-Length": str(size), "Content-Type": "application/octet-stream"}.items():
-                self.send_header(key, value)
-            self.end_headers()
-            return
-        blob = self.hub.storage.open_blob(entry)
-        start, end, status = 0, size - 1, 200
-        match = _RANGE_RE.match(self.headers.get("Range", "").strip())
-        if match and not any(match.groups()):  # `bytes=-` names no range at all (RFC 9110 14.1.1)
-            return self._error(416, "RangeNotSatisfiable", f"range {self.headers['Range']} names no bytes", {"size": size})
-        if match and size > 0:
-            lo, hi = match.groups()
-            if lo:
-                start, end = int(lo), min(int(hi), size - 1) if hi else size - 1
-            elif hi:
-                start, end = max(size - int(hi), 0), size - 1
-            if start >= size or start > end:
-                return self._error(416, "RangeNotSatisfiable", f"range {self.headers['Range']} outside {size} bytes")
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        length = max(end - start + 1, 0)
-        self.send_response(status)
-        for key, value in {**headers, "Content-Length": str(length), "Content-Type": "application/octet-stream"}.items():
-            self.send_header(key, value)
-        self.end_headers()
-        with open(blob, "rb") as fh:
-            fh.seek(start)
-            left = length
-            while left > 0:
-                chunk = fh.read(min(left, 1 << 20))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                left -= len(chunk)
