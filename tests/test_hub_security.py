@@ -794,3 +794,26 @@ def test_second_server_on_one_root_is_refused(sandbox):
         assert assert_serving_root == 404
     with serve_in_thread(root) as hub:  # the lock goes with the server
         assert request(hub.url, "GET", "/api/models/acme/none")[0] == 404
+
+
+def test_cli_admin_and_allow_faults_flags(tmp_path):
+    users = tmp_path / "users.json"
+    admin = "hf_ADMINcliTOKEN0123456789"
+    users.write_text(json.dumps({ALICE: {"name": "alice", "orgs": []}, admin: {"name": "root", "admin": True}}))
+    spec = b'{"method": "GET", "path_regex": "/nothing/", "status": 500}'
+    for args, expected in (([ "--users", str(users)], {ALICE: 403, admin: 200}), (["--allow-faults"], {None: 200}), ([], {None: 403})):
+        proc = subprocess.Popen([sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "root"), "--port", "0", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            url = proc.stdout.readline().strip()
+            for token, status in expected.items():
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                assert request(url, "POST", "/_hubtool/faults", spec, headers)[0] == status, (args, token)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({ALICE: {"name": "alice", "admin": "yes"}}))
+    done = subprocess.run([sys.executable, "-m", "hubtool", "hub", "serve", "--root", str(tmp_path / "r2"), "--users", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "admin" in done.stderr and len(done.stderr.strip().splitlines()) == 1
