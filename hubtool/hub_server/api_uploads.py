@@ -116,9 +116,10 @@ class UploadsMixin:
             cas = storage.xet.cas_url(storage.xet_store_id(ref))  # this repo's own store: uploads there are its own
         else:
             # A replica of only this revision's Xet files (the caller may read this repo): never the whole CAS.
-            _, files = storage.files_at(ref, rev)
+            commit_id, files = storage.files_at(ref, rev)
             wanted = sorted({(e["sha256"], e["xet"]) for e in files.values() if e.get("xet")})
-            cas = f"local://{storage.xet.reader_replica(wanted)}"
+            store = storage.xet_store_id(ref)
+            cas = f"local://{storage.xet.reader_replica(wanted, store, key=f'{store}/{commit_id}')}"
         token = "local-xet-write" if write else "local-xet-read"
         self._json(200, {"casUrl": cas, "accessToken": token, "exp": exp}, {
             "X-Xet-Cas-Url": cas, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(exp),

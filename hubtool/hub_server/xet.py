@@ -15,15 +15,17 @@ A read token names a *replica* holding only the shards and xorbs of the files th
 revision has (hard links where the filesystem allows), never the whole CAS: a reader of one
 public repo cannot list or fetch another repo's objects. Replicas live outside the root where
 the temp folder shares its filesystem (so the token does not reveal the root path), and are
-bounded: at most READER_CAP at a time (the oldest go first) and none older than a token's life.
-xet-core keeps an index database (redb) that one process opens at a time, so every reader gets
-its own replica and they never meet.
+bounded: one per (repo, commit) is handed out again while no process holds it open, a held one
+gets a sibling, none unused for longer than a token's life survives, and READER_CAP is a hard
+ceiling. xet-core keeps an index database (redb) that one process opens at a time (flock), which
+is how a held replica is told apart; concurrent readers never meet.
 """
 
 from __future__ import annotations
 
 import collections
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -47,7 +49,11 @@ _INDEX_DB = "global_dedup_lookup.redb"
 WRITER_WAIT_S = 900.0  # how long a reader waits for an upload that holds a store's index
 _XORB_PREFIX = "default."  # xet-core names a xorb file `default.<hash>` in <store>/xet/xorbs/xorbs
 READER_MAX_AGE_S = 3600 + 600  # a read token lasts an hour: its replica goes a little after
-READER_CAP = 32  # replicas at once; each holds links to one repo revision's objects + hf-xet's ~1 MB index
+# Replicas are reused per (repo store, commit) while no process holds them open, so their number is
+# the distinct commits read in the last hour plus concurrent downloads; READER_CAP is a hard ceiling
+# (least recently handed out go first). Each holds hard links to one revision's objects + hf-xet's
+# ~1 MB index copy: at most ~128 MB of copies.
+READER_CAP = 128
 _STORE_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
@@ -129,13 +135,14 @@ class XetStore:
                     return found
             return None
 
-    def find(self, sha256: str, xet_hash: str) -> XetFile | None:
-        """The record of a committed file (sha256 + xet hash) in whichever store holds it."""
+    def find(self, sha256: str, xet_hash: str, prefer: str | None = None) -> XetFile | None:
+        """The record of a committed file (sha256 + xet hash): in store PREFER if it has one (the
+        same bytes pushed to two repos are in both stores), else in whichever store holds it."""
         with self._lock:
             for attempt in range(2):
-                for found in self._index.get(sha256, ()):
-                    if found.xet_hash == xet_hash:
-                        return found
+                matches = [f for f in self._index.get(sha256, ()) if f.xet_hash == xet_hash]
+                if matches and (attempt == 1 or prefer is None or any(f.store == prefer for f in matches)):
+                    return next((f for f in matches if f.store == prefer), matches[0])
                 if attempt == 0:
                     self._rescan()
         return None
@@ -155,15 +162,28 @@ class XetStore:
                 self._index.setdefault(sha, []).append(XetFile(xet_hash, size, shard, xorbs, store))
             self._seen.add(shard)
 
-    def reader_replica(self, files: list[tuple[str, str]]) -> Path:
-        """A private store for one reader holding only FILES' ((sha256, xet hash)) shards and xorbs."""
+    def reader_replica(self, files: list[tuple[str, str]], store: str | None = None, key: str | None = None) -> Path:
+        """A store for readers holding only FILES' ((sha256, xet hash)) shards and xorbs, taken from
+        STORE (the repo's own) where it has them.
+
+        With KEY (repo store + commit), a replica of that key that no process holds open is handed
+        out again (clients cache a token for an hour, so its folder must outlive a burst of other
+        tokens); one that is held (xet-core's index lock) gets a sibling, so readers never meet.
+        """
+        tag = hashlib.sha1(key.encode()).hexdigest()[:16] if key else "once"
+        with self._replicas_lock:
+            if key and self.readers_dir.is_dir():
+                for old in sorted(self.readers_dir.glob(f"*-{tag}-*"), key=_mtime, reverse=True):
+                    if not _held(old):
+                        os.utime(old)
+                        return old
         self.remove_old_replicas()
         self.readers_dir.mkdir(parents=True, exist_ok=True)
-        replica = self.readers_dir / f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
+        replica = self.readers_dir / f"{int(time.time())}-{tag}-{uuid.uuid4().hex[:12]}"
         copy = replica / _STORE
         for sub in ("xorbs", "shards"):
             (copy / sub).mkdir(parents=True)
-        records = [f for f in (self.find(sha, xh) for sha, xh in files) if f is not None]
+        records = [f for f in (self.find(sha, xh, store) for sha, xh in files) if f is not None]
         # xet-core finds files through its index database (redb): copy the one of the store holding
         # most of these files (a repo's files are in its own store; only a root of an older server
         # mixes stores), taken while no upload holds it. It indexes that store only: that one repo.
@@ -194,20 +214,25 @@ class XetStore:
         return replica
 
     def remove_old_replicas(self, keep: int = READER_CAP - 1) -> None:
-        """Drop replicas older than a token's life, then the oldest beyond KEEP."""
+        """Drop replicas unused for longer than a token's life, then the least recently handed out
+        beyond KEEP; one a process holds open stays (it is at most one per concurrent download)."""
         with self._replicas_lock:
             if not self.readers_dir.is_dir():
                 return
             cutoff = time.time() - READER_MAX_AGE_S
             live = []
-            for old in self.readers_dir.iterdir():
-                stamp = old.name.split("-", 1)[0]
-                if not stamp.isdigit() or int(stamp) < cutoff:
+            for old in list(self.readers_dir.iterdir()):
+                if _mtime(old) < cutoff and not _held(old):
                     shutil.rmtree(old, ignore_errors=True)
                 else:
-                    live.append((old.stat().st_mtime, old.name, old))
-            for _, _, old in sorted(live)[: max(len(live) - keep, 0)]:
-                shutil.rmtree(old, ignore_errors=True)
+                    live.append((_mtime(old), old.name, old))
+            excess = max(len(live) - keep, 0)
+            for _, _, old in sorted(live):
+                if excess <= 0:
+                    break
+                if not _held(old):
+                    shutil.rmtree(old, ignore_errors=True)
+                    excess -= 1
 
     def drop_store(self, store_id: str) -> None:
         """Delete a deleted repo's store and forget its files."""
@@ -224,13 +249,13 @@ class XetStore:
     def remove_all_replicas(self) -> None:
         shutil.rmtree(self.readers_dir, ignore_errors=True)
 
-    def materialize(self, sha256: str, xet_hash: str, size: int, dest: Path) -> None:
+    def materialize(self, sha256: str, xet_hash: str, size: int, dest: Path, store: str | None = None) -> None:
         """Reassemble a Xet-stored file into `dest` with hf-xet's own reader (atomic rename)."""
         import hf_xet
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        replica = self.reader_replica([(sha256, xet_hash)])
+        replica = self.reader_replica([(sha256, xet_hash)], store)
         try:
             session = hf_xet.XetSession()
             with session.new_file_download_group(
@@ -242,6 +267,28 @@ class XetStore:
             shutil.rmtree(replica, ignore_errors=True)
             if tmp.exists():
                 tmp.unlink()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _held(replica: Path) -> bool:
+    """True while a process has this replica's index open (xet-core holds redb's flock on it)."""
+    index = replica / _STORE / _INDEX_DB
+    try:
+        with open(index, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
 
 
 def _wait_for_writers(fh: Any, index: Path) -> None:
