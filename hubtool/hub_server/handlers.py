@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from hubtool.hub_server import web
+from hubtool.hub_server import collections_api, web
 from hubtool.hub_server.faults import DROP_CONNECTION
 from hubtool.hub_server import validate
 from hubtool.hub_server.errors import StorageError
@@ -109,7 +109,7 @@ class HubHandler(BaseHTTPRequestHandler):
             self._route()
         except StorageError as exc:
             self._drain()
-            self._error(exc.status, exc.code, str(exc))
+            self._error(exc.status, exc.code, str(exc), exc.extra)
         except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
             self._drain()
             self._error(400, "BadRequest", f"malformed request: {exc.__class__.__name__}: {exc}")
@@ -337,6 +337,8 @@ class HubHandler(BaseHTTPRequestHandler):
         if segs == ["validate-yaml"]:
             self.body()
             return self._json(200, {"errors": [], "warnings": []})
+        if segs[:1] == ["collections"]:
+            return collections_api.route(self, method, segs[1:])
         if segs == ["repos", "create"] and method == "POST":
             return self.create_repo()
         if segs == ["repos", "delete"] and method == "DELETE":
