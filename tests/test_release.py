@@ -136,6 +136,11 @@ def test_release_layout_and_summary(released, inputs):
     assert err.index("release plan:") < err.index("merge: running") < err.index("push: uploading")
     assert [st["name"] for st in s["stages"]][:5] == ["merge", "gptq:gptq-4bit-32g-actorder", "gptq:g4-64g", "gguf:F16-base", "gguf:Q8_0"]
     assert not any(st["cached"] for st in s["stages"])
+    # one collection of the release's repos, in the order users pick them
+    col = s["collection"]
+    assert col["created"] and col["slug"].startswith("acme/tiny-chat-")
+    items = HfApi(endpoint=released["hub"].url).get_collection(col["slug"]).items
+    assert [i.item_id for i in items] == [REPOS[k] for k in ("fp16", "adapter", "gptq", "gguf")] and all(i.note for i in items)
 
 
 def test_one_fp16_reference_serves_every_quality_row(released):
@@ -256,6 +261,7 @@ def test_rerun_is_noop(released, inputs):
     assert all(st["cached"] for st in s["stages"]) and len(s["stages"]) == len(released["summary"]["stages"])
     assert not any(r["changed"] or r["files_uploaded"] for r in s["repos"])
     assert [r["commit"] for r in s["repos"]] == [r["commit"] for r in released["summary"]["repos"]]
+    assert (s["collection"]["slug"], s["collection"]["created"], s["collection"]["changes"]) == (released["summary"]["collection"]["slug"], False, 0)
     assert {r: len(api.list_repo_commits(r)) for r in REPOS.values()} == commits
     sent = [(m, p) for m, p in hub.requests[mark:] if m in ("PUT", "POST") and ("/commit/" in p or "/_hubtool/lfs/" in p or "xorb" in p)]
     assert sent == []

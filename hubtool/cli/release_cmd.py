@@ -159,4 +159,6 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"{r['url']} @ {r['branch']}: pull request {r['pr_url']} ({r['files_uploaded']} file(s) changed)")
         else:
             lines.append(f"{r['url']} @ {r['branch']}: {state}, commit {r['commit'][:12]}")
+    if summary.get("collection"):
+        lines.append(f"collection: {summary['collection']['url']}")
     return "\n".join(lines)

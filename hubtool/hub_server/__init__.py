@@ -57,6 +57,13 @@ class HubState:
     tree_page_size: int = 1000
     tree_page_size_expand: int = 50
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    collections: Any = None  # hub_server.collections_api.Collections, made from storage when not given
+
+    def __post_init__(self) -> None:
+        if self.collections is None:
+            from hubtool.hub_server.collections_api import Collections
+
+            self.collections = Collections(self.storage.root, self.storage._lock)
 
     def sign(self, oid: str, scope: str) -> str:
         """Signature for a presigned LFS upload URL of OID into repo SCOPE ("type/ns/name")."""

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from hubtool.hub_server import validate, web
+from hubtool.hub_server import collections_api, validate, web
 from hubtool.hub_server.access import AccessMixin
 from hubtool.hub_server.api_admin import AdminMixin
 from hubtool.hub_server.api_discussions import DiscussionsMixin
@@ -79,7 +79,7 @@ class HubHandler(AccessMixin, ReposMixin, DiscussionsMixin, UploadsMixin, AdminM
             self._route()
         except StorageError as exc:
             self._drain()
-            self._error(exc.status, exc.code, str(exc))
+            self._error(exc.status, exc.code, str(exc), exc.extra)
         except (json.JSONDecodeError, KeyError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             self._drain()
             self._error(400, "BadRequest", f"malformed request: {exc.__class__.__name__}: {exc}")
@@ -260,6 +260,8 @@ class HubHandler(AccessMixin, ReposMixin, DiscussionsMixin, UploadsMixin, AdminM
         if segs == ["validate-yaml"]:
             self.body()
             return self._json(200, {"errors": [], "warnings": []})
+        if segs[:1] == ["collections"]:
+            return collections_api.route(self, method, segs[1:])
         if segs == ["repos", "create"] and method == "POST":
             return self.create_repo()
         if segs == ["repos", "delete"] and method == "DELETE":

@@ -57,6 +57,8 @@ def is_page(method: str, segs: list[str]) -> bool:
         return False
     if segs == [""]:
         return True
+    if len(segs) == 3 and segs[0] == "collections" and all(segs):
+        return True
     if len(segs) == 2 and all(segs):
         return True
     return len(segs) >= 4 and segs[2] in ("tree", "blob", "commits")
@@ -68,6 +70,10 @@ def serve_page(handler: Any, segs: list[str]) -> None:
     try:
         if segs == [""]:
             status, body = 200, _index(handler)
+        elif segs[0] == "collections":
+            from hubtool.hub_server.collections_api import page
+
+            status, body = 200, page(handler, f"{segs[1]}/{segs[2]}")
         else:
             ref = storage.canonical(RepoRef("model", f"{segs[0]}/{segs[1]}"))
             handler._require_read(ref)  # private repos stay private on the web too

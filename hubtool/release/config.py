@@ -13,6 +13,7 @@ Layout (every key optional; flags win over the file):
     verify: {enabled: true, text: "builtin:heldout", max_tokens: 2048, context: 512,
              gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
     card: {license: apache-2.0, base_model: org/original, datasets: [...], ...}
+    collection: {title: "My model", description: "..."}   # one Hub collection of the repos; `collection: false` for none
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from hubtool.errors import InputError
 QUANTS = ("gptq", "gguf")
 DEFAULT_GGUF_TYPES = ("Q4_K_M", "Q8_0")
 DEFAULT_REPOS = {"fp16": "{name}", "adapter": "{name}-peft", "gptq": "{name}-GPTQ", "gguf": "{name}-GGUF"}
-TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "verify", "card", "rope", "max_position_embeddings", "dtype"}
+TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "verify", "card", "rope", "max_position_embeddings", "dtype",
+            "collection"}
 GPTQ_KEYS = {"presets", "samples", "seq_len", "calibration", "damp_percent", "device"}
 GGUF_KEYS = {"types", "split_max_size"}
 VERIFY_KEYS = {"enabled", "text", "max_tokens", "context", "rtn", "gates"}
+COLLECTION_KEYS = {"title", "description"}
+MAX_COLLECTION_TITLE = 60  # the Hub's limit
 
 
 @dataclass
@@ -58,6 +62,8 @@ class ReleaseConfig:
     max_position_embeddings: int | None = None
     dtype: str = "float16"
     trust_remote_code: bool = False  # custom-code models (auto_map): only with --trust-remote-code
+    collection_title: str | None = None  # the release's Hub collection; None = no collection
+    collection_description: str | None = None
 
     def repo_id(self, key: str) -> str:
         """`{namespace}/{name}-GPTQ` etc. from the (configurable) template for repo KEY."""
@@ -181,6 +187,7 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
     verify_text = verify.get("text", "builtin:heldout")
     if enabled:
         options.check_text_source(verify_text, source=f"{source}: verify.text")
+    collection_title, collection_description = _collection(file_data.get("collection", True), name, source)
     from hubtool.quality_gates import gates_from_config
 
     gates = gates_from_config(verify.get("gates"), source=f"{source}: verify.gates")
@@ -207,4 +214,26 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
         max_position_embeddings=mpe,
         dtype=dtype,
         trust_remote_code=bool(flags.get("trust_remote_code")),
+        collection_title=collection_title,
+        collection_description=collection_description,
     )
+
+
+def _collection(value: Any, name: str, source: str) -> tuple[str | None, str | None]:
+    """`collection:` as (title, description): true (the default) titles it after the release, false turns it off."""
+    if value is False:
+        return None, None
+    if value is True or value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: collection must be true, false or a mapping with title / description")
+    unknown = sorted(set(value) - COLLECTION_KEYS)
+    if unknown:
+        raise InputError(f"{source}: unknown key 'collection.{unknown[0]}'; allowed: {', '.join(sorted(COLLECTION_KEYS))}")
+    title = value.get("title", name[:MAX_COLLECTION_TITLE])
+    if not isinstance(title, str) or not title.strip() or len(title) > MAX_COLLECTION_TITLE:
+        raise InputError(f"{source}: collection.title must be 1 to {MAX_COLLECTION_TITLE} characters (the Hub's limit)")
+    description = value.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InputError(f"{source}: collection.description must be text")
+    return title, description

@@ -80,6 +80,7 @@ class Session:
                                         hub_url=card_hub_url(self.endpoint))
         log(f"{self._index()}push")
         pushes = push_all(self.cfg, self.plan, folders, endpoint=self.endpoint, token=self.token, create_pr=create_pr)
+        collection = self._collection()
         results = quality.as_results() if quality is not None else {}
         return {
             "ok": True,
@@ -90,7 +91,29 @@ class Session:
             "quality_context": {k: v for k, v in results.items() if k != "rows"},
             "stages": self.store.ran,
             "work_dir": str(self.work_dir),
+            **({"collection": {"slug": collection.slug, "url": collection.url, "created": collection.created,
+                               "changes": collection.changes}} if collection is not None else {}),
         }
+
+    def _collection(self) -> Any:
+        """The release's Hub collection (created or brought up to date), after every repo exists."""
+        from hubtool.release.collection import collection_items, publish_collection
+
+        if self.cfg.collection_title is None:
+            return None
+        try:
+            result = publish_collection(self.cfg.collection_title, self.cfg.namespace, collection_items(self.plan.targets),
+                                        description=self.cfg.collection_description, private=self.cfg.private,
+                                        endpoint=self.endpoint, token=self.token)
+        except Exception as exc:  # the repos are published; a collection the token may not create is not worth failing for
+            from hubtool.push import scrub
+
+            log(f"warning: collection {self.cfg.collection_title!r} not updated: {scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.token)}; "
+                "the repos are published (set `collection: false` in release.yaml to skip it)")
+            return None
+        state = "created" if result.created else (f"{result.changes} change(s)" if result.changes else "unchanged")
+        log(f"collection: {result.slug} ({state})")
+        return result
 
     def _quality(self, records: dict[str, Record]) -> QualityResult | None:
         """Every verification stage's rows in plan order, checked against the gates before any card or push
