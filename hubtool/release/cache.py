@@ -61,7 +61,7 @@ class Hasher:
         if not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # stage processes share the work dir
         tmp.write_text(json.dumps(self._memo), encoding="utf-8")
         os.replace(tmp, self.path)
         self._dirty = False
