@@ -188,11 +188,15 @@ def test_same_stage_started_twice_at_once_runs_once(fan_inputs, tmp_path):
 
 
 def _stage_files(work: Path) -> dict[str, dict]:
-    """Every finished stage's output files (name -> size, sha256) and record, by stage name."""
+    """Every finished stage's output files (name -> size, sha256) by stage name; reference.json, which
+    names the folder the reference was computed from (inside each run's own work dir), without that path."""
     out = {}
     for record in sorted((work / "stages").glob("*/stage.json")):
         data = json.loads(record.read_text())
-        out[data["name"]] = {"files": data["files"], "kind": data["kind"]}
+        files = dict(data["files"])
+        if "reference.json" in files:
+            files["reference.json"] = {k: v for k, v in json.loads((record.parent / "out" / "reference.json").read_text()).items() if k != "model"}
+        out[data["name"]] = files
     return out
 
 

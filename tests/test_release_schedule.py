@@ -147,6 +147,13 @@ def test_cached_stages_launch_nothing():
     assert "merge" not in out.results
 
 
+def test_default_jobs():
+    from hubtool.release.schedule import cores, default_jobs
+
+    assert default_jobs(135_000_000) == min(cores(), 2) == default_jobs()
+    assert default_jobs(300_000) == 1  # a tiny model: process start-up would cost more than the overlap
+
+
 def test_memory_estimates_scale_with_the_model():
     gptq, gguf = GRAPH[1], GRAPH[4]
     assert memory_estimate(gptq, 7_000_000_000) > 30 * GB > memory_estimate(gguf, 7_000_000_000) > 8 * GB

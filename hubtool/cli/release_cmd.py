@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="render the cards and push, once every stage is in the work dir or --cache (no stage runs)")
     p.add_argument("--jobs", type=int, metavar="N",
                    help="stages run at once, each in its own process, once their inputs are done (GPTQ beside the GGUF chain "
-                        "and the fp16 reference); default: release.yaml jobs, else min(cores, 2); 1 = one after another")
+                        "and the fp16 reference); default: release.yaml jobs, else min(cores, 2) (1 for a model under 50M parameters); 1 = one after another")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="RAM the concurrent stages may hold together, e.g. 16G (default: release.yaml memory_budget, "
                         "else 80%% of the available RAM); a stage is held back while its estimate does not fit")

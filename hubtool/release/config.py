@@ -13,7 +13,7 @@ Layout (every key optional; flags win over the file):
     verify: {enabled: true, text: "builtin:heldout", max_tokens: 2048, context: 512,
              gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
     card: {license: apache-2.0, base_model: org/original, datasets: [...], ...}
-    jobs: 2                        # stages run at once on this machine (default: min(cores, 2); 1 = in order)
+    jobs: 2                        # stages at once on this machine (default: min(cores, 2), 1 under 50M params; 1 = in order)
     memory_budget: 16G             # RAM those stages may use together (default: 80 % of what is available)
 """
 

@@ -70,7 +70,7 @@ class Session:
 
         from hubtool import progress
         from hubtool.release.schedule import GB, memory_estimate, run_graph, tree_rss
-        from hubtool.release.worker import StageProcess
+        from hubtool.release.worker import StageRun, WorkerPool
 
         plan = self.plan
         index = {s.name: f"[{i}/{self._total}] " for i, s in enumerate(plan.stages, 1)}
@@ -87,24 +87,30 @@ class Session:
             self.run_stage(stage, index=index[stage.name])
             return True
 
-        def launch(stage: Stage) -> StageProcess:
-            job = {"cfg": self.cfg, "plan": plan, "inputs": self.inputs, "work_dir": self.work_dir, "cache": self.store.remote.url if self.store.remote else None,
-                   "endpoint": self.endpoint, "token": self.token, "stage": stage.name, "index": index[stage.name],
-                   "verbose": not progress.library_output_discarded()}
-            return StageProcess(stage.name, job, emit=emit, cleanup=lambda: self.store.discard_unfinished(stage))
+        pool = WorkerPool(emit)
+
+        def launch(stage: Stage) -> StageRun:
+            job = {"cfg": self.cfg, "plan": plan, "inputs": self.inputs, "work_dir": self.work_dir,
+                   "cache": self.store.remote.url if self.store.remote else None, "endpoint": self.endpoint, "token": self.token,
+                   "stage": stage.name, "index": index[stage.name], "verbose": not progress.library_output_discarded()}
+            return pool.launch(stage.name, job, cleanup=lambda: self.store.discard_unfinished(stage))
 
         log(f"running up to {jobs} stage(s) at once, memory budget {memory_budget / GB:.1f} GB "
             f"(estimates: {', '.join(f'{s.name} {memory_estimate(s, plan.params) / GB:.1f}' for s in plan.stages)} GB)")
         self.save()  # the input hashes the plan computed, for the stage processes to reuse
-        out = run_graph(plan.stages, jobs=jobs, budget=memory_budget, cost=lambda s: memory_estimate(s, plan.params), launch=launch,
-                        cached=cached, sample=lambda: tree_rss(os.getpid()))
+        try:
+            out = run_graph(plan.stages, jobs=jobs, budget=memory_budget, cost=lambda s: memory_estimate(s, plan.params), launch=launch,
+                            cached=cached, sample=lambda: tree_rss(os.getpid()))
+        finally:
+            pool.close()
         for name, result in out.results.items():
             for entry in result["ran"]:
                 self.store.ran.append({**entry, "peak_rss_bytes": int(result.get("peak_rss", 0))})
         order = {s.name: i for i, s in enumerate(plan.stages)}
         self.store.ran.sort(key=lambda e: order.get(e["name"], len(order)))
         self.concurrency = {"jobs": jobs, "memory_budget_bytes": memory_budget, "max_running": out.max_jobs,
-                            "max_estimate_bytes": out.max_estimate, "peak_tree_rss_bytes": out.peak_rss}
+                            "max_estimate_bytes": out.max_estimate, "peak_tree_rss_bytes": out.peak_rss,
+                            "worker_processes": pool.started}
         found = {s.name: self.store.find(s) for s in plan.stages}
         missing = [n for n, r in found.items() if r is None]
         if missing:
@@ -187,7 +193,7 @@ def run_release(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, *, work_dir: Pat
         preflight_cards(cfg, plan, inputs)
         from hubtool.release.schedule import default_jobs, default_memory_budget
 
-        jobs = jobs or cfg.jobs or default_jobs()
+        jobs = jobs or cfg.jobs or default_jobs(plan.params)
         if jobs > 1 and len(plan.stages) > 1:
             records = session.run_concurrently(jobs=jobs, memory_budget=memory_budget or cfg.memory_budget or default_memory_budget())
         else:

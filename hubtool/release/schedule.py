@@ -49,9 +49,15 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_jobs() -> int:
+SMALL_MODEL_PARAMS = 50_000_000  # below this a worker process's start-up (torch, the engines) costs more than overlap saves
+
+
+def default_jobs(params: int | None = None) -> int:
     """Two stages at once where there are two cores: GPTQ's per-column loop leaves a core to the GGUF chain
-    and the reference; more processes than that mostly share the same cores' time."""
+    and the reference; more processes than that mostly share the same cores' time. One for a model under
+    SMALL_MODEL_PARAMS parameters, whose stages take seconds."""
+    if params is not None and params < SMALL_MODEL_PARAMS:
+        return 1
     return min(cores(), 2)
 
 
