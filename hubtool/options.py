@@ -58,6 +58,19 @@ def check_split_max_size(value: Any, *, source: str) -> str | None:
     return str(value)
 
 
+def check_memory_budget(value: Any, *, source: str) -> int:
+    """A RAM budget like 16G or 500M (decimal units), in bytes; 0 would run nothing, so it is refused."""
+    from hubtool.gguf.types import parse_size
+
+    try:
+        size = parse_size(value, source=source)
+    except InputError:
+        size = 0
+    if size <= 0:
+        raise InputError(f"{source}: {value!r} must be a RAM size above 0, e.g. 16G or 500M")
+    return size
+
+
 def check_repo_name(value: Any, *, source: str, what: str = "name") -> str:
     """A repo name (or namespace) the Hub accepts: huggingface_hub's own rule (no '--' or '..', no
     leading/trailing '.' or '-', at most 96 characters)."""

@@ -1,6 +1,7 @@
 """A release split into jobs, as a CI matrix runs it: `--plan-json`, then `--stage` processes with their
 own work dirs sharing only a stage cache (a local folder, or a repo on the local Hub through hf://),
-three of them at once, then `--publish`; the Hub ends up byte-identical to a single-process release.
+three of them at once, then `--publish`; and a release with `--jobs 2`, whose scheduler runs the stages as
+processes on one machine: the Hub ends up byte-identical to a single-process release.
 And the three ways a split release goes wrong each get one line: a missing input stage, the same stage
 started twice at once, `--publish` before every stage is done.
 """
@@ -76,11 +77,11 @@ def _hub_state(url: str) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def single(fan_inputs):
-    """The reference: the same release in one process, pushed to its own local Hub."""
+    """The reference: the same release in one process (`--jobs 1`: stage after stage), pushed to its own local Hub."""
     root = fan_inputs["root"] / "single"
     root.mkdir()
     with serve_in_thread(root / "hub") as hub:
-        _run(_cmd(fan_inputs, root / "work", "--endpoint", hub.url, "--json"), root)
+        _run(_cmd(fan_inputs, root / "work", "--endpoint", hub.url, "--json", "--jobs", "1"), root)
         yield _hub_state(hub.url)
 
 
@@ -184,3 +185,104 @@ def test_same_stage_started_twice_at_once_runs_once(fan_inputs, tmp_path):
     assert not list((tmp_path / "w2" / "stages").glob("gguf-F16-base-*"))  # the second job wrote no result of its own
     again = _run(_cmd(fan_inputs, tmp_path / "w2", *stage), tmp_path)
     assert "gguf:F16-base: cached" in again.stdout
+
+
+def _stage_files(work: Path) -> dict[str, dict]:
+    """Every finished stage's output files (name -> size, sha256) by stage name; reference.json, which
+    names the folder the reference was computed from (inside each run's own work dir), without that path."""
+    out = {}
+    for record in sorted((work / "stages").glob("*/stage.json")):
+        data = json.loads(record.read_text())
+        files = dict(data["files"])
+        if "reference.json" in files:
+            files["reference.json"] = {k: v for k, v in json.loads((record.parent / "out" / "reference.json").read_text()).items() if k != "model"}
+        out[data["name"]] = files
+    return out
+
+
+def test_concurrent_release_is_byte_identical_to_a_sequential_one(fan_inputs, single, tmp_path):
+    """`--jobs 2`: GPTQ runs beside the GGUF chain and the reference, each stage in its own process; the
+    stage outputs and the Hub are the same bytes as the one-process run, and the log reads stage by stage."""
+    with serve_in_thread(tmp_path / "hub") as hub:
+        res = _run(_cmd(fan_inputs, tmp_path / "work", "--endpoint", hub.url, "--json", "--jobs", "2"), tmp_path)
+        assert _hub_state(hub.url) == single
+    summary = json.loads(res.stdout)
+    assert summary["concurrency"]["jobs"] == 2 and summary["concurrency"]["max_running"] == 2
+    assert summary["concurrency"]["peak_tree_rss_bytes"] > 0
+    assert [st["name"] for st in summary["stages"]] == [s["name"] for s in summary["plan"]["stages"]]
+    assert not any(st["cached"] for st in summary["stages"]) and all(st["peak_rss_bytes"] > 0 for st in summary["stages"])
+    assert _stage_files(tmp_path / "work") == _stage_files(fan_inputs["root"] / "single" / "work")
+    err = res.stderr.splitlines()
+    names = [s["name"] for s in summary["plan"]["stages"]]
+    for i, name in enumerate(names, 1):
+        assert f"[{i}/{len(names) + 2}] {name}: running" in err and any(ln.startswith(f"[{i}/{len(names) + 2}] {name}: done in ") for ln in err)
+    start = next(i for i, ln in enumerate(err) if ln.startswith("running up to 2 stage(s) at once")) + 1
+    stage_lines = err[start:err.index(f"[{len(names) + 1}/{len(names) + 2}] cards")]
+    # every line a stage process wrote names its stage (the scheduler's prefix where the line itself doesn't)
+    assert stage_lines and all(any(n in ln for n in names) for ln in stage_lines), [ln for ln in stage_lines if not any(n in ln for n in names)]
+    # the rerun finds everything cached and starts no stage process
+    again = _run(_cmd(fan_inputs, tmp_path / "work", "--json", "--jobs", "2", "--local-hub", str(tmp_path / "hub2")), tmp_path)
+    assert all(st["cached"] for st in json.loads(again.stdout)["stages"]) and "running up to" in again.stderr
+
+
+HOLD = """
+import os, pathlib, time
+if os.environ.get("TEST_HOLD"):
+    import hubtool.release.store as store
+    _compute = store.StageStore._compute
+    def held(self, stage, fn, **kw):
+        if stage.name not in os.environ["TEST_HOLD"].split(","):
+            return _compute(self, stage, fn, **kw)
+        def half_written(out):  # writes part of its output, then works on until stopped
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "part-1.bin").write_bytes(b"x" * 1000)
+            (out.parent / "held").touch()
+            while True:
+                time.sleep(0.05)
+        return _compute(self, stage, half_written, **kw)
+    store.StageStore._compute = held
+"""
+
+
+def _sessions() -> dict[int, int]:
+    """pid -> session id of every process on the machine."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out[int(stat.parent.name)] = int(fields[3])
+    return out
+
+
+def test_sigterm_during_a_concurrent_release_leaves_no_child_and_no_half_written_stage(fan_inputs, tmp_path):
+    import signal
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD)
+    work = tmp_path / "work"
+    env = {**_env(tmp_path), "PYTHONPATH": f"{ROOT}{os.pathsep}{hook}", "TEST_HOLD": "gptq:gptq-4bit-32g-actorder,gguf:F16-base"}
+    proc = subprocess.Popen(_cmd(fan_inputs, work, "--jobs", "3", "--local-hub", str(tmp_path / "hub")), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while len(list(work.glob("stages/*/held"))) < 2:  # GPTQ and the GGUF base are both half-way
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the two stages never started"
+        time.sleep(0.05)
+    locks = [json.loads(p.read_text()) for p in (work / "stages" / "locks").glob("*.json")]
+    children = {lock["pid"] for lock in locks}
+    assert len(children) >= 2 and proc.pid not in children  # each stage in a process of its own
+    assert all(_sessions().get(pid) == pid for pid in children)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: stopped by SIGTERM; outputs were not written, temp files were removed (re-run to resume)"], err[-3000:]
+    assert "Traceback" not in err
+    assert not any(sid in children for sid in _sessions().values())  # no stage process, nor anything it started, is left
+    folders = [p for p in (work / "stages").iterdir() if p.name != "locks"]
+    assert any(p.name.startswith("merge-") for p in folders)  # finished before the signal: kept
+    assert all((p / "stage.json").is_file() for p in folders), [p.name for p in folders]
+    assert list((work / "stages" / "locks").iterdir()) == []

@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="run exactly these stages (in order), whose inputs are in the work dir or --cache; no cards, no push")
     mode.add_argument("--publish", action="store_true",
                       help="render the cards and push, once every stage is in the work dir or --cache (no stage runs)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="stages run at once, each in its own process, once their inputs are done (GPTQ beside the GGUF chain "
+                        "and the fp16 reference); default: release.yaml jobs, else min(cores, 2) (1 for a model under 50M parameters); 1 = one after another")
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="RAM the concurrent stages may hold together, e.g. 16G (default: release.yaml memory_budget, "
+                        "else 80%% of the available RAM); a stage is held back while its estimate does not fit")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom-code models (auto_map in config.json); their .py files ship in every repo")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout (progress stays on stderr)")
     p.set_defaults(func=run)
@@ -89,7 +95,8 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
     default_name = (inputs.source or inputs.adapter).resolve().name  # type: ignore[union-attr]
     flags = {"name": args.name, "namespace": args.namespace, "quants": args.quants, "gptq_presets": args.gptq_presets,
              "gguf_types": args.gguf_types, "private": args.private, "rope": args.rope,
-             "max_position_embeddings": args.max_position_embeddings, "trust_remote_code": args.trust_remote_code}
+             "max_position_embeddings": args.max_position_embeddings, "trust_remote_code": args.trust_remote_code,
+             "jobs": args.jobs, "memory_budget": args.memory_budget}
     cfg = build_config(file_data, flags, default_name=default_name, source=str(args.config or "release options"))
     work_dir = args.work_dir or Path("release-work") / cfg.name
     # Everything that needs no heavy work is checked here, for --dry-run too: a green dry run is a valid release.

@@ -61,8 +61,13 @@ class Hasher:
         if not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self._memo), encoding="utf-8")
+        try:  # a concurrent release's stage processes share the work dir: keep what they remembered too
+            saved = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        except (json.JSONDecodeError, OSError):
+            saved = {}
+        memo = {**(saved if isinstance(saved, dict) else {}), **self._memo}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo), encoding="utf-8")
         os.replace(tmp, self.path)
         self._dirty = False
 

@@ -14,6 +14,8 @@ Layout (every key optional; flags win over the file):
              gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
     card: {license: apache-2.0, base_model: org/original, datasets: [...], ...}
     collection: {title: "My model", description: "..."}   # one Hub collection of the repos; `collection: false` for none
+    jobs: 2                        # stages at once on this machine (default: min(cores, 2), 1 under 50M params; 1 = in order)
+    memory_budget: 16G             # RAM those stages may use together (default: 80 % of what is available)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ QUANTS = ("gptq", "gguf")
 DEFAULT_GGUF_TYPES = ("Q4_K_M", "Q8_0")
 DEFAULT_REPOS = {"fp16": "{name}", "adapter": "{name}-peft", "gptq": "{name}-GPTQ", "gguf": "{name}-GGUF"}
 TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "verify", "card", "rope", "max_position_embeddings", "dtype",
-            "collection"}
+            "collection", "jobs", "memory_budget"}
 GPTQ_KEYS = {"presets", "samples", "seq_len", "calibration", "damp_percent", "device"}
 GGUF_KEYS = {"types", "split_max_size"}
 VERIFY_KEYS = {"enabled", "text", "max_tokens", "context", "rtn", "gates"}
@@ -64,6 +66,8 @@ class ReleaseConfig:
     trust_remote_code: bool = False  # custom-code models (auto_map): only with --trust-remote-code
     collection_title: str | None = None  # the release's Hub collection; None = no collection
     collection_description: str | None = None
+    jobs: int | None = None  # stages at once on one machine; None = schedule.default_jobs()
+    memory_budget: int | None = None  # bytes those stages may hold together; None = schedule.default_memory_budget()
 
     def repo_id(self, key: str) -> str:
         """`{namespace}/{name}-GPTQ` etc. from the (configurable) template for repo KEY."""
@@ -191,6 +195,12 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
     from hubtool.quality_gates import gates_from_config
 
     gates = gates_from_config(verify.get("gates"), source=f"{source}: verify.gates")
+    jobs = pick("jobs", file_data.get("jobs"))
+    if jobs is not None:
+        jobs = options.check_int(jobs, source=where("jobs", "jobs"))
+    budget = pick("memory_budget", file_data.get("memory_budget"))
+    if budget is not None:
+        budget = options.check_memory_budget(budget, source=where("memory_budget", "memory_budget"))
     return ReleaseConfig(
         name=name,
         namespace=namespace,
@@ -216,6 +226,8 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
         trust_remote_code=bool(flags.get("trust_remote_code")),
         collection_title=collection_title,
         collection_description=collection_description,
+        jobs=jobs,
+        memory_budget=budget,
     )
 
 

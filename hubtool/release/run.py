@@ -10,6 +10,7 @@ empty commits).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class Session:
         self.endpoint, self.token = endpoint, token
         self._total = len(plan.stages) + 2
         self._step = 0
+        self.concurrency: dict[str, Any] = {}  # what a concurrent run did (jobs, budget, peaks), for the summary
 
     def _index(self) -> str:
         self._step = min(self._step + 1, self._total)
@@ -60,6 +62,60 @@ class Session:
         ctx = StageContext(self.cfg, self.inputs, needs)
         error = MergeError if stage.kind == StageKind.MERGE else QuantizeError
         return self.store.run(stage, lambda out: RUNNERS[stage.kind](stage, ctx, out), index=index or self._index(), error=error)
+
+    def run_concurrently(self, *, jobs: int, memory_budget: int) -> dict[str, Record]:
+        """Every stage, each in its own process, as many at once as JOBS and MEMORY_BUDGET allow
+        (release/schedule.py); the same records, cache and results as running them one after another."""
+        import threading
+
+        from hubtool import progress
+        from hubtool.release.schedule import GB, memory_estimate, run_graph, tree_rss
+        from hubtool.release.worker import StageRun, WorkerPool
+
+        plan = self.plan
+        index = {s.name: f"[{i}/{self._total}] " for i, s in enumerate(plan.stages, 1)}
+        self._step = len(plan.stages)
+        lock = threading.Lock()
+
+        def emit(line: str) -> None:
+            with lock:
+                log(line)
+
+        def cached(stage: Stage) -> bool:
+            if self.store.find(stage) is None:
+                return False
+            self.run_stage(stage, index=index[stage.name])
+            return True
+
+        pool = WorkerPool(emit)
+
+        def launch(stage: Stage) -> StageRun:
+            job = {"cfg": self.cfg, "plan": plan, "inputs": self.inputs, "work_dir": self.work_dir,
+                   "cache": self.store.remote.url if self.store.remote else None, "endpoint": self.endpoint, "token": self.token,
+                   "stage": stage.name, "index": index[stage.name], "verbose": not progress.library_output_discarded()}
+            return pool.launch(stage.name, job, cleanup=lambda: self.store.discard_unfinished(stage))
+
+        log(f"running up to {jobs} stage(s) at once, memory budget {memory_budget / GB:.1f} GB "
+            f"(estimates: {', '.join(f'{s.name} {memory_estimate(s, plan.params) / GB:.1f}' for s in plan.stages)} GB)")
+        self.save()  # the input hashes the plan computed, for the stage processes to reuse
+        try:
+            out = run_graph(plan.stages, jobs=jobs, budget=memory_budget, cost=lambda s: memory_estimate(s, plan.params), launch=launch,
+                            cached=cached, sample=lambda: tree_rss(os.getpid()))
+        finally:
+            pool.close()
+        for name, result in out.results.items():
+            for entry in result["ran"]:
+                self.store.ran.append({**entry, "peak_rss_bytes": int(result.get("peak_rss", 0))})
+        order = {s.name: i for i, s in enumerate(plan.stages)}
+        self.store.ran.sort(key=lambda e: order.get(e["name"], len(order)))
+        self.concurrency = {"jobs": jobs, "memory_budget_bytes": memory_budget, "max_running": out.max_jobs,
+                            "max_estimate_bytes": out.max_estimate, "peak_tree_rss_bytes": out.peak_rss,
+                            "worker_processes": pool.started}
+        found = {s.name: self.store.find(s) for s in plan.stages}
+        missing = [n for n, r in found.items() if r is None]
+        if missing:
+            raise StageError(f"stage(s) {', '.join(missing)} finished without a record in {self.store.root}; re-run to resume")
+        return found  # type: ignore[return-value]
 
     def records(self) -> dict[str, Record]:
         """Every stage's record, or a StageError naming the stages that aren't done."""
@@ -93,6 +149,7 @@ class Session:
             "work_dir": str(self.work_dir),
             **({"collection": {"slug": collection.slug, "url": collection.url, "created": collection.created,
                                "changes": collection.changes}} if collection is not None else {}),
+            **({"concurrency": self.concurrency} if self.concurrency else {}),
         }
 
     def _collection(self) -> Any:
@@ -145,15 +202,25 @@ class Session:
 
 
 def run_release(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, *, work_dir: Path, endpoint: str | None = None, token: str | None = None,
-                create_pr: bool = False, cache: str | None = None, hasher: Hasher | None = None) -> dict[str, Any]:
-    """The whole release in this process: every stage in plan order, then publish.
+                create_pr: bool = False, cache: str | None = None, hasher: Hasher | None = None, jobs: int | None = None,
+                memory_budget: int | None = None) -> dict[str, Any]:
+    """The whole release: every stage, then publish. With JOBS (else release.yaml `jobs:`, else
+    schedule.default_jobs()) above 1, independent stages run at once in their own processes within
+    MEMORY_BUDGET bytes (else `memory_budget:`, else 80 % of the available RAM); with 1, in plan order in
+    this process.
 
     With `create_pr`, each existing repo/branch is changed through a pull request (`pr_url` in
     its row) instead of a direct commit; new repos/branches are created directly."""
     session = Session(cfg, plan, inputs, work_dir=work_dir, hasher=hasher, cache=cache, endpoint=endpoint, token=token)
     try:
         preflight_cards(cfg, plan, inputs)
-        records = {s.name: session.run_stage(s) for s in plan.stages}
+        from hubtool.release.schedule import default_jobs, default_memory_budget
+
+        jobs = jobs or cfg.jobs or default_jobs(plan.params)
+        if jobs > 1 and len(plan.stages) > 1:
+            records = session.run_concurrently(jobs=jobs, memory_budget=memory_budget or cfg.memory_budget or default_memory_budget())
+        else:
+            records = {s.name: session.run_stage(s) for s in plan.stages}
         return session.publish(records, create_pr=create_pr)
     finally:
         session.save()

@@ -107,6 +107,22 @@ class StageStore:
         self.ran.append({"name": stage.name, "key": stage.key, "cached": False, "seconds": seconds, "out": str(record.folder)})
         return record
 
+    def discard_unfinished(self, stage: Stage) -> None:
+        """Remove what a stopped or killed attempt at STAGE left: its folder if it has no stage.json, and its
+        local lock if the process holding it is gone."""
+        folder = self.folder(stage)
+        if folder.exists() and not (folder / STAGE_RECORD).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+        for tmp in self.root.glob(f".{stage.folder_name}.fetch-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        lock = self.root / LOCKS / f"{stage.folder_name}.json"
+        try:
+            holder = json.loads(lock.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return
+        if _stale(holder):
+            lock.unlink(missing_ok=True)
+
     @contextmanager
     def _locked(self, stage: Stage) -> Iterator[None]:
         local = self.root / LOCKS / f"{stage.folder_name}.json"
