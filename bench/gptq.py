@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-# The default preset's weight-changing settings before issue 18, as overrides of today's file.
+# The default preset's weight-changing settings before issue 18 (plain min/max scales), as overrides of today's file.
 BEFORE_ISSUE_18 = {"damp_percent": 0.01, "damp_auto_increment": 0.01, "mse": 0.0, "act_group_aware": False}
 DEFAULT_VARIANTS = [
     "today=gptq-4bit-32g-actorder," + ",".join(f"{k}={v}" for k, v in BEFORE_ISSUE_18.items()),
