@@ -97,6 +97,8 @@ class GPTQVariant(Record):
     group_size: int = 128
     desc_act: bool = False
     damp_percent: float = 0.01
+    mse: float = 0.0  # clipping-search norm (0: min/max scales)
+    act_group_aware: bool = False
     seq_len: int = 0
     samples: int = 0
     calibration: str = ""
@@ -106,7 +108,8 @@ class GPTQVariant(Record):
 
     def card_row(self, branch: str) -> dict[str, Any]:
         return {"branch": branch, "bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act,
-                "damp_percent": self.damp_percent, "seq_len": self.seq_len, "size_bytes": self.size_bytes,
+                "damp_percent": self.damp_percent, "mse": self.mse, "act_group_aware": self.act_group_aware,
+                "seq_len": self.seq_len, "size_bytes": self.size_bytes,
                 "dataset": self.calibration}
 
 

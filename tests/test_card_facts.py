@@ -91,3 +91,25 @@ def test_gptq_folder_from_hubtool_quantize(tmp_path):
     body = split_front_matter(render_card("gptq", d, release=release))[1]
     assert "| gptq-4bit-32g-actorder_True | 4 | 32 | Yes | 0.05 | hubtool built-in calibration text | 1024 | 4.10 KB |" in body
     assert "| main | 8 | 128 | No | - | - | - | - |" in body
+
+
+def test_gptq_card_names_clipping_search_and_group_aware_order(tmp_path):
+    """Issue 18: options that change how the weights were chosen (not their layout) are said in the card."""
+    from tests.cardkit import LLAMA_CONFIG, gptq_dir, write_json
+
+    d = gptq_dir(tmp_path)
+    qc = {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True,
+          "damp_percent": 0.05, "damp_auto_increment": 0.01, "mse": 2.4, "act_group_aware": False}
+    write_json(d / "quantize_config.json", {**qc, "meta": {"branch": "gptq-4bit-32g-actorder_True"}})
+    write_json(d / "config.json", {**LLAMA_CONFIG, "quantization_config": qc})  # as `hubtool quantize gptq` writes both
+    release = {"repos": {"gptq": "acme/x-GPTQ"}, "gptq_variants": [
+        {"branch": "main", "bits": 4, "group_size": 32, "desc_act": True},
+        {"branch": "gptq-4bit-32g-gar", "bits": 4, "group_size": 32, "desc_act": False, "mse": 2.4, "act_group_aware": True},
+        {"branch": "gptq-8bit-128g-actorder_True", "bits": 8, "group_size": 128, "desc_act": True, "mse": 0.0}]}
+    body = split_front_matter(render_card("gptq", d, release=release))[1]
+    assert "- main: each group's scale picked by GPTQModel's clipping search (least mean |error|^2.4, not plain min/max)." in body
+    assert ("- gptq-4bit-32g-gar: each group's scale picked by GPTQModel's clipping search (least mean |error|^2.4, not plain "
+            "min/max); group-aware act-order") in body
+    assert "gptq-8bit-128g-actorder_True:" not in body  # plain GPTQ: no note
+    plain = split_front_matter(render_card("gptq", gptq_dir(tmp_path / "plain")))[1]
+    assert "How the weights were chosen" not in plain

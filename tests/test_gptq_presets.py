@@ -34,6 +34,14 @@ def test_builtin_presets_match_their_names():
         assert 0 < p.damp_percent < 1 and p.samples == 128 and p.seq_len == 2048
 
 
+def test_default_preset_uses_the_measured_clipping_search():
+    """Issue 18: chosen by bench/gptq.py (results in bench/results/gptq-issue18.md); layout fields unchanged."""
+    p = load_preset(DEFAULT_PRESET)
+    assert (p.mse, p.damp_percent, p.damp_auto_increment, p.act_group_aware) == (2.4, 0.01, 0.01, False)
+    assert (p.bits, p.group_size, p.desc_act, p.sym, p.static_groups) == (4, 32, True, True, False)
+    assert all(load_preset(n).mse == 0.0 for n in EXPECTED if n != DEFAULT_PRESET)  # not measured: unchanged
+
+
 def test_package_data_link_points_at_repo_presets():
     link = Path(__import__("hubtool.gptq", fromlist=["x"]).__file__).parent / "quant_configs"
     assert link.resolve() == presets_dir().resolve()
@@ -71,6 +79,11 @@ def test_user_yaml_starts_from_base(tmp_path):
         ("calibration: 12\n", "'calibration' must be a mapping"),
         ("calibration:\n  samples: 0\n", "samples = 0 is invalid"),
         ("branch: 'bad branch'\n", "branch = 'bad branch' is invalid"),
+        ("mse: 0.5\n", "mse = 0.5 is invalid"),
+        ("mse: yes\n", "mse = True is invalid"),
+        ("damp_auto_increment: -0.01\n", "damp_auto_increment = -0.01 is invalid"),
+        ("act_group_aware: true\n", "act_group_aware = true needs desc_act = false"),
+        ("desc_act: false\nact_group_aware: true\ngroup_size: -1\n", "act_group_aware = True is invalid"),
         ("base: nope\n", "nope: unknown GPTQ preset"),
         ("- 1\n- 2\n", "expected a mapping"),
         ("bits: [4\n", "bad.yaml:2: invalid YAML"),
@@ -96,6 +109,23 @@ def test_bad_names_and_overrides_error_clearly(tmp_path):
         load_preset(DEFAULT_PRESET, {"group_size": 7})
     with pytest.raises(InputError, match="'colour' is not a GPTQ setting"):
         load_preset(DEFAULT_PRESET, {"colour": 1})
+
+
+def test_group_aware_and_clipping_options():
+    p = load_preset(DEFAULT_PRESET, {"desc_act": False, "act_group_aware": True, "mse": 2})
+    assert (p.desc_act, p.act_group_aware, p.mse, p.branch) == (False, True, 2.0, "gptq-4bit-32g-gar")
+    assert isinstance(p.mse, float) and branch_name(4, 32, False, True) == "gptq-4bit-32g-gar"
+    assert load_preset(DEFAULT_PRESET, {"mse": 0}).branch == load_preset(DEFAULT_PRESET).branch  # not a layout change
+    with pytest.raises(InputError, match="act_group_aware = true needs desc_act = false"):
+        load_preset(DEFAULT_PRESET, {"act_group_aware": True})
+
+
+def test_cli_passes_new_options(tiny_llama, tmp_path, capsys):
+    rc = main(["quantize", "gptq", str(tiny_llama), "-o", str(tmp_path / "out"), "--act-group-aware", "true"])
+    assert rc == 2 and "act_group_aware = true needs desc_act = false" in capsys.readouterr().err
+    rc = main(["quantize", "gptq", str(tiny_llama), "-o", str(tmp_path / "out"), "--mse", "9"])
+    assert rc == 2 and "mse = 9.0 is invalid" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_reports_bad_preset(tiny_llama, tmp_path, capsys):

@@ -162,12 +162,11 @@ def test_no_temp_paths_or_machine_details(gptq_dir):
             assert needle not in text, f"{name} leaks {needle!r}"
 
 
-def test_transformers_loads_it_with_sane_logits(gptq_dir, rope_llama, tokenizer_dir):
+def _assert_loads_with_sane_logits(out: Path, rope_llama: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hubtool.quality import builtin_text, compare_logits
 
-    out, _ = gptq_dir
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok(builtin_text("heldout")[:2000], return_tensors="pt")["input_ids"][:, :128]
     q = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", dtype=torch.float16).eval()
@@ -184,6 +183,70 @@ def test_transformers_loads_it_with_sane_logits(gptq_dir, rope_llama, tokenizer_
     base = compare_logits(lr, lo, ids[0].numpy())
     assert m["kl_div"] < 0.1 * base["kl_div"], (m, base)
     assert m["top1"] > 0.6 and m["top1"] > base["top1"] + 0.3, (m, base)
+
+
+def test_transformers_loads_it_with_sane_logits(gptq_dir, rope_llama, tokenizer_dir):
+    _assert_loads_with_sane_logits(gptq_dir[0], rope_llama)
+
+
+@pytest.fixture(scope="module")
+def gar_dir(rope_llama, tmp_path_factory) -> tuple[Path, dict]:
+    """Group-aware act-order with the clipping search and a non-default damping: every option issue 18 added."""
+    out = tmp_path_factory.mktemp("gptq-gar") / "tiny-gar"
+    preset = load_preset("gptq-4bit-32g-actorder", {"desc_act": False, "act_group_aware": True, "mse": 2.4, "damp_percent": 0.03,
+                                                     "damp_auto_increment": 0.02, "samples": 16, "seq_len": 64})
+    return out, quantize_gptq(rope_llama, out, preset, device="cpu")
+
+
+def test_new_options_reach_gptqmodel_and_output_stays_standard(gar_dir, rope_llama):
+    out, summary = gar_dir
+    assert summary["preset"]["branch"] == "gptq-4bit-32g-gar"
+    used = summary["gptqmodel_settings"]  # read back from the QuantizeConfig gptqmodel quantized with
+    assert {k: used[k] for k in ("desc_act", "act_group_aware", "mse", "damp_percent", "damp_auto_increment", "sym", "group_size")} == {
+        "desc_act": False, "act_group_aware": True, "mse": 2.4, "damp_percent": 0.03, "damp_auto_increment": 0.02, "sym": True, "group_size": 32}
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert {k: qc[k] for k in ("quant_method", "checkpoint_format", "bits", "group_size", "desc_act", "sym")} == {
+        "quant_method": "gptq", "checkpoint_format": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": True}
+    qfile = json.loads((out / "quantize_config.json").read_text())
+    assert (qfile["mse"], qfile["act_group_aware"], qfile["damp_percent"], qfile["damp_auto_increment"]) == (2.4, True, 0.03, 0.02)
+    assert qfile["meta"]["branch"] == "gptq-4bit-32g-gar"
+    t, src = _tensors(out), _source(rope_llama)
+    for layer in range(2):
+        for mod, (fin, fout) in MODULES.items():
+            p = f"model.layers.{layer}.{mod}"
+            # GAR keeps every column in its natural group: the plain desc_act=false layout, read by every GPTQ kernel
+            assert torch.equal(t[f"{p}.g_idx"], torch.arange(fin, dtype=torch.int32) // 32)
+            assert (t[f"{p}.qzeros"] == 0x77777777).all() and list(t[f"{p}.scales"].shape) == [fin // 32, fout]
+            w = dequantize(t[f"{p}.qweight"], t[f"{p}.qzeros"], t[f"{p}.scales"], t[f"{p}.g_idx"])
+            assert ((w - src[f"{p}.weight"].float()).norm() / src[f"{p}.weight"].float().norm()).item() < 0.2
+
+
+def test_gar_checkpoint_loads_in_transformers(gar_dir, rope_llama):
+    _assert_loads_with_sane_logits(gar_dir[0], rope_llama)
+
+
+def test_clipping_search_changes_the_scales(gptq_dir, gar_dir, rope_llama, tmp_path):
+    """mse > 0 must reach the quantizer, not just the record: the same settings with mse 0 give other scales."""
+    out, summary = gar_dir
+    plain = load_preset("gptq-4bit-32g-actorder", {**{k: summary["preset"][k] for k in ("desc_act", "act_group_aware", "damp_percent",
+                                                   "damp_auto_increment", "samples", "seq_len")}, "mse": 0.0})
+    quantize_gptq(rope_llama, tmp_path / "plain", plain, device="cpu")
+    a, b = _tensors(out), _tensors(tmp_path / "plain")
+    scales = [k for k in a if k.endswith(".scales")]
+    changed = [k for k in scales if not torch.equal(a[k], b[k])]
+    assert len(changed) == len(scales), sorted(set(scales) - set(changed))
+    # the search only ever shrinks the min/max range: on average, the clipped scales are smaller
+    assert sum(a[k].float().mean() for k in scales) < sum(b[k].float().mean() for k in scales)
+
+
+def test_settings_gptqmodel_changed_are_an_error():
+    from hubtool.gptq.quantize import _check_settings_used
+
+    _check_settings_used({"mse": 2.4, "desc_act": True}, {"mse": 2.4, "desc_act": True})
+    with pytest.raises(QuantizeError, match=r"mse 2.4 -> 0.0"):
+        _check_settings_used({"mse": 2.4, "desc_act": True}, {"mse": 0.0, "desc_act": True})
+    with pytest.raises(QuantizeError, match="act_group_aware"):
+        _check_settings_used({"act_group_aware": False}, {})
 
 
 def test_verify_rows_and_results_file(gptq_dir, rope_llama, tmp_path):

@@ -287,12 +287,12 @@ def _gptq_variants(release: dict, facts: dict, model_dir: Path) -> list[dict[str
                     f"{model_dir}: release gptq_variants {branch} {key}={main[key]!r} but the checkpoint's quantization_config says {own[key]!r}; fix the release config"
                 )
             main[key] = own[key]
-        for key in ("dataset", "seq_len"):
+        for key in ("dataset", "seq_len", "mse", "act_group_aware"):
             if main.get(key) is None:
                 main[key] = own.get(key)
         if main.get("size_bytes") is None:
             main["size_bytes"] = facts["weights_size"]
-    keys = ("branch", "bits", "group_size", "desc_act", "damp_percent", "dataset", "seq_len", "size_bytes", "loaders")
+    keys = ("branch", "bits", "group_size", "desc_act", "damp_percent", "mse", "act_group_aware", "dataset", "seq_len", "size_bytes", "loaders")
     for v in variants:
         v.setdefault("branch", "main")
         v.setdefault("loaders", _gptq_loaders(v.get("bits")))

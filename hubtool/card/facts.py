@@ -102,6 +102,8 @@ def gptq_facts(model_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None
         "group_size": qc.get("group_size"),
         "desc_act": qc.get("desc_act"),
         "damp_percent": qc.get("damp_percent"),
+        "mse": qc.get("mse"),  # hubtool >= issue 18 records the clipping search and group-aware ordering too
+        "act_group_aware": qc.get("act_group_aware"),
         "sym": qc.get("sym"),
         "checkpoint_format": qc.get("checkpoint_format"),
         "branch": meta.get("branch"),

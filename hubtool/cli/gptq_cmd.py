@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--desc-act", type=_bool, metavar="true|false", help="override act-order")
     q.add_argument("--sym", type=_bool, metavar="true|false", help="override symmetric quantization")
     q.add_argument("--damp-percent", type=float, help="override Hessian dampening (0-1, e.g. 0.01)")
+    q.add_argument("--damp-auto-increment", type=float, help="damping added per retry when a Hessian is not positive definite (0 = fail)")
+    q.add_argument("--mse", type=float, help="clipping search: error norm minimised per group (e.g. 2.4; 0 = plain min/max scales)")
+    q.add_argument("--act-group-aware", type=_bool, metavar="true|false", help="group-aware act-order (needs --desc-act false)")
     q.add_argument("--true-sequential", type=_bool, metavar="true|false")
     q.add_argument("--static-groups", type=_bool, metavar="true|false")
     q.add_argument("--branch", help="override the branch name recorded for the release")
@@ -59,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_verify, rtn=True)
 
 
-OVERRIDES = ("bits", "group_size", "desc_act", "sym", "damp_percent", "true_sequential", "static_groups", "branch", "samples", "seq_len")
+OVERRIDES = ("bits", "group_size", "desc_act", "sym", "damp_percent", "damp_auto_increment", "mse", "act_group_aware", "true_sequential", "static_groups", "branch", "samples", "seq_len")
 
 
 def run_quantize(args: argparse.Namespace) -> int:

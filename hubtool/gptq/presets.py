@@ -21,8 +21,8 @@ from hubtool.errors import InputError
 DEFAULT_PRESET = "gptq-4bit-32g-actorder"
 
 # Settings that change the weights; overriding any of them re-derives the branch name.
-QUANT_FIELDS = ("bits", "group_size", "desc_act", "sym")
-FIELDS = QUANT_FIELDS + ("damp_percent", "true_sequential", "static_groups", "samples", "seq_len", "branch")
+QUANT_FIELDS = ("bits", "group_size", "desc_act", "sym", "act_group_aware")
+FIELDS = QUANT_FIELDS + ("damp_percent", "damp_auto_increment", "mse", "true_sequential", "static_groups", "samples", "seq_len", "branch")
 FILE_KEYS = set(FIELDS) - {"samples", "seq_len"} | {"calibration", "base", "name"}
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -37,6 +37,14 @@ class GPTQPreset:
     desc_act: bool = True
     sym: bool = True
     damp_percent: float = 0.01
+    # gptqmodel's options that change only how the weights are chosen, never the tensor layout:
+    # damp_auto_increment raises damping when a Hessian is not positive definite (0 = fail instead);
+    # mse > 0 searches each group's scale (clipping) for the least |error|^mse (0 = min/max scale);
+    # act_group_aware orders columns by importance within and across groups (GPTQ v2's "GAR"), which
+    # keeps g_idx trivial, so it needs desc_act false (its checkpoint is a plain desc_act=false one).
+    damp_auto_increment: float = 0.01
+    mse: float = 0.0
+    act_group_aware: bool = False
     true_sequential: bool = True
     static_groups: bool = False
     samples: int = 128
@@ -53,8 +61,11 @@ class GPTQPreset:
         return f"GPTQ {self.bits}-bit {group}" + (" act-order" if self.desc_act else "")
 
 
-def branch_name(bits: int, group_size: int, desc_act: bool) -> str:
-    """The branch naming maintainers use for GPTQ variants, e.g. `gptq-4bit-32g-actorder_True`."""
+def branch_name(bits: int, group_size: int, desc_act: bool, act_group_aware: bool = False) -> str:
+    """The branch naming maintainers use for GPTQ variants, e.g. `gptq-4bit-32g-actorder_True`;
+    group-aware ordering gets its own name (`gptq-4bit-32g-gar`) so it never shares a branch with plain 32g."""
+    if act_group_aware:
+        return f"gptq-{bits}bit-{group_size}g-gar"
     return f"gptq-{bits}bit-{group_size}g-actorder_{desc_act}"
 
 
@@ -101,12 +112,24 @@ def _check(values: dict[str, Any], source: str) -> None:
     g = values["group_size"]
     if not is_int(g) or not (g == -1 or (g >= 16 and g & (g - 1) == 0)):
         raise bad("group_size", "-1 (per channel) or a power of two >= 16, e.g. 32 or 128")
-    for key in ("desc_act", "sym", "true_sequential", "static_groups"):
+    for key in ("desc_act", "sym", "true_sequential", "static_groups", "act_group_aware"):
         if not isinstance(values[key], bool):
             raise bad(key, "true or false")
+    if values["act_group_aware"] and values["desc_act"]:
+        raise InputError(f"{source}: act_group_aware = true needs desc_act = false (group-aware ordering replaces act-order)")
+    if values["act_group_aware"] and values["group_size"] == -1:
+        raise bad("act_group_aware", "false with group_size -1 (group-aware ordering needs groups)")
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     d = values["damp_percent"]
-    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < 1:
+    if not is_num(d) or not 0 < d < 1:
         raise bad("damp_percent", "a number between 0 and 1 (exclusive), e.g. 0.01")
+    if not is_num(values["damp_auto_increment"]) or not 0 <= values["damp_auto_increment"] < 1:
+        raise bad("damp_auto_increment", "a number from 0 (no retry) to below 1, e.g. 0.01")
+    if not is_num(values["mse"]) or not (values["mse"] == 0 or 1 <= values["mse"] <= 4):
+        raise bad("mse", "0 (min/max scales) or the error norm of the clipping search, 1 to 4 (e.g. 2.4)")
     if not is_int(values["samples"]) or values["samples"] < 1:
         raise bad("samples", "a positive integer (calibration samples)")
     if not is_int(values["seq_len"]) or values["seq_len"] < 8:
@@ -151,7 +174,7 @@ def load_preset(name_or_path: str, overrides: dict[str, Any] | None = None) -> G
             raise InputError(f"{path}: base must name a built-in preset ({', '.join(list_presets())})")
         values = load_preset(base).to_dict()
         values.pop("name")
-        derived = values["branch"] == branch_name(values["bits"], values["group_size"], values["desc_act"])
+        derived = values["branch"] == branch_name(values["bits"], values["group_size"], values["desc_act"], values["act_group_aware"])
         values.update(flat)
         if derived and "branch" not in flat and any(k in flat for k in QUANT_FIELDS):
             values["branch"] = None
@@ -168,7 +191,8 @@ def load_preset(name_or_path: str, overrides: dict[str, Any] | None = None) -> G
     else:
         source = str(path)
     if values.get("branch") is None:
-        values["branch"] = branch_name(values["bits"], values["group_size"], values["desc_act"])
+        values["branch"] = branch_name(values["bits"], values["group_size"], values["desc_act"], values["act_group_aware"])
     _check(values, source)
-    values["damp_percent"] = float(values["damp_percent"])
+    for key in ("damp_percent", "damp_auto_increment", "mse"):
+        values[key] = float(values[key])
     return GPTQPreset(name=name, **values)

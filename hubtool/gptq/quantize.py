@@ -69,11 +69,34 @@ def quantization_config(preset: GPTQPreset) -> dict[str, Any]:
         "desc_act": preset.desc_act,
         "sym": preset.sym,
         "damp_percent": preset.damp_percent,
+        "damp_auto_increment": preset.damp_auto_increment,
+        "mse": preset.mse,
+        "act_group_aware": preset.act_group_aware,
         "true_sequential": preset.true_sequential,
         "static_groups": preset.static_groups,
         "lm_head": False,
         "pack_dtype": "int32",
     }
+
+
+def gptqmodel_options(preset: GPTQPreset) -> dict[str, Any]:
+    """The QuantizeConfig arguments for PRESET: every setting explicit, so gptqmodel's own defaults
+    (act_group_aware on, damp 0.05) never decide a weight. None of them changes the tensor layout:
+    the output stays `checkpoint_format: gptq` (v1 zero points), which `_write_clean` records."""
+    return dict(
+        bits=preset.bits,
+        group_size=preset.group_size,
+        desc_act=preset.desc_act,
+        # GAR processes groups in importance order but keeps each column in its natural group
+        # (g_idx = i // group_size): a standard desc_act=false checkpoint. gptqmodel forbids it with desc_act.
+        act_group_aware=preset.act_group_aware,
+        sym=preset.sym,
+        damp_percent=preset.damp_percent,
+        damp_auto_increment=preset.damp_auto_increment,
+        mse=preset.mse,
+        true_sequential=preset.true_sequential,
+        static_groups=preset.static_groups,
+    )
 
 
 @contextlib.contextmanager
@@ -203,21 +226,14 @@ def quantize_gptq(
         job = GPTQJob(
             model_dir=str(model_dir), raw_dir=str(raw), offload_dir=str(tmp / ".gptqmodel-offload"),
             log_dir=str(tmp / ".gptqmodel-logs"), device=dev,
-            quantize_config=dict(
-                bits=preset.bits,
-                group_size=preset.group_size,
-                desc_act=preset.desc_act,
-                act_group_aware=False,  # GAR reorders groups: not the standard format; incompatible with desc_act
-                sym=preset.sym,
-                damp_percent=preset.damp_percent,
-                true_sequential=preset.true_sequential,
-                static_groups=preset.static_groups,
-            ),
+            quantize_config=gptqmodel_options(preset),
             # finished layers spill to disk beside the output (not /tmp, often a small tmpfs); removed with it
             examples=examples, trust_remote_code=source.remote_code, quiet=progress.library_output_discarded(),
         )
-        run_gptq_job(job, tmp)
+        used = run_gptq_job(job, tmp)
         seconds = time.monotonic() - start
+        _check_settings_used(job.quantize_config, used)
+        _check_raw_format(raw)
         unquantized = _unquantized(source, raw)
         if unquantized:
             log(f"gptq: warning: {len(unquantized)} decoder weight(s) left unquantized by gptqmodel: {', '.join(unquantized[:8])}"
@@ -235,7 +251,28 @@ def quantize_gptq(
         "size_bytes": size,
         "seconds": round(seconds, 1),
         "out_dir": str(out_dir),
+        "gptqmodel_settings": used,
     }
+
+
+def _check_settings_used(asked: dict[str, Any], used: dict[str, Any]) -> None:
+    """Every setting of the preset must be what gptqmodel's QuantizeConfig holds: the card records the
+    preset, so a setting gptqmodel silently dropped or resolved differently would make the card wrong."""
+    differ = [f"{k} {asked[k]!r} -> {used.get(k)!r}" for k in asked if used.get(k) != asked[k]]
+    if differ:
+        raise QuantizeError(f"gptqmodel changed the preset's settings ({'; '.join(differ)}); the card would misdescribe the "
+                            "weights — adjust the preset, or report this with `hubtool --version`")
+
+
+def _check_raw_format(raw: Path) -> None:
+    """gptqmodel must have written v1 GPTQ tensors: `_write_clean` declares `checkpoint_format: gptq`,
+    and a v2 (or other) layout under that label would load with off-by-one zero points everywhere."""
+    path = raw / QUANTIZE_CONFIG
+    conf = read_json(path) if path.is_file() else {}
+    found = {str(conf[k]).lower() for k in ("checkpoint_format", "format") if k in conf}
+    if found != {"gptq"}:
+        raise QuantizeError(f"gptqmodel wrote format {', '.join(sorted(found)) or '(none)'} instead of gptq (v1); "
+                            "hubtool publishes only the standard layout — report this with `hubtool --version`")
 
 
 def _unquantized(source: Any, raw: Path) -> list[str]:

@@ -35,8 +35,10 @@ class GPTQJob:
     quiet: bool
 
 
-def run_gptq_job(job: GPTQJob, work: Path) -> None:
-    """Run JOB in `python -m hubtool.gptq.worker`; a failure comes back as one QuantizeError line."""
+def run_gptq_job(job: GPTQJob, work: Path) -> dict:
+    """Run JOB in `python -m hubtool.gptq.worker`; a failure comes back as one QuantizeError line.
+
+    Returns the settings gptqmodel's QuantizeConfig actually held, one per key of job.quantize_config."""
     from hubtool import progress
 
     spec, result = work / "gptq-job.json", work / "gptq-result.json"
@@ -51,6 +53,7 @@ def run_gptq_job(job: GPTQJob, work: Path) -> None:
         reason = outcome.get("error") or f"the worker process exited with status {rc}"
         hint = outcome.get("hint") or "see the output above"
         raise QuantizeError(f"{job.model_dir}: gptqmodel failed ({reason}); {hint}")
+    return outcome.get("settings") or {}
 
 
 def _main(spec: Path, result: Path) -> int:
@@ -59,7 +62,7 @@ def _main(spec: Path, result: Path) -> int:
     job = GPTQJob(**json.loads(spec.read_text(encoding="utf-8")))
     try:
         with progress.quiet_libraries(verbose=not job.quiet):
-            _quantize(job)
+            settings = _quantize(job)
     except BaseException as exc:  # reported to the parent as one line; the traceback only with --verbose
         if not job.quiet:
             traceback.print_exc()
@@ -70,11 +73,11 @@ def _main(spec: Path, result: Path) -> int:
             "hint": "try more calibration samples or a larger --damp-percent" if numeric else "run with --verbose for the worker's traceback",
         }), encoding="utf-8")
         return 1
-    result.write_text(json.dumps({"ok": True}), encoding="utf-8")
+    result.write_text(json.dumps({"ok": True, "settings": settings}), encoding="utf-8")
     return 0
 
 
-def _quantize(job: GPTQJob) -> None:
+def _quantize(job: GPTQJob) -> dict:
     from transformers import AutoTokenizer
 
     from hubtool.gptq.quantize import _gptqmodel, _gptqmodel_logs_in, compute_dtype
@@ -83,11 +86,20 @@ def _quantize(job: GPTQJob) -> None:
     gptqmodel = _gptqmodel()
     tokenizer = AutoTokenizer.from_pretrained(job.model_dir, trust_remote_code=job.trust_remote_code)
     qcfg = gptqmodel.QuantizeConfig(**job.quantize_config, offload_to_disk=True, offload_to_disk_path=job.offload_dir)
+    # what the quantizer will really use (gptqmodel resolves some settings itself, e.g. act_group_aware vs desc_act)
+    settings = {k: _plain(getattr(qcfg, k, None)) for k in job.quantize_config}
     with stdout_to_stderr(), _gptqmodel_logs_in(Path(job.log_dir)):
         model = gptqmodel.GPTQModel.load(job.model_dir, qcfg, dtype=compute_dtype(job.device), device=job.device,
                                          trust_remote_code=job.trust_remote_code)
         model.quantize(job.examples, batch_size=1, tokenizer=tokenizer)
         model.save(job.raw_dir)
+    return settings
+
+
+def _plain(value: object) -> object:
+    """A JSON value for a QuantizeConfig field (enums by value)."""
+    value = getattr(value, "value", value)
+    return value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
 
 
 if __name__ == "__main__":

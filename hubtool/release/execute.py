@@ -50,7 +50,8 @@ def gptq(stage: Stage, ctx: StageContext, out: Path) -> GPTQVariant:
     s = quantize_gptq(ctx.fp16_dir, out, preset, calibration=cfg.gptq_calibration, device=cfg.gptq_device, overwrite=True,
                       trust_remote_code=cfg.trust_remote_code)
     return GPTQVariant(out, preset=preset.name, branch=preset.branch, bits=preset.bits, group_size=preset.group_size,
-                       desc_act=preset.desc_act, damp_percent=preset.damp_percent, seq_len=preset.seq_len,
+                       desc_act=preset.desc_act, damp_percent=preset.damp_percent, mse=preset.mse, act_group_aware=preset.act_group_aware,
+                       seq_len=preset.seq_len,
                        samples=int(s["calibration"].get("samples") or preset.samples), calibration=str(s["calibration"].get("source") or ""),
                        size_bytes=int(s["size_bytes"]))
 
