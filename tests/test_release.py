@@ -54,9 +54,15 @@ def inputs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     preset = root / "g4-64g.yaml"  # a user preset: a second GPTQ variant, pushed to its own branch
     preset.write_text("base: gptq-4bit-32g-actorder\ngroup_size: 64\n")
     text = RELEASE_YAML.replace("presets: [gptq-4bit-32g-actorder]", f"presets: [gptq-4bit-32g-actorder, {preset}]")
+    heldout = root / "eval" / "heldout.txt"  # a verify text given as a path: cards must name the file, not the path
+    heldout.parent.mkdir()
+    from hubtool.quality import builtin_text
+
+    heldout.write_text(builtin_text("heldout"), encoding="utf-8")
+    text = text.replace("verify: {max_tokens: 256, context: 64}", f"verify: {{text: {heldout}, max_tokens: 256, context: 64}}")
     config = root / "release.yaml"
     config.write_text(text)
-    return {"base": base, "adapter": adapter, "config": config, "work": root / "work", "yaml": text}
+    return {"base": base, "adapter": adapter, "config": config, "work": root / "work", "yaml": text, "root": root, "heldout": heldout}
 
 
 def release_args(inputs: dict[str, Path], *extra: str) -> list[str]:
@@ -321,6 +327,79 @@ def test_token_never_in_output_or_uploaded_files(released, inputs):
                 assert TOKEN.encode() not in p.read_bytes(), p
 
 
+def _machine_paths(inputs) -> list[str]:
+    paths = {str(inputs["root"]), str(Path(inputs["root"]).resolve()), str(inputs["heldout"])}
+    return sorted(paths | {str(p) for p in (inputs["base"], inputs["adapter"], inputs["work"])})
+
+
+def test_nothing_machine_local_in_any_published_file(released, inputs):
+    """Every file of every published repo (text and GGUF metadata) is free of this machine's paths; configs
+    that name the base name the configured Hub id; the verify text is named by its file name."""
+    import gguf
+
+    from hubtool.card import check_card
+
+    hub, s = released["hub"], released["summary"]
+    needles = _machine_paths(inputs)
+    assert json.loads((inputs["adapter"] / "adapter_config.json").read_text())["base_model_name_or_path"] in needles  # PEFT's own
+    checked = 0
+    for r in s["repos"]:
+        local = Path(snapshot_download(r["repo_id"], revision=r["branch"], endpoint=hub.url, cache_dir=released["root"] / "dl"))
+        for p in local.rglob("*"):
+            if not p.is_file():
+                continue
+            if p.suffix == ".gguf":
+                reader = gguf.GGUFReader(p)
+                data = " ".join(str(f.contents()) for f in reader.fields.values() if not f.name.startswith("tokenizer.ggml."))
+            else:
+                data = p.read_bytes().decode("utf-8", errors="replace")
+            assert not [n for n in needles if n in data], (r["repo_id"], p.name)
+            checked += 1
+        if (local / "adapter_config.json").is_file():
+            assert json.loads((local / "adapter_config.json").read_text())["base_model_name_or_path"] == "acme/tiny-base"
+        if (local / "hubtool.json").is_file():
+            assert json.loads((local / "hubtool.json").read_text())["adapter"]["config"]["base_model_name_or_path"] == "acme/tiny-base"
+        meta = check_card((local / "README.md").read_text())
+        for result in meta["model-index"][0]["results"]:
+            assert result["dataset"]["type"] == "heldout.txt" and "heldout.txt" in result["dataset"]["name"]
+    assert checked > 20
+    assert any("hubtool.json" in r["files"] for r in s["repos"])
+
+
+def test_gguf_general_metadata_is_the_cards(released):
+    """general.* comes from the GGUF card's own front matter (not the PEFT README in the merged folder),
+    and the check that runs after writing tells a disagreeing card from an agreeing one."""
+    from hubtool.card import check_card
+    from hubtool.gguf.facts import general_mismatches, general_metadata
+
+    hub = released["hub"]
+    api = HfApi(endpoint=hub.url)
+    path = Path(api.hf_hub_download(REPOS["gguf"], f"{NAME}.Q8_0.gguf", cache_dir=released["root"] / "dl"))
+    card = check_card(Path(api.hf_hub_download(REPOS["gguf"], "README.md", cache_dir=released["root"] / "dl")).read_text())
+    got = general_metadata(path)
+    assert got["general.license"] == card["license"] == "apache-2.0"
+    assert card["base_model"] == REPOS["fp16"] and got["general.base_model.count"] == 1
+    assert got["general.base_model.0.repo_url"] == f"https://huggingface.co/{REPOS['fp16']}"
+    assert got["general.name"] == NAME and "gguf" in got["general.tags"]
+    assert not [t for t in got["general.tags"] if t.startswith("base_model:")]  # PEFT's README tags are not the card's
+    assert general_mismatches(path, {"license": "apache-2.0", "base_model": REPOS["fp16"], "model_name": NAME, "tags": ["gguf"]}) == []
+    wrong = general_mismatches(path, {"license": "mit", "base_model": "acme/other", "tags": ["extra"]})
+    assert len(wrong) == 3 and "general.license" in wrong[0]
+
+
+def test_publish_refuses_a_folder_holding_a_local_path(released, inputs, tmp_path):
+    """A card field that carries a local path stops the release before any push (exit 5, the Hub untouched)."""
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(inputs["yaml"].replace("license: apache-2.0", f"license: apache-2.0\n  description: trained from {inputs['base']}"))
+    with hub_env(tmp_path, "lfs") as hub:
+        args = release_args(inputs, "--endpoint", hub.url)
+        args[args.index("--config") + 1] = str(cfg)
+        rc, out, err = run_cli(args)
+        assert rc == 5 and json.loads(out)["exit_code"] == 5
+        assert "contains the local path" in json.loads(out)["error"] and "README.md" in json.loads(out)["error"]
+        assert list(HfApi(endpoint=hub.url).list_models()) == []
+
+
 # ---- planning and input errors (no Hub needed) -------------------------------------------------
 
 def test_dry_run_plans_without_work(inputs, tmp_path):
@@ -395,7 +474,7 @@ def test_source_or_base_adapter(inputs, tmp_path):
     assert rc == 2 and "--namespace" in err
 
 
-def test_card_only_change_recomputes_nothing_and_uploads_only_readmes(released, inputs, tmp_path):
+def test_card_only_change_recomputes_only_what_carries_the_card(released, inputs, tmp_path):
     cfg = tmp_path / "r.yaml"
     cfg.write_text(inputs["yaml"].replace("license: apache-2.0", "license: mit"))
     with hub_env(tmp_path, "lfs") as hub:
@@ -406,10 +485,15 @@ def test_card_only_change_recomputes_nothing_and_uploads_only_readmes(released, 
         rc, out, err = run_cli(args)
         assert rc == 0, err[-2000:]
         s = json.loads(out)
-        assert all(st["cached"] for st in s["stages"])
-        assert all(r["changed"] and r["files_uploaded"] == 1 for r in s["repos"])
-        card = HfApi(endpoint=hub.url).hf_hub_download(REPOS["gguf"], "README.md", cache_dir=tmp_path / "dl")
+        # the license is in the GGUF files' general.license too: only the GGUF chain re-exports (and is re-verified)
+        assert [st["name"] for st in s["stages"] if not st["cached"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:gguf"]
+        assert all(r["changed"] and r["files_uploaded"] == (2 if r["repo_id"] == REPOS["gguf"] else 1) for r in s["repos"])
+        api = HfApi(endpoint=hub.url)
+        card = api.hf_hub_download(REPOS["gguf"], "README.md", cache_dir=tmp_path / "dl")
         assert "license: mit" in Path(card).read_text()
+        from hubtool.gguf.facts import general_metadata
+
+        assert general_metadata(Path(api.hf_hub_download(REPOS["gguf"], f"{NAME}.Q8_0.gguf", cache_dir=tmp_path / "dl")))["general.license"] == "mit"
 
 
 def test_source_mode_release_gguf_only(inputs, tmp_path):
@@ -558,3 +642,34 @@ def test_examples_are_valid(inputs):
         "gptq:gptq-4bit-128g-actorder": "gpu", "gptq:gptq-4bit-32g-actorder": "gpu", "gptq:gptq-8bit-128g-actorder": "gpu",
         "gguf:F16-base,gguf:Q4_K_M,gguf:Q5_K_M,gguf:Q8_0": "cpu", "verify:reference": "memory"}, matrix
     assert outputs["verify"].split(",")[-1] == "verify:gguf"
+
+def test_release_flags_for_calibration_size_and_verify_text(inputs, tmp_path):
+    """`--gptq-samples N` and `--verify-text FILE` as the subcommands have them; flags win over release.yaml."""
+    base = ["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--config", str(inputs["config"]),
+            "--work-dir", str(tmp_path / "never"), "--dry-run", "--json"]
+    keys = {}
+    for extra in ([], ["--gptq-samples", "16"], ["--verify-text", "builtin:heldout"]):
+        rc, out, err = run_cli(base + extra)
+        assert rc == 0, err
+        keys[tuple(extra)] = {s["name"]: s["key"] for s in json.loads(out)["plan"]["stages"]}
+    plain, samples, text = keys[()], keys[("--gptq-samples", "16")], keys[("--verify-text", "builtin:heldout")]
+    assert samples["gptq:gptq-4bit-32g-actorder"] != plain["gptq:gptq-4bit-32g-actorder"] and samples["merge"] == plain["merge"]
+    assert text["verify:reference"] != plain["verify:reference"] and text["gptq:gptq-4bit-32g-actorder"] == plain["gptq:gptq-4bit-32g-actorder"]
+    cfg = build_config({"gptq": {"samples": 8}}, {"namespace": "a", "gptq_samples": 16, "verify_text": str(inputs["heldout"]),
+                                                 "verify_dataset": "acme/heldout"}, default_name="x")
+    assert cfg.gptq_overrides["samples"] == 16 and cfg.verify_text == str(inputs["heldout"]) and cfg.verify_dataset == "acme/heldout"
+    rc, out, err = run_cli(base + ["--gptq-samples", "0"])
+    assert rc == 2 and "--gptq-samples" in err
+    rc, out, err = run_cli(base + ["--verify-dataset", "/data/heldout"])
+    assert rc == 2 and "--verify-dataset" in err
+
+
+def test_a_mistyped_release_option_prints_the_release_usage(inputs, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--gptq-smaples", "16", "--dry-run"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "usage: hubtool release" in err and "unrecognized arguments: --gptq-smaples" in err
+    assert "{merge," not in err  # not the top-level usage listing every command
+    with pytest.raises(SystemExit):
+        main(["quantize", "gguf", "--nope"])
+    assert "usage: hubtool quantize gguf" in capsys.readouterr().err
