@@ -153,7 +153,12 @@ def test_one_fp16_reference_serves_every_quality_row(released):
     assert names.index("verify:reference") < min(i for i, n in enumerate(names) if n.startswith("verify:") and n != "verify:reference")
     rows = s["quality"]
     assert len(rows) == 5  # gptq x2, rtn x2, gguf
-    assert len({r["ref_perplexity"] for r in rows if r["kind"] != "gguf"}) == 1  # GGUF rows keep llama.cpp-style windows
+    # one fp16 baseline per table: GPTQ, RTN and GGUF rows are measured on the same windows and tokens
+    assert len({r["ref_perplexity"] for r in rows}) == 1 and len({r["tokens"] for r in rows}) == 1
+    import re
+
+    n, tokens = map(int, re.search(r"fp16 reference: (\d+) window\(s\), (\d+) tokens", released["stderr"]).groups())
+    assert n == 256 // 64 and tokens <= 256  # verify.max_tokens 256, context 64: never more tokens than asked for
 
 
 def test_lfs_mode_release_has_identical_content(released, inputs, tmp_path):
