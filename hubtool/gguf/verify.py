@@ -245,6 +245,9 @@ def open_llama(path: Path, *, context: int, vocab_only: bool = False) -> Iterato
     """llama_cpp.Llama with every position's logits kept (or just its tokenizer), quiet, freed on exit."""
     import llama_cpp
 
+    from hubtool.gguf.llama_log import install
+
+    install()  # warnings (n_ctx_train (0), full-size SWA cache) only with --verbose
     with _no_repacked_copy():
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, vocab_only=vocab_only,
                               logits_all=True, n_threads=os.cpu_count() or 1, verbose=False)
