@@ -150,8 +150,8 @@ def test_plan_size_estimates_are_within_15_percent_of_the_files(released):
     gguf = next(r for r in s["quality"] if r["kind"] == "gguf")
     estimate = planned[(REPOS["gguf"], "main", f"{NAME}.Q8_0.gguf")]
     assert abs(estimate / gguf["size_bytes"] - 1) < 0.15, (estimate, gguf["size_bytes"])
-    for branch, row in (("main", "gptq-4bit-32g-actorder"), (BRANCH, "g4-64g")):
-        real = next(r for r in s["quality"] if r["kind"] == "gptq" and r["variant"].startswith(row.split("-")[0]) and row in r["variant"])
+    for branch, group in (("main", 32), (BRANCH, 64)):
+        real = next(r for r in s["quality"] if r["kind"] == "gptq" and r["group_size"] == group)
         estimate = planned[(REPOS["gptq"], branch, "model.safetensors")]
         assert abs(estimate / real["size_bytes"] - 1) < 0.15, (branch, estimate, real["size_bytes"])
 
@@ -166,7 +166,7 @@ def test_one_fp16_reference_serves_every_quality_row(released):
     rows = s["quality"]
     assert len(rows) == 5  # gptq x2, rtn x2, gguf
     # one fp16 baseline per table: GPTQ, RTN and GGUF rows are measured on the same windows and tokens
-    assert len({r["ref_perplexity"] for r in rows}) == 1 and len({r["tokens"] for r in rows}) == 1
+    assert len({round(r["ref_perplexity"], 3) for r in rows}) == 1 and len({r["tokens"] for r in rows}) == 1, rows
     import re
 
     n, tokens = map(int, re.search(r"fp16 reference: (\d+) window\(s\), (\d+) tokens", released["stderr"]).groups())
@@ -608,7 +608,9 @@ def test_release_create_pr_rehearsal(released, inputs, tmp_path):
         api = HfApi(endpoint=hub.url)
         for r in s["repos"]:
             # the rehearsal Hub was on another port: compare the path
-            assert r["pr_url"].split("/", 3)[3].startswith(f"{r['repo_id']}/discussions/") and r["files_uploaded"] == 1
+            # the license is in the GGUF files' general.license too: the GGUF PR changes its card and its file
+            assert r["pr_url"].split("/", 3)[3].startswith(f"{r['repo_id']}/discussions/")
+            assert r["files_uploaded"] == (2 if r["repo_id"] == REPOS["gguf"] else 1)
             num = int(r["pr_url"].rsplit("/", 1)[1])
             assert api.get_discussion_details(r["repo_id"], num).target_branch == f"refs/heads/{r['branch']}"
             assert "license: mit" in Path(api.hf_hub_download(r["repo_id"], "README.md", revision=f"refs/pr/{num}",
