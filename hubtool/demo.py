@@ -152,6 +152,9 @@ def gguf_answer(gguf_path: Path, prompt: str, max_tokens: int = 48) -> str:
     """One chat answer from the downloaded GGUF in llama.cpp (greedy), to show it works."""
     import llama_cpp
 
+    from hubtool.gguf.llama_log import install
+
+    install()
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=512, n_threads=os.cpu_count() or 1, verbose=False, seed=0)
     try:
         out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0)

@@ -29,6 +29,14 @@ def builtin_text(name: str) -> str:
     return resources.files("hubtool.data").joinpath(f"{name}.txt").read_text(encoding="utf-8")
 
 
+def text_label(spec: str | None) -> str | None:
+    """How a text source is named in anything published: 'builtin:…' as is, a file by its name only
+    (a path on this machine means nothing to a reader and leaks the machine's layout)."""
+    if not spec or str(spec).startswith("builtin"):
+        return spec
+    return Path(str(spec)).name or str(spec)
+
+
 def read_text_source(spec: str) -> str:
     """'builtin' / 'builtin:heldout' / a path to a .txt or .jsonl (field 'text') file."""
     if spec in ("builtin", "builtin:calibration"):

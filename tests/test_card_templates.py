@@ -98,3 +98,22 @@ def test_gguf_card_needs_files(tmp_path):
 def test_code_block_cannot_be_closed_by_content():
     block = code_block("a\n```\nb ````")
     assert block.startswith("`````\n") and block.endswith("\n`````")
+
+
+def test_usage_snippets_follow_whether_a_chat_template_exists(tmp_path):
+    """A model without a chat template gets plain-completion snippets (apply_chat_template and
+    create_chat_completion would fail or fall back to another model's format); with one, chat snippets."""
+    from tests.cardkit import LLAMA_CONFIG, model_folder
+
+    files = {"bagel-8k.Q4_K_M.gguf": b"\0" * 1000}
+    for chat in (None, "{{ messages[0]['content'] }}"):
+        root = tmp_path / ("chat" if chat else "plain")
+        gguf = render_card("gguf", model_folder(root, "g", config=LLAMA_CONFIG, chat_template=chat, files=files), release=RELEASE)
+        fp16 = render_card("fp16", model_folder(root, "m", config=LLAMA_CONFIG, chat_template=chat), release=RELEASE)
+        assert ("create_chat_completion" in gguf) == ("-cnv" in gguf.replace("-no-cnv", "")) == bool(chat)
+        assert ("apply_chat_template(" in fp16) == bool(chat)
+        if not chat:
+            assert "print(llm(\"RoPE scaling" in gguf and "-no-cnv -p" in gguf
+            assert "tokenizer(\"RoPE scaling" in fp16 and 'dtype="auto"' in fp16
+    card = render_card("fp16", model_folder(tmp_path / "bf", "m", config=LLAMA_CONFIG), release={**RELEASE, "load_dtype": "bfloat16"})
+    assert 'dtype="bfloat16"' in card and 'dtype="auto"' not in card

@@ -325,3 +325,20 @@ def test_existing_output_refused_without_overwrite(exported, src):
     out, _ = exported
     with pytest.raises(InputError, match="--overwrite"):
         export_gguf(src, out, ["q8_0"])
+
+
+def test_llama_cpp_warnings_stay_off_stderr_without_verbose(exported, capfd):
+    """ggml numbers WARN 3 and ERROR 4; llama-cpp-python's filter read them as ERROR and DEBUG, so warnings
+    such as `n_ctx_seq (512) > n_ctx_train (0)` (a vocab-only load) reached stderr. Only with --verbose now."""
+    from hubtool.gguf.verify import open_llama
+    from hubtool.progress import quiet_libraries
+
+    path = exported[0] / "Tiny-Test.Q8_0.gguf"
+    with quiet_libraries(False):
+        with open_llama(path, context=512, vocab_only=True):
+            pass
+    quiet = capfd.readouterr().err
+    with open_llama(path, context=512, vocab_only=True):  # as under --verbose: the library's log is shown
+        pass
+    verbose = capfd.readouterr().err
+    assert "n_ctx_train (0)" in verbose and "n_ctx_train" not in quiet

@@ -36,3 +36,20 @@ def test_metadata_keys_come_from_gguf_keys():
 def test_card_facts_reads_bpw_from_gguf():
     """release/plan.py and card/compose.py still import GGUF_NOMINAL_BPW from card.facts: the same table."""
     assert card_facts.GGUF_NOMINAL_BPW is facts.NOMINAL_BPW and facts.NOMINAL_BPW["Q4_K_M"] == 4.85
+
+
+def test_size_estimate_types_tensors_as_llama_cpp_does():
+    """Gemma-3 270M's case: a tied 262k x 640 embedding doubles as the output (Q6_K in Q4_K_M) and 640 is
+    not a multiple of 256, so it falls back to Q8_0; 1-D tensors stay F32; *_M mixes give attn_v more bits."""
+    from hubtool.gguf.size_estimate import estimate_gguf_bytes, tensor_type
+
+    emb = ("model.embed_tokens.weight", (262144, 640))
+    assert tensor_type(*emb, "Q4_K_M", n_layers=18, tied=True) == "Q8_0"
+    assert tensor_type("model.embed_tokens.weight", (262144, 2048), "Q4_K_M", n_layers=18, tied=True) == "Q6_K"
+    assert tensor_type("model.embed_tokens.weight", (262144, 2048), "Q4_K_M", n_layers=18, tied=False) == "Q4_K"
+    assert tensor_type("model.layers.0.self_attn.v_proj.weight", (256, 2048), "Q4_K_M", n_layers=18, tied=True) == "Q6_K"
+    assert tensor_type("model.layers.3.self_attn.v_proj.weight", (256, 2048), "Q4_K_M", n_layers=18, tied=True) == "Q4_K"
+    assert tensor_type("model.layers.3.mlp.up_proj.weight", (2048, 640), "Q4_K_M", n_layers=18, tied=True) == "Q5_0"
+    assert tensor_type("model.norm.weight", (640,), "Q4_K_M", n_layers=18, tied=True) == "F32"
+    # the embedding alone: 262144 * 640 elements at Q8_0's 34 bytes per 32
+    assert estimate_gguf_bytes([emb], "Q4_K_M", n_layers=18, tied=True) == 262144 * 640 * 34 // 32

@@ -54,9 +54,15 @@ def inputs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     preset = root / "g4-64g.yaml"  # a user preset: a second GPTQ variant, pushed to its own branch
     preset.write_text("base: gptq-4bit-32g-actorder\ngroup_size: 64\n")
     text = RELEASE_YAML.replace("presets: [gptq-4bit-32g-actorder]", f"presets: [gptq-4bit-32g-actorder, {preset}]")
+    heldout = root / "eval" / "heldout.txt"  # a verify text given as a path: cards must name the file, not the path
+    heldout.parent.mkdir()
+    from hubtool.quality import builtin_text
+
+    heldout.write_text(builtin_text("heldout"), encoding="utf-8")
+    text = text.replace("verify: {max_tokens: 256, context: 64}", f"verify: {{text: {heldout}, max_tokens: 256, context: 64}}")
     config = root / "release.yaml"
     config.write_text(text)
-    return {"base": base, "adapter": adapter, "config": config, "work": root / "work", "yaml": text}
+    return {"base": base, "adapter": adapter, "config": config, "work": root / "work", "yaml": text, "root": root, "heldout": heldout}
 
 
 def release_args(inputs: dict[str, Path], *extra: str) -> list[str]:
@@ -143,6 +149,18 @@ def test_release_layout_and_summary(released, inputs):
     assert [i.item_id for i in items] == [REPOS[k] for k in ("fp16", "adapter", "gptq", "gguf")] and all(i.note for i in items)
 
 
+def test_plan_size_estimates_are_within_15_percent_of_the_files(released):
+    s = released["summary"]
+    planned = {(t["repo_id"], t["branch"], f["path"]): f["size_bytes"] for t in s["plan"]["targets"] for f in t["files"]}
+    gguf = next(r for r in s["quality"] if r["kind"] == "gguf")
+    estimate = planned[(REPOS["gguf"], "main", f"{NAME}.Q8_0.gguf")]
+    assert abs(estimate / gguf["size_bytes"] - 1) < 0.15, (estimate, gguf["size_bytes"])
+    for branch, group in (("main", 32), (BRANCH, 64)):
+        real = next(r for r in s["quality"] if r["kind"] == "gptq" and r["group_size"] == group)
+        estimate = planned[(REPOS["gptq"], branch, "model.safetensors")]
+        assert abs(estimate / real["size_bytes"] - 1) < 0.15, (branch, estimate, real["size_bytes"])
+
+
 def test_one_fp16_reference_serves_every_quality_row(released):
     """Two GPTQ variants (each with an RTN row) and a GGUF: the fp16 model runs once, as its own stage."""
     s = released["summary"]
@@ -152,7 +170,12 @@ def test_one_fp16_reference_serves_every_quality_row(released):
     assert names.index("verify:reference") < min(i for i, n in enumerate(names) if n.startswith("verify:") and n != "verify:reference")
     rows = s["quality"]
     assert len(rows) == 5  # gptq x2, rtn x2, gguf
-    assert len({r["ref_perplexity"] for r in rows if r["kind"] != "gguf"}) == 1  # GGUF rows keep llama.cpp-style windows
+    # one fp16 baseline per table: GPTQ, RTN and GGUF rows are measured on the same windows and tokens
+    assert len({round(r["ref_perplexity"], 3) for r in rows}) == 1 and len({r["tokens"] for r in rows}) == 1, rows
+    import re
+
+    n, tokens = map(int, re.search(r"fp16 reference: (\d+) window\(s\), (\d+) tokens", released["stderr"]).groups())
+    assert n == 256 // 64 and tokens <= 256  # verify.max_tokens 256, context 64: never more tokens than asked for
 
 
 def test_lfs_mode_release_has_identical_content(released, inputs, tmp_path):
@@ -327,6 +350,79 @@ def test_token_never_in_output_or_uploaded_files(released, inputs):
                 assert TOKEN.encode() not in p.read_bytes(), p
 
 
+def _machine_paths(inputs) -> list[str]:
+    paths = {str(inputs["root"]), str(Path(inputs["root"]).resolve()), str(inputs["heldout"])}
+    return sorted(paths | {str(p) for p in (inputs["base"], inputs["adapter"], inputs["work"])})
+
+
+def test_nothing_machine_local_in_any_published_file(released, inputs):
+    """Every file of every published repo (text and GGUF metadata) is free of this machine's paths; configs
+    that name the base name the configured Hub id; the verify text is named by its file name."""
+    import gguf
+
+    from hubtool.card import check_card
+
+    hub, s = released["hub"], released["summary"]
+    needles = _machine_paths(inputs)
+    assert json.loads((inputs["adapter"] / "adapter_config.json").read_text())["base_model_name_or_path"] in needles  # PEFT's own
+    checked = 0
+    for r in s["repos"]:
+        local = Path(snapshot_download(r["repo_id"], revision=r["branch"], endpoint=hub.url, cache_dir=released["root"] / "dl"))
+        for p in local.rglob("*"):
+            if not p.is_file():
+                continue
+            if p.suffix == ".gguf":
+                reader = gguf.GGUFReader(p)
+                data = " ".join(str(f.contents()) for f in reader.fields.values() if not f.name.startswith("tokenizer.ggml."))
+            else:
+                data = p.read_bytes().decode("utf-8", errors="replace")
+            assert not [n for n in needles if n in data], (r["repo_id"], p.name)
+            checked += 1
+        if (local / "adapter_config.json").is_file():
+            assert json.loads((local / "adapter_config.json").read_text())["base_model_name_or_path"] == "acme/tiny-base"
+        if (local / "hubtool.json").is_file():
+            assert json.loads((local / "hubtool.json").read_text())["adapter"]["config"]["base_model_name_or_path"] == "acme/tiny-base"
+        meta = check_card((local / "README.md").read_text())
+        for result in meta["model-index"][0]["results"]:
+            assert result["dataset"]["type"] == "heldout.txt" and "heldout.txt" in result["dataset"]["name"]
+    assert checked > 20
+    assert any("hubtool.json" in r["files"] for r in s["repos"])
+
+
+def test_gguf_general_metadata_is_the_cards(released):
+    """general.* comes from the GGUF card's own front matter (not the PEFT README in the merged folder),
+    and the check that runs after writing tells a disagreeing card from an agreeing one."""
+    from hubtool.card import check_card
+    from hubtool.gguf.facts import general_mismatches, general_metadata
+
+    hub = released["hub"]
+    api = HfApi(endpoint=hub.url)
+    path = Path(api.hf_hub_download(REPOS["gguf"], f"{NAME}.Q8_0.gguf", cache_dir=released["root"] / "dl"))
+    card = check_card(Path(api.hf_hub_download(REPOS["gguf"], "README.md", cache_dir=released["root"] / "dl")).read_text())
+    got = general_metadata(path)
+    assert got["general.license"] == card["license"] == "apache-2.0"
+    assert card["base_model"] == REPOS["fp16"] and got["general.base_model.count"] == 1
+    assert got["general.base_model.0.repo_url"] == f"https://huggingface.co/{REPOS['fp16']}"
+    assert got["general.name"] == NAME and "gguf" in got["general.tags"]
+    assert not [t for t in got["general.tags"] if t.startswith("base_model:")]  # PEFT's README tags are not the card's
+    assert general_mismatches(path, {"license": "apache-2.0", "base_model": REPOS["fp16"], "model_name": NAME, "tags": ["gguf"]}) == []
+    wrong = general_mismatches(path, {"license": "mit", "base_model": "acme/other", "tags": ["extra"]})
+    assert len(wrong) == 3 and "general.license" in wrong[0]
+
+
+def test_publish_refuses_a_folder_holding_a_local_path(released, inputs, tmp_path):
+    """A card field that carries a local path stops the release before any push (exit 5, the Hub untouched)."""
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(inputs["yaml"].replace("license: apache-2.0", f"license: apache-2.0\n  description: trained from {inputs['base']}"))
+    with hub_env(tmp_path, "lfs") as hub:
+        args = release_args(inputs, "--endpoint", hub.url)
+        args[args.index("--config") + 1] = str(cfg)
+        rc, out, err = run_cli(args)
+        assert rc == 5 and json.loads(out)["exit_code"] == 5
+        assert "contains the local path" in json.loads(out)["error"] and "README.md" in json.loads(out)["error"]
+        assert list(HfApi(endpoint=hub.url).list_models()) == []
+
+
 # ---- planning and input errors (no Hub needed) -------------------------------------------------
 
 def test_dry_run_plans_without_work(inputs, tmp_path):
@@ -342,7 +438,8 @@ def test_dry_run_plans_without_work(inputs, tmp_path):
     gguf = plan["targets"][-1]
     assert [f["path"] for f in gguf["files"]] == [f"{NAME}.Q4_K_M.gguf", f"{NAME}.Q8_0.gguf", "README.md"]
     q4, q8 = gguf["files"][0]["size_bytes"], gguf["files"][1]["size_bytes"]
-    assert 0.5 < q4 / q8 < 0.65 and plan["targets"][2]["files"][0]["size_bytes"] < plan["targets"][3]["files"][0]["size_bytes"]
+    # 64-wide rows: every k-quant falls back to a legacy block type (Q4_K -> Q5_0, Q6_K -> Q8_0), as llama.cpp does
+    assert 0.7 < q4 / q8 < 0.85 and plan["targets"][2]["files"][0]["size_bytes"] < plan["targets"][3]["files"][0]["size_bytes"]
     assert not work.exists()
     assert plan["warnings"] == []  # the config sets a license
     rc, text, _ = run_cli(["release", str(inputs["base"]), "--namespace", "me", "--quants", "gguf", "--dry-run"])
@@ -401,7 +498,7 @@ def test_source_or_base_adapter(inputs, tmp_path):
     assert rc == 2 and "--namespace" in err
 
 
-def test_card_only_change_recomputes_nothing_and_uploads_only_readmes(released, inputs, tmp_path):
+def test_card_only_change_recomputes_only_what_carries_the_card(released, inputs, tmp_path):
     cfg = tmp_path / "r.yaml"
     cfg.write_text(inputs["yaml"].replace("license: apache-2.0", "license: mit"))
     with hub_env(tmp_path, "lfs") as hub:
@@ -412,10 +509,15 @@ def test_card_only_change_recomputes_nothing_and_uploads_only_readmes(released, 
         rc, out, err = run_cli(args)
         assert rc == 0, err[-2000:]
         s = json.loads(out)
-        assert all(st["cached"] for st in s["stages"])
-        assert all(r["changed"] and r["files_uploaded"] == 1 for r in s["repos"])
-        card = HfApi(endpoint=hub.url).hf_hub_download(REPOS["gguf"], "README.md", cache_dir=tmp_path / "dl")
+        # the license is in the GGUF files' general.license too: only the GGUF chain re-exports (and is re-verified)
+        assert [st["name"] for st in s["stages"] if not st["cached"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:gguf"]
+        assert all(r["changed"] and r["files_uploaded"] == (2 if r["repo_id"] == REPOS["gguf"] else 1) for r in s["repos"])
+        api = HfApi(endpoint=hub.url)
+        card = api.hf_hub_download(REPOS["gguf"], "README.md", cache_dir=tmp_path / "dl")
         assert "license: mit" in Path(card).read_text()
+        from hubtool.gguf.facts import general_metadata
+
+        assert general_metadata(Path(api.hf_hub_download(REPOS["gguf"], f"{NAME}.Q8_0.gguf", cache_dir=tmp_path / "dl")))["general.license"] == "mit"
 
 
 def test_source_mode_release_gguf_only(inputs, tmp_path):
@@ -506,13 +608,15 @@ def test_release_create_pr_rehearsal(released, inputs, tmp_path):
     rc, out, err = run_cli(args)
     assert rc == 0, err[-2000:]
     s = json.loads(out)
-    assert all(st["cached"] for st in s["stages"])
+    assert all(st["cached"] for st in s["stages"] if not st["name"].startswith(("gguf:", "verify:gguf")))  # GGUF carries the license
     assert len({r["pr_url"] for r in s["repos"]}) == len(s["repos"])  # one PR per repo and branch
     with serve_in_thread(tmp_path / "hub") as hub:
         api = HfApi(endpoint=hub.url)
         for r in s["repos"]:
             # the rehearsal Hub was on another port: compare the path
-            assert r["pr_url"].split("/", 3)[3].startswith(f"{r['repo_id']}/discussions/") and r["files_uploaded"] == 1
+            # the license is in the GGUF files' general.license too: the GGUF PR changes its card and its file
+            assert r["pr_url"].split("/", 3)[3].startswith(f"{r['repo_id']}/discussions/")
+            assert r["files_uploaded"] == (2 if r["repo_id"] == REPOS["gguf"] else 1)
             num = int(r["pr_url"].rsplit("/", 1)[1])
             assert api.get_discussion_details(r["repo_id"], num).target_branch == f"refs/heads/{r['branch']}"
             assert "license: mit" in Path(api.hf_hub_download(r["repo_id"], "README.md", revision=f"refs/pr/{num}",
@@ -564,3 +668,34 @@ def test_examples_are_valid(inputs):
         "gptq:gptq-4bit-128g-actorder": "gpu", "gptq:gptq-4bit-32g-actorder": "gpu", "gptq:gptq-8bit-128g-actorder": "gpu",
         "gguf:F16-base,gguf:Q4_K_M,gguf:Q5_K_M,gguf:Q8_0": "cpu", "verify:reference": "memory"}, matrix
     assert outputs["verify"].split(",")[-1] == "verify:gguf"
+
+def test_release_flags_for_calibration_size_and_verify_text(inputs, tmp_path):
+    """`--gptq-samples N` and `--verify-text FILE` as the subcommands have them; flags win over release.yaml."""
+    base = ["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--config", str(inputs["config"]),
+            "--work-dir", str(tmp_path / "never"), "--dry-run", "--json"]
+    keys = {}
+    for extra in ([], ["--gptq-samples", "16"], ["--verify-text", "builtin:heldout"]):
+        rc, out, err = run_cli(base + extra)
+        assert rc == 0, err
+        keys[tuple(extra)] = {s["name"]: s["key"] for s in json.loads(out)["plan"]["stages"]}
+    plain, samples, text = keys[()], keys[("--gptq-samples", "16")], keys[("--verify-text", "builtin:heldout")]
+    assert samples["gptq:gptq-4bit-32g-actorder"] != plain["gptq:gptq-4bit-32g-actorder"] and samples["merge"] == plain["merge"]
+    assert text["verify:reference"] != plain["verify:reference"] and text["gptq:gptq-4bit-32g-actorder"] == plain["gptq:gptq-4bit-32g-actorder"]
+    cfg = build_config({"gptq": {"samples": 8}}, {"namespace": "a", "gptq_samples": 16, "verify_text": str(inputs["heldout"]),
+                                                 "verify_dataset": "acme/heldout"}, default_name="x")
+    assert cfg.gptq_overrides["samples"] == 16 and cfg.verify_text == str(inputs["heldout"]) and cfg.verify_dataset == "acme/heldout"
+    rc, out, err = run_cli(base + ["--gptq-samples", "0"])
+    assert rc == 2 and "--gptq-samples" in err
+    rc, out, err = run_cli(base + ["--verify-dataset", "/data/heldout"])
+    assert rc == 2 and "--verify-dataset" in err
+
+
+def test_a_mistyped_release_option_prints_the_release_usage(inputs, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["release", "--base", str(inputs["base"]), "--adapter", str(inputs["adapter"]), "--gptq-smaples", "16", "--dry-run"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "usage: hubtool release" in err and "unrecognized arguments: --gptq-smaples" in err
+    assert "{merge," not in err  # not the top-level usage listing every command
+    with pytest.raises(SystemExit):
+        main(["quantize", "gguf", "--nope"])
+    assert "usage: hubtool quantize gguf" in capsys.readouterr().err

@@ -8,6 +8,7 @@ CLI override says otherwise.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,27 +96,12 @@ def compose_card(
     meta = dict(meta or {})
     overrides = dict(overrides or {})
     release = dict(release or {})
-    facts = facts_mod.model_facts(model_dir)
-
-    source_meta, source_body, notes = _source_card(model_dir, meta, overrides, release)
-    options = merge_metadata(meta, overrides)
-    prompt = resolve_prompt(options, facts["chat_template"], source=str(model_dir))
-    repos = {k: v for k, v in (release.get("repos") or {}).items() if v}
-    _check_repos(repos)
-    this_repo = repos.get(kind)
-
-    computed = _computed_header(kind, model_dir, facts, repos, prompt, options)
-    header = merge_metadata(carried(source_meta), computed, meta, overrides)
-    if kind in QUANT_KINDS and repos.get("fp16") and "base_model" not in overrides:
-        header["base_model"] = repos["fp16"]
-    if "tags" not in meta and "tags" not in overrides:
-        header["tags"] = _union(carried(source_meta).get("tags"), computed.get("tags"))
-        if not header["tags"]:
-            del header["tags"]
-    if kind not in QUANT_KINDS and "quantized_by" not in overrides:
-        header.pop("quantized_by", None)  # a release-wide field that only quant cards state
-    quality = _quality(results, kind)
+    parts = _card_parts(kind, model_dir, meta, overrides, release)
+    facts, options, prompt, repos, this_repo, source_body, notes = (
+        parts["facts"], parts["options"], parts["prompt"], parts["repos"], parts["this_repo"], parts["source_body"], parts["notes"])
+    header = parts["header"]
     model_name = header.get("model_name") or model_dir.name
+    quality = _quality(results, kind)
     index = _model_index(kind, header, quality, results)
     if index:
         # the Hub takes the model's name from model-index when there is one (huggingface_hub drops model_name)
@@ -123,9 +109,6 @@ def compose_card(
         header["model-index"] = index
     header = header_fields(header)
     base = header.get("base_model")
-    for b in base if isinstance(base, list) else [base]:
-        if isinstance(b, str) and looks_like_local_path(b):
-            raise CardError(f"{model_dir}: base_model {b!r} is a local path; pass the Hub repo id with --set base_model=org/name (or card: {{base_model: org/name}} in release.yaml)")
 
     context_length = options.get("context_length")
     rope = facts_mod.rope_facts(facts["config"], int(context_length) if context_length else None)
@@ -153,6 +136,8 @@ def compose_card(
         "adapter": facts["adapter"],
         "adapter_type": {"LORA": "LoRA"}.get(str((facts["adapter"] or {}).get("peft_type")), (facts["adapter"] or {}).get("peft_type") or "PEFT"),
         "has_chat_template": bool(facts["chat_template"]),
+        # the dtype usage snippets load with: "auto" (the config's), or what the release's load check chose
+        "load_dtype_py": json.dumps(str(release.get("load_dtype") or "auto")),
         "adapter_summary": _adapter_summary(facts["adapter"]),
         "context_length": (rope or {}).get("effective_context") or facts["config"].get("max_position_embeddings"),
         "local_name": shlex.quote((this_repo or model_dir.name).split("/")[-1]),
@@ -178,6 +163,42 @@ def compose_card(
     check_card(text, source=f"{kind} card for {model_dir}")
     warning = no_license_warning(header, f"the {kind} card for {model_dir}")
     return RenderedCard(text, tuple(notes) + ((warning,) if warning else ()))
+
+
+def card_header(kind: str, model_dir: Path, *, meta: dict | None = None, overrides: dict | None = None,
+                release: dict | None = None) -> dict[str, Any]:
+    """The front matter KIND's card states (license, base_model, tags, name...), before any measured numbers:
+    what other files of the release that describe the model (GGUF `general.*`) must agree with."""
+    kind = artifact_kind(kind).value
+    return header_fields(_card_parts(kind, Path(model_dir), dict(meta or {}), dict(overrides or {}), dict(release or {}))["header"])
+
+
+def _card_parts(kind: str, model_dir: Path, meta: dict, overrides: dict, release: dict) -> dict[str, Any]:
+    """The card's header (checked: no local base) and what the body needs of the facts, options and source card."""
+    facts = facts_mod.model_facts(model_dir)
+    source_meta, source_body, notes = _source_card(model_dir, meta, overrides, release)
+    options = merge_metadata(meta, overrides)
+    prompt = resolve_prompt(options, facts["chat_template"], source=str(model_dir))
+    repos = {k: v for k, v in (release.get("repos") or {}).items() if v}
+    _check_repos(repos)
+    this_repo = repos.get(kind)
+
+    computed = _computed_header(kind, model_dir, facts, repos, prompt, options)
+    header = merge_metadata(carried(source_meta), computed, meta, overrides)
+    if kind in QUANT_KINDS and repos.get("fp16") and "base_model" not in overrides:
+        header["base_model"] = repos["fp16"]
+    if "tags" not in meta and "tags" not in overrides:
+        header["tags"] = _union(carried(source_meta).get("tags"), computed.get("tags"))
+        if not header["tags"]:
+            del header["tags"]
+    if kind not in QUANT_KINDS and "quantized_by" not in overrides:
+        header.pop("quantized_by", None)  # a release-wide field that only quant cards state
+    base = header.get("base_model")
+    for b in base if isinstance(base, list) else [base]:
+        if isinstance(b, str) and looks_like_local_path(b):
+            raise CardError(f"{model_dir}: base_model {b!r} is a local path; pass the Hub repo id with --set base_model=org/name (or card: {{base_model: org/name}} in release.yaml)")
+    return {"facts": facts, "options": options, "prompt": prompt, "repos": repos, "this_repo": this_repo,
+            "source_body": source_body, "notes": notes, "header": header}
 
 
 def _check_repos(repos: dict[str, Any]) -> None:
@@ -210,6 +231,8 @@ def _recommended_gguf(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _source_card(model_dir: Path, meta: dict, overrides: dict, release: dict) -> tuple[dict[str, Any], str | None, tuple[str, ...]]:
     """(front matter, body to embed, notes) of the source model's card; our own earlier card is not re-embedded."""
+    if "source_card" in release and release["source_card"] is None and not (overrides.get("source_card") or meta.get("source_card")):
+        return {}, None, ()  # the release has no source card: the folder's own README (e.g. PEFT's) is not one
     explicit = overrides.get("source_card") or meta.get("source_card") or release.get("source_card")
     path = Path(explicit) if explicit else model_dir / "README.md"
     if explicit and not path.is_file():
@@ -227,7 +250,7 @@ def _computed_header(kind: str, model_dir: Path, facts: dict, repos: dict, promp
     base = None
     if kind == "adapter":
         base = (facts["adapter"] or {}).get("base_model_name_or_path")
-        if base and looks_like_local_path(base) and "base_model" not in options:
+        if base and (looks_like_local_path(base) or Path(base).expanduser().is_dir()) and "base_model" not in options:
             raise CardError(
                 f"{model_dir / 'adapter_config.json'}: base_model_name_or_path {base!r} is a local path; "
                 "set base_model to the base model's Hub repo id (--set base_model=org/name, or card: {base_model: org/name} in release.yaml)"
@@ -369,9 +392,11 @@ def _quality(results: dict | None, kind: str) -> dict[str, Any] | None:
             row["ppl_delta_pct"] = (float(row["perplexity"]) / float(ref) - 1.0) * 100.0
         for key in ("variant", "kind", "perplexity", "ppl_delta_pct", "kl_div", "top1", "size_bytes"):
             row.setdefault(key, None)
+    from hubtool.quality import text_label
+
     return {
         "reference": results.get("reference", "fp16"),
-        "text": results.get("text"),
+        "text": text_label(results.get("text")),  # a file given by path: its name, never the path
         "tokens": results.get("tokens"),
         "context": results.get("context"),
         "rows": rows,

@@ -159,9 +159,12 @@ def gguf_file_facts(path: Path, parts: list[Path] | None = None) -> dict[str, An
                              "parts": len(parts), "download": pattern}
     info = _read_gguf(path)
     if len(parts) > 1 and info.get("n_elements"):
-        info["n_elements"] = sum(_read_gguf(p).get("n_elements") or 0 for p in parts)
+        more = [_read_gguf(p) for p in parts]
+        info["n_elements"] = sum(m.get("n_elements") or 0 for m in more)
+        info["n_bytes"] = sum(m.get("n_bytes") or 0 for m in more)
     if info.get("n_elements"):
-        facts["bits_per_weight"] = round(size * 8 / info["n_elements"], 2)
+        # over tensor data, as llama.cpp and the quality rows count it (not the file with its tokenizer and metadata)
+        facts["bits_per_weight"] = round(info["n_bytes"] * 8 / info["n_elements"], 2)
     for key in ("chat_template", "context_length", "config"):
         if info.get(key):
             facts[key] = info[key]
@@ -180,7 +183,8 @@ def _read_gguf(path: Path) -> dict[str, Any]:
         reader = GGUFReader(str(path))
     except Exception:
         return {}
-    out: dict[str, Any] = {"n_elements": sum(int(t.n_elements) for t in reader.tensors)}
+    out: dict[str, Any] = {"n_elements": sum(int(t.n_elements) for t in reader.tensors),
+                           "n_bytes": sum(int(t.n_bytes) for t in reader.tensors)}
     values: dict[str, Any] = {}
     for field in reader.fields.values():
         try:

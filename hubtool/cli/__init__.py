@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser ARGV names (`release`, `quantize gguf`), for its usage in errors."""
+    for token in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            break
+        if token in subs[0].choices:
+            parser = subs[0].choices[token]
+    return parser
+
+
 VERBOSE_HELP = "also show the libraries' own logs, warnings and progress bars"
 
 
@@ -101,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("httpx", "httpx2", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # say it with the (sub)command's own usage, not the top-level one
+            command_parser(parser, sys.argv[1:] if argv is None else argv).error(f"unrecognized arguments: {' '.join(unknown)}")
         if args.command == "hub":  # a long-running server: its --verbose logs requests
             return int(args.func(args) or 0)
         from hubtool.progress import quiet_libraries

@@ -26,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--namespace", help="Hub user or org to publish under")
     p.add_argument("--config", type=Path, help="release.yaml: names, presets, GGUF types, card metadata (see examples/release.yaml)")
     p.add_argument("--gptq-presets", help="comma list of GPTQ presets (quant_configs/); the default preset goes to main")
+    p.add_argument("--gptq-samples", type=int, metavar="N", help="GPTQ calibration samples (as `quantize gptq --samples`; default: release.yaml gptq.samples, else the preset's)")
+    p.add_argument("--gptq-calibration", metavar="TEXT", help="GPTQ calibration text: 'builtin', a .txt/.jsonl file or a datasets folder (release.yaml gptq.calibration)")
     p.add_argument("--gguf-types", help="comma list of GGUF types, e.g. q4_k_m,q8_0")
+    p.add_argument("--verify-text", metavar="TEXT", help="held-out text for verification: builtin:heldout or a .txt/.jsonl file (as `verify --text`; release.yaml verify.text)")
+    p.add_argument("--verify-dataset", metavar="ORG/NAME", help="the Hub dataset id the verify text comes from, named in the cards (release.yaml verify.dataset; default: the text's file name)")
     p.add_argument("--work-dir", type=Path, help="cache of stage outputs (default: ./release-work/NAME); re-run to resume")
     hub = p.add_mutually_exclusive_group()
     hub.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
@@ -96,7 +100,9 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"name": args.name, "namespace": args.namespace, "quants": args.quants, "gptq_presets": args.gptq_presets,
              "gguf_types": args.gguf_types, "private": args.private, "rope": args.rope,
              "max_position_embeddings": args.max_position_embeddings, "trust_remote_code": args.trust_remote_code,
-             "jobs": args.jobs, "memory_budget": args.memory_budget}
+             "jobs": args.jobs, "memory_budget": args.memory_budget,
+             "gptq_samples": args.gptq_samples, "gptq_calibration": args.gptq_calibration, "verify_text": args.verify_text,
+             "verify_dataset": args.verify_dataset}
     cfg = build_config(file_data, flags, default_name=default_name, source=str(args.config or "release options"))
     work_dir = args.work_dir or Path("release-work") / cfg.name
     # Everything that needs no heavy work is checked here, for --dry-run too: a green dry run is a valid release.

@@ -79,6 +79,7 @@ def export_gguf(
     overwrite: bool = False,
     base_gguf: Path | None = None,
     trust_remote_code: bool = False,
+    card: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Export MODEL_DIR to `{name}.{TYPE}.gguf` files in OUT_DIR; one dict per file written.
 
@@ -87,6 +88,9 @@ def export_gguf(
     `base_gguf`: an unsplit 16-bit GGUF of this same model from an earlier export (`keep_f16`,
     `split_max_size="0"`); types are quantized from it instead of converting again, which is what
     lets a release cache each type separately without paying a 70B conversion per type.
+    `card`: the front matter of the card the GGUF is published with (a release's GGUF card); its
+    license, base model, tags and name become `general.*` and are checked in every file written.
+    Without it the folder's own README.md front matter is used.
     """
     from hubtool.model_dir import load_model_dir  # imports torch; keep the CLI start fast
 
@@ -97,7 +101,7 @@ def export_gguf(
     gguf_types = parse_types(types)
     model = load_model_dir(model_dir, trust_remote_code=trust_remote_code)
     arch = check_architecture(model.config, source=model_dir)
-    front_matter, _ = model.card()
+    front_matter = gguf_facts.card_front_matter(card) if card is not None else model.card()[0]
     model.close()
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise InputError(f"{model_dir}: no tokenizer.json or tokenizer.model; copy the base model's tokenizer files into it")
@@ -146,6 +150,8 @@ def export_gguf(
         matrix = _importance(model_dir, arch, imatrix, calibration, out_dir, name, overwrite) if iq or imatrix or calibration else None
         if base_gguf is None:
             base_file = convert_to_gguf(model_dir, work / gguf_facts.file_name(name, base), base, work=work, front_matter=front_matter, name=name)
+            if card is not None:
+                check_general(base_file, front_matter)
         elif base in wanted:  # _publish moves what it publishes: publish a copy, leave the caller's file
             base_file = Path(shutil.copy2(base_gguf, work / gguf_facts.file_name(name, base)))
         else:
@@ -154,6 +160,8 @@ def export_gguf(
         for t in track(quant_types, description="quantize"):
             log(f"quantizing {t} from {base_file.name}")
             dst = quantize_gguf(base_file, work / gguf_facts.file_name(name, t), t, imatrix=matrix)
+            if card is not None:
+                check_general(dst, front_matter)
             rows += _publish(dst, out_dir, name, t, split_bytes, work)
         if base in wanted:
             rows = _publish(base_file, out_dir, name, base, split_bytes, work) + rows
@@ -167,6 +175,16 @@ def export_gguf(
     shutil.rmtree(work, ignore_errors=True)
     order = {t: i for i, t in enumerate(wanted)}
     return sorted(rows, key=lambda r: (order.get(r["type"], 99), r["shard"]))
+
+
+def check_general(path: Path, front_matter: dict[str, Any]) -> None:
+    """The written GGUF's `general.*` must say what its card says (license, base model, tags, name)."""
+    from hubtool.errors import QuantizeError
+
+    problems = gguf_facts.general_mismatches(path, front_matter)
+    if problems:
+        raise QuantizeError(f"{path.name}: GGUF metadata disagrees with the card: {'; '.join(problems)}; report this "
+                            "(the converter did not write the card's front matter)")
 
 
 def _bytes_needed(model: Any, types: list[str], base: str, *, keep_base: bool) -> int:

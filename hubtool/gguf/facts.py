@@ -107,3 +107,48 @@ def file_type_name(value: Any) -> str | None:
         return LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
     except Exception:
         return None
+
+
+# Card front-matter fields llama.cpp's converter writes as `general.*` (gguf-py's Metadata reads them).
+CARD_KEYS = ("model_name", "license", "license_name", "license_link", "base_model", "datasets", "language", "tags", "quantized_by")
+
+
+def card_front_matter(header: dict[str, Any]) -> dict[str, Any]:
+    """The part of a card's header a GGUF carries as `general.*` (what the converter is given to write)."""
+    return {k: header[k] for k in CARD_KEYS if header.get(k) not in (None, "", [])}
+
+
+def _listed(value: Any) -> list[str]:
+    return [str(v) for v in (value if isinstance(value, list) else [value]) if v]
+
+
+def general_metadata(path: Path) -> dict[str, Any]:
+    """`general.*` of a GGUF file as plain values (strings, numbers, lists of strings)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return {f.name: f.contents() for f in reader.fields.values() if f.name.startswith("general.")}
+
+
+def general_mismatches(path: Path, front_matter: dict[str, Any]) -> list[str]:
+    """How the GGUF's `general.*` disagrees with the card front matter it was written from (empty when it agrees)."""
+    from gguf import Keys
+
+    got = general_metadata(path)
+    problems = []
+    want_license = front_matter.get("license")
+    if want_license and got.get(Keys.General.LICENSE) != str(want_license):
+        problems.append(f"{Keys.General.LICENSE} is {got.get(Keys.General.LICENSE)!r}, the card says {want_license!r}")
+    want_name = front_matter.get("model_name")
+    if want_name and got.get(Keys.General.NAME) != str(want_name):
+        problems.append(f"{Keys.General.NAME} is {got.get(Keys.General.NAME)!r}, the card says {want_name!r}")
+    bases = _listed(front_matter.get("base_model"))
+    count = int(got.get(Keys.General.BASE_MODEL_COUNT) or 0)
+    urls = [str(got.get(Keys.General.BASE_MODEL_REPO_URL.format(id=i)) or "") for i in range(count)]
+    if [u.rstrip("/").split("/")[-2:] for u in urls] != [b.split("/")[-2:] for b in bases]:
+        problems.append(f"general.base_model.* repo urls are {urls}, the card's base_model is {bases}")
+    tags = set(_listed(got.get(Keys.General.TAGS)))
+    missing = [t for t in _listed(front_matter.get("tags")) if t not in tags]
+    if missing:
+        problems.append(f"{Keys.General.TAGS} lacks the card's {missing}")
+    return problems

@@ -33,7 +33,6 @@ def _quantizer_log(gguf_type: str) -> Iterator[list[str]]:
     """Route llama.cpp's log while quantizing: per-tensor lines become a progress line every few
     seconds, error lines are collected for the exception message; the rest is dropped."""
     import llama_cpp
-    import llama_cpp._logger as llama_logger
 
     errors: list[str] = []
     last = [0.0]
@@ -41,7 +40,7 @@ def _quantizer_log(gguf_type: str) -> Iterator[list[str]]:
     @llama_cpp.llama_log_callback
     def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         text = text or b""
-        if level == 3:
+        if level >= 3:  # ggml's WARN (3) and ERROR (4)
             errors.append(text.decode("utf-8", "replace").strip())
         m = _TENSOR_PROGRESS.search(text)
         if m and time.monotonic() - last[0] > 5:
@@ -52,7 +51,9 @@ def _quantizer_log(gguf_type: str) -> Iterator[list[str]]:
     try:
         yield errors
     finally:
-        llama_cpp.llama_log_set(llama_logger.llama_log_callback, ctypes.c_void_p(0))
+        from hubtool.gguf.llama_log import install
+
+        install()
 
 
 def _imatrix_array(imatrix: dict[str, np.ndarray]):  # -> ctypes array, kept alive by the caller

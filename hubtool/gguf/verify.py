@@ -245,6 +245,9 @@ def open_llama(path: Path, *, context: int, vocab_only: bool = False) -> Iterato
     """llama_cpp.Llama with every position's logits kept (or just its tokenizer), quiet, freed on exit."""
     import llama_cpp
 
+    from hubtool.gguf.llama_log import install
+
+    install()  # warnings (n_ctx_train (0), full-size SWA cache) only with --verbose
     with _no_repacked_copy():
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, vocab_only=vocab_only,
                               logits_all=True, n_threads=os.cpu_count() or 1, verbose=False)
@@ -298,7 +301,7 @@ def verify_gguf(
     """
     from hubtool.evaluate.reference import compute_reference, gguf_windows
     from hubtool.gguf.quantize import require_llama_cpp
-    from hubtool.quality import compare_logits, merge_metrics, read_text_source, write_results
+    from hubtool.quality import compare_logits, merge_metrics, read_text_source, text_label, write_results
 
     require_llama_cpp()
     paths = find_gguf_files(list(files))
@@ -333,5 +336,5 @@ def verify_gguf(
                          "bits_per_weight": round(bpw, 4)})
             log(f"{variant}: ppl {m['perplexity']:.3f} (fp16 {m['ref_perplexity']:.3f}), KL {m['kl_div']:.5f}, top-1 {m['top1']:.3f}")
     if results_path is not None:
-        write_results(Path(results_path), rows, reference="fp16", text=text, tokens=int(rows[0]["tokens"]), context=context)
+        write_results(Path(results_path), rows, reference="fp16", text=text_label(text), tokens=int(rows[0]["tokens"]), context=context)
     return rows

@@ -20,7 +20,7 @@ from hubtool.evaluate.reference import Reference, compute_reference, gptq_window
 from hubtool.gptq.quantize import read_gptq_info
 from hubtool.model_dir import load_model_dir
 from hubtool.progress import log
-from hubtool.quality import RESULTS_FILE, compare_logits, merge_metrics, read_text_source, write_results
+from hubtool.quality import RESULTS_FILE, compare_logits, merge_metrics, read_text_source, text_label, write_results
 
 eval_windows = gptq_windows  # the window rule GPTQ rows have always used
 
@@ -113,7 +113,7 @@ def verify_gptq(
             rows.append(_row(metrics, variant=f"rtn-{bits}bit-{group}g-sym", kind="rtn", bits=bits, group_size=group))
 
     results_path = Path(results_path) if results_path else quant_dir / RESULTS_FILE
-    write_results(results_path, rows, reference="fp16", text=text, tokens=rows[0]["tokens"], context=context)
+    write_results(results_path, rows, reference="fp16", text=text_label(text), tokens=rows[0]["tokens"], context=context)
     for r in rows:
         log(f"verify {r['kind']}: ppl {r['perplexity']:.3f} (fp16 {r['ref_perplexity']:.3f}), KL {r['kl_div']:.4f}, top-1 {r['top1']:.3f}")
     return rows

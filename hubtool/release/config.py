@@ -10,7 +10,7 @@ Layout (every key optional; flags win over the file):
     gptq: {presets: [gptq-4bit-32g-actorder], samples: 128, seq_len: 2048, calibration: builtin}
     gguf: {types: [q4_k_m, q8_0]}
     repos: {fp16: "{name}", adapter: "{name}-peft", gptq: "{name}-GPTQ", gguf: "{name}-GGUF"}
-    verify: {enabled: true, text: "builtin:heldout", max_tokens: 2048, context: 512,
+    verify: {enabled: true, text: "builtin:heldout", dataset: org/name, max_tokens: 2048, context: 512,
              gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
     card: {license: apache-2.0, base_model: org/original, datasets: [...], ...}
     collection: {title: "My model", description: "..."}   # one Hub collection of the repos; `collection: false` for none
@@ -33,7 +33,7 @@ TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "
             "collection", "jobs", "memory_budget"}
 GPTQ_KEYS = {"presets", "samples", "seq_len", "calibration", "damp_percent", "device"}
 GGUF_KEYS = {"types", "split_max_size"}
-VERIFY_KEYS = {"enabled", "text", "max_tokens", "context", "rtn", "gates"}
+VERIFY_KEYS = {"enabled", "text", "dataset", "max_tokens", "context", "rtn", "gates"}
 COLLECTION_KEYS = {"title", "description"}
 MAX_COLLECTION_TITLE = 60  # the Hub's limit
 
@@ -55,6 +55,7 @@ class ReleaseConfig:
     private: bool = False
     verify: bool = True
     verify_text: str = "builtin:heldout"
+    verify_dataset: str | None = None  # the Hub dataset id cards name for the verify text (else its file name)
     verify_max_tokens: int = 2048
     verify_context: int = 512
     verify_rtn: bool = True
@@ -144,9 +145,11 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
 
     presets = _list(pick("gptq_presets", gptq.get("presets", [DEFAULT_PRESET])), "gptq.presets", where("gptq_presets", "gptq.presets"))
     overrides = {k: gptq[k] for k in ("samples", "seq_len", "damp_percent") if k in gptq}
+    if flags.get("gptq_samples") is not None:
+        overrides["samples"] = flags["gptq_samples"]
     for k in ("samples", "seq_len"):
         if k in overrides:
-            _int(overrides[k], f"gptq.{k}", source)
+            _int(overrides[k], f"gptq.{k}", where("gptq_samples", f"gptq.{k}") if k == "samples" else source)
     if "damp_percent" in overrides:
         dp = overrides["damp_percent"]
         if isinstance(dp, bool) or not isinstance(dp, (int, float)) or not 0 < dp < 1:
@@ -185,13 +188,19 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
     mpe = options.check_max_position_embeddings(pick("max_position_embeddings", file_data.get("max_position_embeddings")),
                                                 source=where("max_position_embeddings", "max_position_embeddings"))
     dtype = options.check_dtype(file_data.get("dtype", "float16"), source=f"{source}: dtype")
-    calibration = gptq.get("calibration", "builtin")
+    calibration = pick("gptq_calibration", gptq.get("calibration", "builtin"))
     if "gptq" in quants:
-        options.check_text_source(calibration, source=f"{source}: gptq.calibration", allow_folder=True)
-    verify_text = verify.get("text", "builtin:heldout")
+        options.check_text_source(calibration, source=where("gptq_calibration", "gptq.calibration"), allow_folder=True)
+    verify_text = pick("verify_text", verify.get("text", "builtin:heldout"))
     if enabled:
-        options.check_text_source(verify_text, source=f"{source}: verify.text")
+        options.check_text_source(verify_text, source=where("verify_text", "verify.text"))
     collection_title, collection_description = _collection(file_data.get("collection", True), name, source)
+    verify_dataset = pick("verify_dataset", verify.get("dataset"))
+    if verify_dataset is not None:
+        from hubtool.card.metadata import is_repo_id
+
+        if not isinstance(verify_dataset, str) or not is_repo_id(verify_dataset) or "/" not in verify_dataset:
+            raise InputError(f"{where('verify_dataset', 'verify.dataset')} {verify_dataset!r}: use the Hub dataset id the verify text comes from (org/name)")
     from hubtool.quality_gates import gates_from_config
 
     gates = gates_from_config(verify.get("gates"), source=f"{source}: verify.gates")
@@ -215,6 +224,7 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
         private=private,
         verify=enabled,
         verify_text=str(verify_text),
+        verify_dataset=verify_dataset,
         verify_max_tokens=_int(verify.get("max_tokens", 2048), "verify.max_tokens", source, 16),
         verify_context=_int(verify.get("context", 512), "verify.context", source, 8),
         verify_rtn=rtn,

@@ -61,7 +61,7 @@ def gguf_base(stage: Stage, ctx: StageContext, out: Path) -> GGUFFiles:
     from hubtool.gguf import export_gguf
 
     rows = export_gguf(ctx.fp16_dir, out, [stage.options["type"]], name=ctx.cfg.name, split_max_size="0", overwrite=True,
-                       trust_remote_code=ctx.cfg.trust_remote_code)
+                       trust_remote_code=ctx.cfg.trust_remote_code, card=gguf_card_header(ctx.cfg, ctx.inputs, ctx.fp16_dir))
     return GGUFFiles(out, files=tuple(_gguf_file(r) for r in rows))
 
 
@@ -70,8 +70,20 @@ def gguf(stage: Stage, ctx: StageContext, out: Path) -> GGUFFiles:
 
     base = ctx.need(GGUFFiles)[0]
     rows = export_gguf(ctx.fp16_dir, out, [stage.options["type"]], name=ctx.cfg.name, split_max_size=ctx.cfg.gguf_split_max_size,
-                       overwrite=True, trust_remote_code=ctx.cfg.trust_remote_code, base_gguf=base.folder / base.files[0].file)
+                       overwrite=True, trust_remote_code=ctx.cfg.trust_remote_code, base_gguf=base.folder / base.files[0].file,
+                       card=gguf_card_header(ctx.cfg, ctx.inputs, ctx.fp16_dir))
     return GGUFFiles(out, files=tuple(_gguf_file(r) for r in rows))
+
+
+def gguf_card_header(cfg: ReleaseConfig, inputs: Inputs, fp16_dir: Path) -> dict:
+    """The GGUF card's front matter (the same fields the card will state), for the files' `general.*`."""
+    from hubtool.card import card_header
+    from hubtool.gguf.facts import card_front_matter
+
+    source = inputs.weights / "README.md"
+    release = {"repos": {"fp16": cfg.repo_id("fp16"), "gguf": cfg.repo_id("gguf")},
+               "source_card": str(source) if source.is_file() else None}
+    return card_front_matter(card_header("gguf", fp16_dir, meta=cfg.card, release=release))
 
 
 def _gguf_file(row: Mapping) -> GGUFFile:

@@ -93,6 +93,14 @@ def text_id(spec: str, hasher: Hasher) -> str:
     return hasher.file(Path(spec))
 
 
+def gguf_card_identity(cfg: ReleaseConfig) -> dict[str, Any]:
+    """What of the release's card config the GGUF files carry as `general.*` (so changing a license re-exports)."""
+    from hubtool.gguf.facts import CARD_KEYS
+
+    card = {k: cfg.card[k] for k in CARD_KEYS if k in cfg.card}
+    return {"card": card, "fp16_repo": cfg.repo_id("fp16")} if card else {"fp16_repo": cfg.repo_id("fp16")}
+
+
 def build_stages(cfg: ReleaseConfig, inputs: Inputs, hasher: Hasher, *, gptq_presets: list[tuple[str, Any]],
                  gguf_base_type: str) -> tuple[Stage, ...]:
     """Every stage of the release in an order that runs (each after what it needs)."""
@@ -121,7 +129,7 @@ def build_stages(cfg: ReleaseConfig, inputs: Inputs, hasher: Hasher, *, gptq_pre
     gguf: list[Stage] = []
     if cfg.gguf_types:
         base = add(f"gguf:{gguf_base_type}-base", StageKind.GGUF_BASE, fp16_needs, {"type": gguf_base_type, "name": cfg.name},
-                   {"fp16": fp16_id, "name": cfg.name, "type": gguf_base_type})
+                   {"fp16": fp16_id, "name": cfg.name, "type": gguf_base_type, **gguf_card_identity(cfg)})
         for t in cfg.gguf_types:
             opts = {"type": t, "name": cfg.name, "split_max_size": cfg.gguf_split_max_size}
             gguf.append(add(f"gguf:{t}", StageKind.GGUF, (*fp16_needs, base.name), opts, {"base": base.key, **opts}))

@@ -94,6 +94,32 @@ def _size(n: int, estimated: bool) -> str:
     return ("~" if estimated else "") + text
 
 
+def _tensor_shapes(folder: Path) -> list[tuple[str, tuple[int, ...]]]:
+    from safetensors import safe_open
+
+    out = []
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            out += [(name, tuple(int(d) for d in f.get_slice(name).get_shape())) for name in f.keys()]
+    return out
+
+
+def gguf_estimates(folder: Path, types: list[str]) -> dict[str, int]:
+    """Each GGUF type's estimated file size, tensor by tensor as llama.cpp types them (hubtool/gguf/size_estimate.py)."""
+    from hubtool.gguf.size_estimate import estimate_gguf_bytes
+    from hubtool.model_dir import read_json
+
+    config = read_json(folder / "config.json")
+    text = config.get("text_config") or config
+    tensors = _tensor_shapes(folder)
+    tied = not any(name.endswith("lm_head.weight") for name, _ in tensors)
+    tok = folder / "tokenizer.json"
+    bpe = tok.is_file() and '"merges"' in tok.read_text(encoding="utf-8", errors="replace")
+    n_layers = int(text.get("num_hidden_layers") or 1)
+    return {t: estimate_gguf_bytes(tensors, t, n_layers=n_layers, tied=tied, vocab_size=int(text.get("vocab_size") or 0), bpe=bpe)
+            for t in types}
+
+
 def _weights(folder: Path) -> tuple[int, int, int, int]:
     """(total params, params in 2-D layer matrices GPTQ quantizes, bytes of weight files, bytes of other files)."""
     from safetensors import safe_open
@@ -139,7 +165,7 @@ def _listing(folder: Path) -> list[PlannedFile]:
 def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
     """The stages and the targets for every repo/branch the release writes, from the inputs' headers and
     content hashes (memoised in the work dir, so a re-run does not read the weights again)."""
-    from hubtool.gguf.facts import NOMINAL_BPW, file_name
+    from hubtool.gguf.facts import file_name
     from hubtool.gguf.convert import base_type
     from hubtool.gptq import DEFAULT_PRESET, load_preset
     from hubtool.model_dir import read_json
@@ -177,7 +203,8 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
             targets.append(Target(ArtifactKind.GPTQ, cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=spec,
                                   stages=[f"gptq:{p.name}"]))
     if cfg.gguf_types:
-        files = [PlannedFile(file_name(cfg.name, t), int(total * NOMINAL_BPW.get(t, 8.0) / 8), True) for t in cfg.gguf_types]
+        sizes = gguf_estimates(weights_dir, cfg.gguf_types)
+        files = [PlannedFile(file_name(cfg.name, t), sizes[t], True) for t in cfg.gguf_types]
         targets.append(Target(ArtifactKind.GGUF, cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme],
                               stages=[f"gguf:{t}" for t in cfg.gguf_types]))
     # GGUF: convert once to the source's own 16-bit type (exact), quantize each type from it

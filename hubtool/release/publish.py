@@ -17,6 +17,7 @@ from hubtool.release.cache import Hasher
 from hubtool.release.config import ReleaseConfig
 from hubtool.release.graph import Inputs
 from hubtool.release.plan import Plan, Target
+from hubtool.release.portable import check_no_local_paths, configured_base, local_paths, rewrite_base_configs
 
 
 def preflight_cards(cfg: ReleaseConfig, plan: Plan, inputs: Inputs) -> None:
@@ -37,6 +38,21 @@ def _source_card(inputs: Inputs) -> dict[str, str]:
     """The original model's card (carried metadata, embedded text): the base's, else the source's."""
     card = inputs.weights / "README.md"
     return {"source_card": str(card)} if card.is_file() else {}
+
+
+def release_local_paths(cfg: ReleaseConfig, inputs: Inputs, work_dir: Path) -> list[str]:
+    """This machine's paths a published file must not contain: inputs, work dir, text files, the adapter's local base."""
+    import json as _json
+
+    extra = []
+    if inputs.adapter is not None and (inputs.adapter / "adapter_config.json").is_file():
+        from hubtool.release.portable import is_local
+
+        base = _json.loads((inputs.adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if isinstance(base, str) and is_local(base) and base != configured_base(cfg.card):
+            extra.append(base)
+    texts = [t for t in (cfg.verify_text, cfg.gptq_calibration) if Path(t).exists()]  # a file or folder here, not a dataset id
+    return local_paths([inputs.source, inputs.base, inputs.adapter, work_dir, *texts], extra)
 
 
 def card_hub_url(endpoint: str | None) -> str | None:
@@ -81,7 +97,8 @@ def _link_into_file(src: Path, dst: Path, files: dict[str, Path]) -> None:
 
 
 def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, records: Mapping[str, Record],
-                          quality: QualityResult | None, work_dir: Path, hasher: Hasher, *, hub_url: str | None = None) -> list[PublishFolder]:
+                          quality: QualityResult | None, work_dir: Path, hasher: Hasher, *, hub_url: str | None = None,
+                          load_dtype: str = "auto") -> list[PublishFolder]:
     """WORK/publish/<n>-<repo>@<branch>: the artifact's files plus its rendered, checked README.md."""
     from hubtool.card import render_card
     from hubtool.model_dir import read_json, remote_code_files
@@ -89,11 +106,15 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, record
     root = work_dir / "publish"
     if root.exists():
         shutil.rmtree(root)
-    merged = next((r for r in records.values() if isinstance(r, MergedModel)), None)
-    fp16_dir = merged.folder if merged is not None else Path(inputs.source)  # type: ignore[arg-type]
+    fp16_dir = fp16_folder(inputs, records)
     gptq_variants = [records[t.stages[0]].card_row(t.branch) for t in plan.targets if t.key is ArtifactKind.GPTQ]  # type: ignore[attr-defined]
-    release = {"repos": _repos(plan), "gptq_variants": gptq_variants, **_source_card(inputs), **({"hub_url": hub_url} if hub_url else {})}
+    release = {"repos": _repos(plan), "gptq_variants": gptq_variants, **_source_card(inputs), **({"hub_url": hub_url} if hub_url else {}),
+               **({"load_dtype": load_dtype} if load_dtype != "auto" else {})}
     results = quality.as_results() if quality is not None else None
+    if results is not None and cfg.verify_dataset:
+        results["dataset"] = cfg.verify_dataset
+    base_id = configured_base(cfg.card)
+    needles = release_local_paths(cfg, inputs, work_dir)
     notes: set[str] = set()
     out: list[PublishFolder] = []
     for i, t in enumerate(plan.targets):
@@ -111,13 +132,41 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, record
                 for code in remote_code_files(fp16_dir, read_json(fp16_dir / "config.json")):  # custom code ships in every repo
                     _link_into_file(code, folder, files)
         _portable_tokenizer(folder, files, notes)
+        rewrite_base_configs(folder, files, base_id)
         text = render_card(t.key.value, folder, meta=cfg.card, results=results, release=release)
         (folder / "README.md").write_text(text, encoding="utf-8")
+        check_no_local_paths(folder, needles, what=f"{t.repo_id}@{t.branch}")
         hashes = {rel: hasher.file(src) for rel, src in files.items()}
         hashes["README.md"] = hasher.file(folder / "README.md")
         out.append(PublishFolder(t, folder, dict(sorted(hashes.items()))))
         log(f"card: {t.repo_id}@{t.branch} README.md ({t.key.value})")
     return out
+
+
+def fp16_folder(inputs: Inputs, records: Mapping[str, Record]) -> Path:
+    """The fp16 model every artifact was made from: the merge's output, else SOURCE."""
+    merged = next((r for r in records.values() if isinstance(r, MergedModel)), None)
+    return merged.folder if merged is not None else Path(inputs.source)  # type: ignore[arg-type]
+
+
+def check_published(folders: list[PublishFolder], inputs: Inputs, load_dtype: str) -> None:
+    """Load every publish folder the way its card's snippet does and generate (release/load_check.py)."""
+    from hubtool.gguf.facts import parse_shard
+    from hubtool.release.load_check import check_gguf_file, check_transformers_repo
+
+    for f in folders:
+        t = f.target
+        what = f"{t.repo_id}@{t.branch}"
+        if t.key is ArtifactKind.GGUF:
+            texts = [check_gguf_file(p, what=what) for p in sorted(f.folder.glob("*.gguf"))
+                     if (parse_shard(p.name) is None or parse_shard(p.name).index == 1) and not p.name.endswith(".imatrix.gguf")]  # type: ignore[union-attr]
+        elif t.key is ArtifactKind.ADAPTER:
+            own_tokenizer = any((f.folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+            texts = [check_transformers_repo(f.folder, load_dtype, what=what, adapter_base=inputs.base,
+                                             tokenizer_dir=f.folder if own_tokenizer else inputs.base)]
+        else:
+            texts = [check_transformers_repo(f.folder, load_dtype, what=what)]
+        log(f"load check: {what}: loads and generates ({', '.join(repr(x[:20]) for x in texts)})")
 
 
 def _portable_tokenizer(folder: Path, files: dict[str, Path], notes: set[str]) -> None:

@@ -22,7 +22,8 @@ from hubtool.release.config import ReleaseConfig
 from hubtool.release.execute import RUNNERS, StageContext
 from hubtool.release.graph import Inputs, Stage, StageKind
 from hubtool.release.plan import Plan
-from hubtool.release.publish import build_publish_folders, card_hub_url, preflight_cards, push_all
+from hubtool.release.load_check import choose_load_dtype
+from hubtool.release.publish import build_publish_folders, card_hub_url, check_published, fp16_folder, preflight_cards, push_all
 from hubtool.release.store import StageStore
 
 
@@ -132,8 +133,12 @@ class Session:
         """Quality gates, cards, pushes; the release summary."""
         quality = self._quality(records)
         log(f"{self._index()}cards")
+        choice = choose_load_dtype(fp16_folder(self.inputs, records), self.inputs.weights)
+        if choice.warning:
+            log(f"warning: {choice.warning}")
         folders = build_publish_folders(self.cfg, self.plan, self.inputs, records, quality, self.work_dir, self.hasher,
-                                        hub_url=card_hub_url(self.endpoint))
+                                        hub_url=card_hub_url(self.endpoint), load_dtype=choice.dtype)
+        check_published(folders, self.inputs, choice.dtype)  # every repo loads as its card says, before any push
         log(f"{self._index()}push")
         pushes = push_all(self.cfg, self.plan, folders, endpoint=self.endpoint, token=self.token, create_pr=create_pr)
         collection = self._collection()
