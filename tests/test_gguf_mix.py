@@ -109,3 +109,56 @@ def test_recipe_file_reproduces_the_types_through_llama_quantize(tiny, tmp_path)
     with pytest.raises(InputError, match="not an exact-name"):
         parse_recipe("attn_v=q8_0\n", stock_type="Q3_K_M", source="r.txt")
     assert set(tensor_bytes(base, want)) >= set(want)
+
+
+def test_release_config_and_plan_publish_tuned_variants(tiny, tmp_path):
+    from hubtool.release import build_config
+    from hubtool.release.cache import Hasher
+    from hubtool.release.graph import check_inputs
+    from hubtool.release.plan import make_plan
+
+    src = tiny[0]
+    file_cfg = {"name": "m", "namespace": "org", "quants": ["gguf"], "gguf": {"types": ["q4_k_m"], "tuned": ["q4_k_m"]}}
+    cfg = build_config(file_cfg, {}, default_name="x")
+    assert cfg.gguf_tuned == ["Q4_K_M"]
+    assert build_config(file_cfg, {"gguf_tuned": "q3_k_m,q2_k"}, default_name="x").gguf_tuned == ["Q3_K_M", "Q2_K"]  # the flag wins
+    with pytest.raises(InputError, match="gguf.tuned: F16 is not quantized"):
+        build_config({**file_cfg, "gguf": {"tuned": ["f16"]}}, {}, default_name="x")
+    with pytest.raises(InputError, match="--gguf-tuned: unknown GGUF type 'q9'"):
+        build_config(file_cfg, {"gguf_tuned": "q9"}, default_name="x")
+    plan = make_plan(cfg, check_inputs(src, None, None), hasher=Hasher(tmp_path))
+    stage = next(s for s in plan.stages if s.name == "gguf:Q4_K_M-tuned")
+    assert stage.options["tuned"] and "gguf:F16-base" in stage.needs
+    verify = next(s for s in plan.stages if s.name == "verify:gguf")
+    assert "gguf:Q4_K_M-tuned" in verify.needs  # quality gates see the tuned file like any other
+    target = next(t for t in plan.targets if t.repo_id == "org/m-GGUF")
+    paths = {f.path for f in target.files}
+    assert {"m.Q4_K_M.gguf", "m.Q4_K_M-tuned.gguf", "m.Q4_K_M-tuned.tensor-types.txt", "m.Q4_K_M-tuned.mix.json", "m.imatrix.gguf"} <= paths
+
+
+def test_export_tuned_writes_file_recipe_summary_and_the_card_explains_them(tiny, tmp_path):
+    from hubtool.card import render_card
+    from hubtool.gguf.mix import export_tuned
+    from hubtool.gguf.verify import verify_gguf
+
+    src, base, imatrix, fisher = tiny
+    out = tmp_path / "repo"
+    rows = export_tuned(src, base, out, "Q4_K_M", name="tiny", calibration=corpus_text())
+    tuned = out / "tiny.Q4_K_M-tuned.gguf"
+    assert [Path(r["file"]) for r in rows] == [tuned] and rows[0]["type"] == "Q4_K_M-tuned"
+    recipe = parse_recipe((out / "tiny.Q4_K_M-tuned.tensor-types.txt").read_text(), stock_type="Q4_K_M", source="recipe")
+    check_against_recipe(tuned, recipe)
+    quantize_gguf(base, out / "tiny.Q4_K_M.gguf", "Q4_K_M", imatrix=imatrix)
+    for f in src.iterdir():  # the card reads the model's config/tokenizer beside the GGUF files, as in a release's folder
+        if f.suffix != ".safetensors" and not (out / f.name).exists():
+            (out / f.name).symlink_to(f)
+    rows = verify_gguf([tuned, out / "tiny.Q4_K_M.gguf"], src, max_tokens=256, context=128)
+    assert {r["variant"] for r in rows} == {"Q4_K_M-tuned", "Q4_K_M"}  # its own row, not a second Q4_K_M
+    card = render_card("gguf", out, meta={"license": "apache-2.0", "base_model": "acme/base"})
+    assert "### Tuned mixes" in card and "tiny.Q4_K_M-tuned.tensor-types.txt" in card
+    assert "llama-quantize --imatrix tiny.imatrix.gguf --tensor-type-file tiny.Q4_K_M-tuned.tensor-types.txt" in card
+    import json
+
+    summary = json.loads((out / "tiny.Q4_K_M-tuned.mix.json").read_text())
+    for line in summary["changes"]:
+        assert line in card

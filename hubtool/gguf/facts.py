@@ -50,6 +50,11 @@ def recipe_name(name: str, variant: str) -> str:
     return f"{name}.{variant}{RECIPE_SUFFIX}"
 
 
+def mix_summary_name(name: str, variant: str) -> str:
+    """The JSON beside a tuned file: stock vs tuned type per changed tensor, predicted KL (for the card and for people)."""
+    return f"{name}.{variant}.mix.json"
+
+
 def imatrix_name(name: str) -> str:
     return f"{name}{IMATRIX_SUFFIX}"
 

@@ -356,6 +356,7 @@ def check_against_recipe(path: Path, recipe: Recipe) -> None:
 @dataclass(frozen=True)
 class TunedMix:
     recipe: Recipe
+    costs: tuple[TensorCost, ...]  # the measurement, reusable for other budgets
     budget_bytes: int  # tensor data the mix could spend (stock's, or the bpw target's)
     mix_bytes: int  # tensor data it spends
     stock_bytes: int  # the stock type's tensor data (same tensors)
@@ -376,8 +377,11 @@ def tensor_bytes(base_gguf: Path, types: dict[str, str]) -> dict[str, int]:
 
 
 def plan_mix(base_gguf: Path, stock_type: str, *, imatrix: dict[str, np.ndarray] | None, fisher: dict[str, np.ndarray],
-             target_bpw: float | None = None, sample_rows: int = SAMPLE_ROWS) -> TunedMix:
-    """Choose per-tensor types for a file the size of STOCK_TYPE (or TARGET_BPW bits per weight over all tensors)."""
+             target_bpw: float | None = None, budget_bytes: int | None = None, sample_rows: int = SAMPLE_ROWS,
+             costs: list[TensorCost] | None = None) -> TunedMix:
+    """Choose per-tensor types for a file the size of STOCK_TYPE (or TARGET_BPW bits per weight over
+    all tensors, or BUDGET_BYTES of the tensors stock would quantize). COSTS: from an earlier call on
+    the same file and family, to try several budgets for the price of one measurement."""
     import gguf
 
     from hubtool.gguf.quantize import planned_tensor_types
@@ -390,13 +394,16 @@ def plan_mix(base_gguf: Path, stock_type: str, *, imatrix: dict[str, np.ndarray]
         raise InputError(f"{base_gguf}: {stock_type} quantizes no tensor of this file; nothing to tune")
     sizes = tensor_bytes(base_gguf, stock)
     stock_bytes = sum(sizes[n] for n in tunable)
-    if target_bpw is None:
+    if budget_bytes is not None:
+        budget = budget_bytes
+    elif target_bpw is None:
         budget = stock_bytes
     else:
         n_el = sum(int(t.n_elements) for t in gguf.GGUFReader(str(base_gguf)).tensors)
         fixed = sum(b for n, b in sizes.items() if n not in tunable)
         budget = int(target_bpw * n_el / 8) - fixed
-    costs = measure_costs(base_gguf, tunable, candidate_types(stock_type), imatrix=imatrix, fisher=fisher, sample_rows=sample_rows)
+    if costs is None or {c.name for c in costs} != set(tunable):
+        costs = measure_costs(base_gguf, tunable, candidate_types(stock_type), imatrix=imatrix, fisher=fisher, sample_rows=sample_rows)
     chosen = allocate(costs, budget)
     order = [n for n in stock if n in chosen]
     recipe = Recipe(stock_type, tuple((n, chosen[n]) for n in order))
@@ -404,7 +411,7 @@ def plan_mix(base_gguf: Path, stock_type: str, *, imatrix: dict[str, np.ndarray]
     stock_known = {n: t for n, t in stock.items() if n in tunable}
     log(f"{stock_type} mix: {mix_bytes / 1e6:.2f} MB of tensors (budget {budget / 1e6:.2f}, stock {stock_bytes / 1e6:.2f}); "
         f"predicted KL {predicted_kl(costs, chosen):.4f} vs stock {predicted_kl(costs, stock_known):.4f}")
-    return TunedMix(recipe, budget, mix_bytes, stock_bytes, predicted_kl(costs, chosen), predicted_kl(costs, stock_known),
+    return TunedMix(recipe, tuple(costs), budget, mix_bytes, stock_bytes, predicted_kl(costs, chosen), predicted_kl(costs, stock_known),
                     tuple((n, stock[n], chosen[n]) for n in order if stock[n] != chosen[n]))
 
 
@@ -428,3 +435,48 @@ def describe_changes(mix: TunedMix) -> list[str]:
         kind = re.sub(r"^blk\.\d+\.", "", name).removesuffix(".weight")
         groups[(kind, was, now)] = groups.get((kind, was, now), 0) + 1
     return [f"{kind}: {was} → {now} in {n} tensor{'s' if n > 1 else ''}" for (kind, was, now), n in sorted(groups.items())]
+
+
+def export_tuned(model_dir: Path, base_gguf: Path, out_dir: Path, stock_type: str, *, name: str, calibration: str,
+                 calibration_name: str = "builtin", target_bpw: float | None = None) -> list[dict[str, Any]]:
+    """A release's tuned file: `NAME.TYPE-tuned.gguf` (or `NAME.4.50bpw-tuned.gguf`) in OUT_DIR with its
+    recipe (`.tensor-types.txt`), a summary (`.mix.json`) and the imatrix it used, all from CALIBRATION text.
+
+    Rows in export_gguf's format. Not split: a tuned file is checked tensor by tensor as written."""
+    import json
+    import os
+
+    from hubtool.atomic import staged_file
+    from hubtool.gguf import facts as gguf_facts
+    from hubtool.gguf.convert import check_architecture
+    from hubtool.gguf.export import gguf_size_info
+    from hubtool.gguf.imatrix import compute_imatrix, imatrix_means, save_imatrix
+    from hubtool.model_dir import load_model_dir
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_model_dir(Path(model_dir))
+    arch = check_architecture(model.config, source=model_dir)
+    model.close()
+    variant = gguf_facts.tuned_variant(stock_type, target_bpw=target_bpw)
+    log(f"{variant}: importance matrix and sensitivity from {calibration_name}")
+    sums, counts = compute_imatrix(Path(model_dir), calibration, arch_name=arch)
+    with staged_file(out_dir / gguf_facts.imatrix_name(name), overwrite=True) as tmp:
+        save_imatrix(tmp, sums, counts, dataset=calibration_name, context=512)
+    imatrix = imatrix_means(sums, counts)
+    fisher = output_fisher(Path(model_dir), calibration, arch_name=arch)
+    mix = plan_mix(Path(base_gguf), stock_type, imatrix=imatrix, fisher=fisher, target_bpw=target_bpw)
+    target = out_dir / gguf_facts.file_name(name, variant)
+    tmp_file = out_dir / f".{target.name}.partial"
+    write_tuned(Path(base_gguf), tmp_file, mix.recipe, imatrix=imatrix)
+    os.replace(tmp_file, target)
+    (out_dir / gguf_facts.recipe_name(name, variant)).write_text(mix.recipe.to_text(), encoding="utf-8")
+    summary = {"variant": variant, "stock_type": mix.recipe.stock_type, "target_bpw": target_bpw, "calibration": calibration_name,
+               "stock_tensor_bytes": mix.stock_bytes, "tuned_tensor_bytes": mix.mix_bytes,
+               "predicted_kl": round(mix.predicted_kl, 6), "stock_predicted_kl": round(mix.stock_predicted_kl, 6),
+               "changes": describe_changes(mix), "changed": [{"tensor": n, "stock": a, "tuned": b} for n, a, b in mix.changed]}
+    (out_dir / gguf_facts.mix_summary_name(name, variant)).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    _, bpw = gguf_size_info(target)
+    log(f"wrote {target.name} ({bpw:.2f} bits/weight; {len(mix.changed)} tensors differ from stock {mix.recipe.stock_type})")
+    return [{"file": str(target), "type": variant, "size_bytes": target.stat().st_size, "bits_per_weight": round(bpw, 4),
+             "shard": 1, "shards": 1}]
