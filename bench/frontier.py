@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--imatrix-tokens", type=int, default=4096)
     ap.add_argument("--fisher-tokens", type=int, default=1024)
+    ap.add_argument("--sample-rows", type=int, default=256, help="rows per tensor the search quantizes at each candidate type")
     args = ap.parse_args()
 
     import numpy as np
@@ -45,7 +46,7 @@ def main() -> None:
     from hubtool.gguf import export_gguf, verify_gguf
     from hubtool.gguf.facts import file_name, recipe_name, tuned_variant
     from hubtool.gguf.imatrix import compute_imatrix, load_imatrix, save_imatrix
-    from hubtool.gguf.mix import describe_changes, output_fisher, plan_mix, write_tuned
+    from hubtool.gguf.mix import describe_changes, file_types, output_fisher, plan_mix, write_tuned
     from hubtool.gguf.quantize import quantize_gguf
     from hubtool.quality import read_text_source
     from hubtool.smollm2 import export_smollm2_fp16
@@ -91,7 +92,8 @@ def main() -> None:
         if not large.is_file():
             quantize_gguf(base, large, t, imatrix=imatrix, tensor_types=[(r"^token_embd\.weight$", "Q8_0"), (r"^output\.weight$", "Q8_0")])
         tracemalloc.start()
-        mix = timed(f"search:{t}", lambda: plan_mix(base, t, imatrix=imatrix, fisher=fisher, costs=shared_costs))
+        mix = timed(f"search:{t}", lambda: plan_mix(base, t, imatrix=imatrix, fisher=fisher, costs=shared_costs,
+                                                                sample_rows=args.sample_rows))
         shared_costs = list(mix.costs)
         search_peak = max(search_peak, tracemalloc.get_traced_memory()[1] / 1e6)
         tracemalloc.stop()
@@ -100,7 +102,10 @@ def main() -> None:
         (out / recipe_name("smol", tuned_variant(t))).write_text(mix.recipe.to_text(), encoding="utf-8")
         notes[tuned_variant(t)] = {"predicted_kl": mix.predicted_kl, "stock_predicted_kl": mix.stock_predicted_kl,
                                    "changes": describe_changes(mix)}
-        files += [stock, large, tuned]
+        same_as_stock = file_types(large) == file_types(stock)  # SmolLM2: its tied embedding is Q8_0 in stock already
+        files += [stock, tuned] + ([] if same_as_stock else [large])
+        if same_as_stock:
+            print(f"{t}_L: every tensor has the same type as stock {t} (not evaluated twice)")
         # the tuned mix at the _L file's size, when _L is bigger than stock (it is not for SmolLM2: its tied
         # embedding is Q8_0 in stock already, 576-wide rows do not fit Q6_K's 256 blocks)
         extra = large.stat().st_size - stock.stat().st_size

@@ -407,7 +407,8 @@ def plan_mix(base_gguf: Path, stock_type: str, *, imatrix: dict[str, np.ndarray]
     chosen = allocate(costs, budget)
     order = [n for n in stock if n in chosen]
     recipe = Recipe(stock_type, tuple((n, chosen[n]) for n in order))
-    mix_bytes = sum(tensor_bytes(base_gguf, chosen)[n] for n in tunable)
+    chosen_sizes = tensor_bytes(base_gguf, chosen)  # one read of the file, not one per tensor
+    mix_bytes = sum(chosen_sizes[n] for n in tunable)
     stock_known = {n: t for n, t in stock.items() if n in tunable}
     log(f"{stock_type} mix: {mix_bytes / 1e6:.2f} MB of tensors (budget {budget / 1e6:.2f}, stock {stock_bytes / 1e6:.2f}); "
         f"predicted KL {predicted_kl(costs, chosen):.4f} vs stock {predicted_kl(costs, stock_known):.4f}")
