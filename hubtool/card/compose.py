@@ -119,6 +119,7 @@ def compose_card(
     if kind == "gptq" and not gptq_variants:
         raise CardError(f"{model_dir}: no quantization_config/quantize_config.json and no gptq_variants in the release config")
     gguf_pick = _recommended_gguf(gguf_files)
+    gguf_tuned = _gguf_tuned(model_dir, gguf_files) if kind == "gguf" else []
     hub_url = str(release.get("hub_url") or HUB_URL).rstrip("/")  # "/" gives root-relative links ("" + "/org/name")
     context = {
         "kind": kind,
@@ -144,6 +145,7 @@ def compose_card(
         "gptq_variants": gptq_variants,
         "gptq_unquantized": ((facts.get("gptq") or {}).get("unquantized") or []) if kind == "gptq" else [],
         "gguf_files": gguf_files,
+        "gguf_tuned": gguf_tuned,
         "gguf_pick": gguf_pick["file"] if gguf_pick else None,
         "gguf_pick_sh": shlex.quote(gguf_pick["file"]) if gguf_pick else "",
         "gguf_download_sh": shlex.quote(gguf_pick["download"]) if gguf_pick else "",
@@ -362,6 +364,32 @@ def _gguf_files(release: dict, facts: dict, rope: dict | None) -> list[dict[str,
         for key in ("type", "bits_per_weight", "size_bytes", "max_ram_bytes", "use_case"):
             row.setdefault(key, None)
     return rows
+
+
+def _gguf_tuned(model_dir: Path, gguf_files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tuned mixes in the folder (hubtool/gguf/mix.py), from the `.mix.json` summary beside each file."""
+    from hubtool.gguf import facts as gguf_facts
+
+    listed = {f["file"] for f in gguf_files}
+    out = []
+    for summary in sorted(Path(model_dir).glob("*.mix.json")):
+        try:
+            data = json.loads(summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise CardError(f"{summary}: not a readable tuned-mix summary; re-run the release's gguf tuned stage") from None
+        stem = summary.name.removesuffix(".mix.json")
+        name, _, variant = stem.rpartition(".")
+        file = gguf_facts.file_name(name, variant)
+        if file not in listed:
+            continue
+        for row in gguf_files:
+            if row["file"] == file and not row.get("use_case"):
+                row["use_case"] = f"same size as {data.get('stock_type')}, per-tensor types chosen by measured sensitivity"
+        out.append({"file": file, "variant": variant, "stock_type": data.get("stock_type"), "changes": data.get("changes") or [],
+                    "recipe": gguf_facts.recipe_name(name, variant), "imatrix": gguf_facts.imatrix_name(name),
+                    "base": gguf_facts.file_name(name, "F16"), "calibration": data.get("calibration"),
+                    "predicted_kl": data.get("predicted_kl"), "stock_predicted_kl": data.get("stock_predicted_kl")})
+    return out
 
 
 def _model_index(kind: str, header: dict[str, Any], quality: dict[str, Any] | None, results: dict | None) -> list[dict[str, Any]]:

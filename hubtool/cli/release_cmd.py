@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gguf-types", help="comma list of GGUF types, e.g. q4_k_m,q8_0")
     p.add_argument("--verify-text", metavar="TEXT", help="held-out text for verification: builtin:heldout or a .txt/.jsonl file (as `verify --text`; release.yaml verify.text)")
     p.add_argument("--verify-dataset", metavar="ORG/NAME", help="the Hub dataset id the verify text comes from, named in the cards (release.yaml verify.dataset; default: the text's file name)")
+    p.add_argument("--gguf-tuned", help="comma list of stock GGUF types that also get a tuned mix of the same size, "
+                                        "e.g. q4_k_m (NAME.Q4_K_M-tuned.gguf + its --tensor-type-file recipe)")
     p.add_argument("--work-dir", type=Path, help="cache of stage outputs (default: ./release-work/NAME); re-run to resume")
     hub = p.add_mutually_exclusive_group()
     hub.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
@@ -98,7 +100,7 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
     file_data = load_yaml(args.config) if args.config else {}
     default_name = (inputs.source or inputs.adapter).resolve().name  # type: ignore[union-attr]
     flags = {"name": args.name, "namespace": args.namespace, "quants": args.quants, "gptq_presets": args.gptq_presets,
-             "gguf_types": args.gguf_types, "private": args.private, "rope": args.rope,
+             "gguf_types": args.gguf_types, "gguf_tuned": args.gguf_tuned, "private": args.private, "rope": args.rope,
              "max_position_embeddings": args.max_position_embeddings, "trust_remote_code": args.trust_remote_code,
              "jobs": args.jobs, "memory_budget": args.memory_budget,
              "gptq_samples": args.gptq_samples, "gptq_calibration": args.gptq_calibration, "verify_text": args.verify_text,

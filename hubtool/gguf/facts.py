@@ -21,15 +21,38 @@ NOMINAL_BPW: dict[str, float] = {
     "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.5, "Q2_K": 3.0, "IQ4_XS": 4.25, "IQ4_NL": 4.5,
 }
 
+TUNED_SUFFIX = "-tuned"  # a size-targeted mix (hubtool/gguf/mix.py): `NAME.Q4_K_M-tuned.gguf`, same size as stock Q4_K_M
+RECIPE_SUFFIX = ".tensor-types.txt"  # its recipe beside it: `NAME.Q4_K_M-tuned.tensor-types.txt` (llama-quantize --tensor-type-file)
 SHARD_NAME_FORMAT = "{:s}-{:05d}-of-{:05d}.gguf"  # gguf.gguf_writer.SHARD_NAME_FORMAT, what llama.cpp loads
 IMATRIX_SUFFIX = ".imatrix.gguf"
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
-_TYPE_IN_NAME = re.compile(r"(?:^|[.\-_])((?:I?Q\d(?:_[A-Z0-9]+)*)|F16|BF16|F32)(?=\.gguf$)", re.IGNORECASE)
+_TYPE_IN_NAME = re.compile(r"(?:^|[.\-_])((?:(?:I?Q\d(?:_[A-Z0-9]+)*)|\d+\.\d+BPW)(?:-tuned)?|F16|BF16|F32)(?=\.gguf$)", re.IGNORECASE)
 
 
 def file_name(name: str, gguf_type: str) -> str:
     """'Model', 'Q4_K_M' -> 'Model.Q4_K_M.gguf'."""
     return f"{name}.{gguf_type}.gguf"
+
+
+def tuned_variant(gguf_type: str | None = None, *, target_bpw: float | None = None) -> str:
+    """'Q4_K_M' -> 'Q4_K_M-tuned' (a mix at stock Q4_K_M's size); target_bpw 4.5 -> '4.50bpw-tuned'."""
+    if target_bpw is not None:
+        return f"{target_bpw:.2f}bpw{TUNED_SUFFIX}"
+    return f"{str(gguf_type).upper()}{TUNED_SUFFIX}"
+
+
+def is_tuned(variant: str) -> bool:
+    return variant.lower().endswith(TUNED_SUFFIX)
+
+
+def recipe_name(name: str, variant: str) -> str:
+    """The recipe published beside `file_name(name, variant)`."""
+    return f"{name}.{variant}{RECIPE_SUFFIX}"
+
+
+def mix_summary_name(name: str, variant: str) -> str:
+    """The JSON beside a tuned file: stock vs tuned type per changed tensor, predicted KL (for the card and for people)."""
+    return f"{name}.{variant}.mix.json"
 
 
 def imatrix_name(name: str) -> str:
@@ -79,7 +102,13 @@ def type_from_name(filename: str) -> str | None:
     """'model.Q4_K_M.gguf' or 'model.Q4_K_M-00001-of-00002.gguf' -> 'Q4_K_M'."""
     shard = parse_shard(filename)
     m = _TYPE_IN_NAME.search(shard.unsplit_name if shard else filename)
-    return m.group(1).upper() if m else None
+    if not m:
+        return None
+    found = m.group(1)
+    if is_tuned(found):
+        stem = found[: -len(TUNED_SUFFIX)]
+        return (stem.lower() if stem.lower().endswith("bpw") else stem.upper()) + TUNED_SUFFIX
+    return found.upper()
 
 
 def config_keys(arch: str) -> dict[str, str]:

@@ -84,7 +84,7 @@ def variant_of(path: Path, meta: dict[str, Any]) -> str:
     import gguf
 
     named = gguf_facts.type_from_name(path.name)
-    if named in ALL_TYPES:
+    if named in ALL_TYPES or (named and gguf_facts.is_tuned(named)):
         return named
     ftype = meta.get(gguf.Keys.General.FILE_TYPE)
     if ftype is not None:

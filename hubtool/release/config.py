@@ -8,7 +8,9 @@ Layout (every key optional; flags win over the file):
     private: false
     quants: [gptq, gguf]
     gptq: {presets: [gptq-4bit-32g-actorder], samples: 128, seq_len: 2048, calibration: builtin}
-    gguf: {types: [q4_k_m, q8_0]}
+    gguf: {types: [q4_k_m, q8_0], tuned: [q4_k_m], calibration: builtin}
+                                   # tuned: also publish NAME.Q4_K_M-tuned.gguf, a mix of stock Q4_K_M's size
+                                   # chosen by measured sensitivity, with its recipe (hubtool/gguf/mix.py)
     repos: {fp16: "{name}", adapter: "{name}-peft", gptq: "{name}-GPTQ", gguf: "{name}-GGUF"}
     verify: {enabled: true, text: "builtin:heldout", dataset: org/name, max_tokens: 2048, context: 512,
              gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
@@ -32,7 +34,7 @@ DEFAULT_REPOS = {"fp16": "{name}", "adapter": "{name}-peft", "gptq": "{name}-GPT
 TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "verify", "card", "rope", "max_position_embeddings", "dtype",
             "collection", "jobs", "memory_budget"}
 GPTQ_KEYS = {"presets", "samples", "seq_len", "calibration", "damp_percent", "device"}
-GGUF_KEYS = {"types", "split_max_size"}
+GGUF_KEYS = {"types", "split_max_size", "tuned", "calibration"}
 VERIFY_KEYS = {"enabled", "text", "dataset", "max_tokens", "context", "rtn", "gates"}
 COLLECTION_KEYS = {"title", "description"}
 MAX_COLLECTION_TITLE = 60  # the Hub's limit
@@ -51,6 +53,8 @@ class ReleaseConfig:
     gptq_device: str | None = None
     gguf_types: list[str] = field(default_factory=lambda: list(DEFAULT_GGUF_TYPES))
     gguf_split_max_size: str | None = None
+    gguf_tuned: list[str] = field(default_factory=list)  # stock types that also get a tuned mix of their size
+    gguf_calibration: str = "builtin"  # the text the tuned mixes' imatrix and sensitivity read
     repo_templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_REPOS))
     private: bool = False
     verify: bool = True
@@ -158,6 +162,16 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
     from hubtool.gguf.types import parse_types
 
     types = parse_types(pick("gguf_types", gguf.get("types", list(DEFAULT_GGUF_TYPES))), source=where("gguf_types", "gguf.types"))
+    tuned = parse_types(pick("gguf_tuned", gguf.get("tuned")) or [], source=where("gguf_tuned", "gguf.tuned")) \
+        if (pick("gguf_tuned", gguf.get("tuned")) or []) else []
+    from hubtool.gguf.types import FLOAT_TYPES
+
+    floats = [t for t in tuned if t in FLOAT_TYPES]
+    if floats:
+        raise InputError(f"{where('gguf_tuned', 'gguf.tuned')}: {floats[0]} is not quantized; tuned mixes are for quant types like q4_k_m")
+    gguf_calibration = gguf.get("calibration", "builtin")
+    if tuned and "gguf" in quants:
+        options.check_text_source(gguf_calibration, source=f"{source}: gguf.calibration")
     split_max_size = options.check_split_max_size(gguf.get("split_max_size"), source=f"{source}: gguf.split_max_size")
 
     templates = dict(DEFAULT_REPOS)
@@ -220,6 +234,8 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
         gptq_device=gptq.get("device"),
         gguf_types=types if "gguf" in quants else [],
         gguf_split_max_size=split_max_size,
+        gguf_tuned=tuned if "gguf" in quants else [],
+        gguf_calibration=str(gguf_calibration),
         repo_templates=templates,
         private=private,
         verify=enabled,

@@ -133,6 +133,10 @@ def build_stages(cfg: ReleaseConfig, inputs: Inputs, hasher: Hasher, *, gptq_pre
         for t in cfg.gguf_types:
             opts = {"type": t, "name": cfg.name, "split_max_size": cfg.gguf_split_max_size}
             gguf.append(add(f"gguf:{t}", StageKind.GGUF, (*fp16_needs, base.name), opts, {"base": base.key, **opts}))
+        for t in cfg.gguf_tuned:  # a mix of stock T's size (hubtool/gguf/mix.py), beside the stock file
+            opts = {"type": t, "tuned": True, "name": cfg.name, "split_max_size": cfg.gguf_split_max_size, "calibration": cfg.gguf_calibration}
+            gguf.append(add(f"gguf:{t}-tuned", StageKind.GGUF, (*fp16_needs, base.name), opts,
+                            {"base": base.key, **opts, "calibration": text_id(cfg.gguf_calibration, hasher)}))
     if cfg.verify and (gptq or gguf):
         text = {"text": text_id(cfg.verify_text, hasher), "max_tokens": cfg.verify_max_tokens, "context": cfg.verify_context}
         opts = {"text": cfg.verify_text, "max_tokens": cfg.verify_max_tokens, "context": cfg.verify_context}

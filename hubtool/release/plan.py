@@ -165,7 +165,7 @@ def _listing(folder: Path) -> list[PlannedFile]:
 def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
     """The stages and the targets for every repo/branch the release writes, from the inputs' headers and
     content hashes (memoised in the work dir, so a re-run does not read the weights again)."""
-    from hubtool.gguf.facts import file_name
+    from hubtool.gguf.facts import file_name, imatrix_name, mix_summary_name, recipe_name, tuned_variant
     from hubtool.gguf.convert import base_type
     from hubtool.gptq import DEFAULT_PRESET, load_preset
     from hubtool.model_dir import read_json
@@ -203,10 +203,16 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
             targets.append(Target(ArtifactKind.GPTQ, cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=spec,
                                   stages=[f"gptq:{p.name}"]))
     if cfg.gguf_types:
-        sizes = gguf_estimates(weights_dir, cfg.gguf_types)
+        sizes = gguf_estimates(weights_dir, list(dict.fromkeys([*cfg.gguf_types, *cfg.gguf_tuned])))
         files = [PlannedFile(file_name(cfg.name, t), sizes[t], True) for t in cfg.gguf_types]
+        for t in cfg.gguf_tuned:  # the same size as stock t, plus its recipe, summary and the imatrix it used
+            v = tuned_variant(t)
+            files += [PlannedFile(file_name(cfg.name, v), sizes[t], True),
+                      PlannedFile(recipe_name(cfg.name, v), 0, True), PlannedFile(mix_summary_name(cfg.name, v), 0, True)]
+        if cfg.gguf_tuned:
+            files.append(PlannedFile(imatrix_name(cfg.name), 0, True))
         targets.append(Target(ArtifactKind.GGUF, cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme],
-                              stages=[f"gguf:{t}" for t in cfg.gguf_types]))
+                              stages=[f"gguf:{t}" for t in cfg.gguf_types] + [f"gguf:{t}-tuned" for t in cfg.gguf_tuned]))
     # GGUF: convert once to the source's own 16-bit type (exact), quantize each type from it
     fp16_config = {"dtype": cfg.dtype} if adapter is not None else read_json(weights_dir / "config.json")  # the merge writes cfg.dtype
     stages = build_stages(cfg, inputs, hasher, gptq_presets=ordered, gguf_base_type=base_type(fp16_config))

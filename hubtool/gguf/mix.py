@@ -1,0 +1,483 @@
+"""Size-targeted GGUF mixes: per-tensor types chosen by measured sensitivity under a size budget.
+
+Why this design (numbers in bench/frontier.py): a tensor's quantization noise costs KL roughly in
+proportion to (how much noise it puts on its outputs) x (how much the loss reacts to noise there).
+Both factors are measured, not guessed:
+
+- the noise: every candidate type is applied to a sample of the tensor's rows with ggml's own
+  quantizer (`ggml_quantize_chunk`, with the importance matrix llama.cpp will use) and read back
+  with gguf-py's dequantizer; the error is weighted per input column by the importance matrix
+  (mean squared activation), i.e. the expected squared output error per token;
+- the reaction: the diagonal Fisher of each linear layer's outputs, E[(d loss / d y_i)^2] with
+  labels drawn from the model's own distribution, one forward+backward pass over calibration text.
+
+Second order, predicted KL per token = 1/2 sum_i F_i sum_j m_j dW_ij^2. The predictions add over
+tensors, so a greedy walk up each tensor's convex (bytes, predicted KL) hull buys the most KL per
+byte until the budget (a stock type's size, or a bits-per-weight target) is spent. The result is a
+recipe in llama-quantize's `--tensor-type-file` format (one `regex=type` per line), applied through
+`llama_model_quantize_params.tt_overrides` and checked by reading the written file back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from hubtool.errors import InputError, QuantizeError
+from hubtool.progress import log, track
+
+# Candidate ggml types by family: a tuned K-quant stays a K-quant file (same CPU/GPU kernels as
+# stock); an IQ stock type may also use the IQ grids. Block-32 types cover rows whose length is
+# not a multiple of 256 (SmolLM2's 576), where llama.cpp itself falls back to them.
+K_FAMILY = ("Q2_K", "Q3_K", "Q4_0", "Q4_1", "IQ4_NL", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+IQ_FAMILY = ("IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS") + K_FAMILY
+SAMPLE_ROWS = 256  # rows per tensor measured at each type: the cost stays per-tensor, not per-weight
+
+
+def candidate_types(stock_type: str) -> tuple[str, ...]:
+    return IQ_FAMILY if stock_type.upper().startswith("IQ") else K_FAMILY
+
+
+# ---- ggml's quantizer, row by row -------------------------------------------------------------
+
+_GGML: Any = None
+
+
+def _ggml() -> Any:
+    """libggml-base from the llama-cpp-python install (the library llama_model_quantize itself calls)."""
+    global _GGML
+    if _GGML is None:
+        import llama_cpp
+
+        lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        found = sorted(lib_dir.glob("libggml-base.*")) + sorted(lib_dir.glob("libggml.*"))
+        if not found:
+            raise InputError(f"{lib_dir}: no libggml-base in the llama-cpp-python install; reinstall 'hubtool[gguf]'")
+        lib = ctypes.CDLL(str(found[0]))
+        lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+        lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                            ctypes.c_int64, ctypes.c_void_p]
+        lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+        lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+        _GGML = lib
+    return _GGML
+
+
+def row_bytes(type_name: str, n_per_row: int) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
+    return n_per_row // block * size
+
+
+def fits(type_name: str, n_per_row: int) -> bool:
+    import gguf
+
+    return n_per_row % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][0] == 0
+
+
+def requires_imatrix(type_name: str) -> bool:
+    import gguf
+
+    return bool(_ggml().ggml_quantize_requires_imatrix(int(gguf.GGMLQuantizationType[type_name])))
+
+
+def roundtrip(rows: np.ndarray, type_name: str, imatrix: np.ndarray | None) -> np.ndarray:
+    """ROWS quantized to TYPE_NAME by ggml (as llama.cpp would, with its imatrix) and dequantized by gguf-py."""
+    import gguf
+    from gguf.quants import dequantize
+
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    n, k = rows.shape
+    out = np.zeros((n, row_bytes(type_name, k)), dtype=np.uint8)
+    imat = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    qtype = gguf.GGMLQuantizationType[type_name]
+    written = _ggml().ggml_quantize_chunk(int(qtype), rows.ctypes.data, out.ctypes.data, 0, n, k,
+                                          None if imat is None else imat.ctypes.data)
+    if written != out.size:
+        raise QuantizeError(f"ggml wrote {written} bytes for {n}x{k} {type_name}, expected {out.size}")
+    return dequantize(out, qtype).reshape(n, k)
+
+
+# ---- sensitivity ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorCost:
+    """One tensor's options: bytes and predicted KL (nats/token) per candidate type."""
+
+    name: str
+    shape: tuple[int, int]  # (rows, n_per_row)
+    options: dict[str, tuple[int, float]]
+
+
+def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 2048) -> dict[str, np.ndarray]:
+    """Diagonal Fisher of every linear layer's outputs (GGUF tensor name -> per-output-channel
+    E[(dL/dy)^2] per token), plus 'token_embd.weight:input' for the embedding output, from CALIBRATION text.
+
+    Labels are drawn from the model's own next-token distribution (the true Fisher, whose
+    quadratic form is the KL of a small perturbation)."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubtool.gguf.imatrix import _gguf_arch
+    from hubtool.text_windows import bos_id, encode, windows
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = encode(tok, text, max_tokens=max_tokens)
+    if len(ids) < 16:
+        raise InputError("calibration text too short for the sensitivity pass; give at least a few paragraphs")
+    tmap = gguf.get_tensor_name_map(_gguf_arch(arch_name), model.config.num_hidden_layers)
+    sums: dict[str, torch.Tensor] = {}
+    tokens = [0]
+
+    def collect(name: str, scale: float = 1.0):
+        def on_grad(g: torch.Tensor) -> None:
+            g = g.detach().reshape(-1, g.shape[-1]).float()
+            sums[name] = sums.get(name, 0) + (g * g).sum(0) * scale
+        return on_grad
+
+    def on_output(name: str):
+        def hook(_module, _inputs, out: torch.Tensor) -> None:  # None: the output itself is unchanged
+            if out.requires_grad:
+                out.register_hook(collect(name))
+        return hook
+
+    hooks = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            gguf_name = tmap.get_name(mod_name + ".weight", try_suffixes=(".weight",))
+            if gguf_name:
+                hooks.append(module.register_forward_hook(on_output(gguf_name)))
+    emb = model.get_input_embeddings()
+    emb_scale = float(getattr(emb, "embed_scale", 1.0) or 1.0)  # Gemma scales the looked-up rows
+
+    def emb_hook(_m, _i, out):
+        out = out.requires_grad_(True) if not out.requires_grad else out
+        out.register_hook(collect("token_embd.weight:input", emb_scale**2))
+        return out
+
+    hooks.append(emb.register_forward_hook(emb_hook))
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for window in track(windows(ids, context, bos_id(tok)), description="sensitivity (Fisher)"):
+            logits = model(torch.tensor([window])).logits[0].float()
+            with torch.no_grad():
+                labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+            torch.nn.functional.cross_entropy(logits, labels, reduction="sum").backward()
+            tokens[0] += len(window)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (v / max(tokens[0], 1)).numpy().astype(np.float64) for k, v in sums.items()}
+
+
+def _sample(n: int, k: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
+
+
+def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[str], *, imatrix: dict[str, np.ndarray] | None,
+                  fisher: dict[str, np.ndarray], sample_rows: int = SAMPLE_ROWS) -> list[TensorCost]:
+    """Predicted KL and bytes of every candidate type for each named tensor of BASE_GGUF (16-bit)."""
+    import gguf
+
+    names = set(tensors)
+    reader = gguf.GGUFReader(str(base_gguf))
+    by_name = {t.name: t for t in reader.tensors}
+    missing = sorted(names - set(by_name))
+    if missing:
+        raise InputError(f"{base_gguf}: no tensor {missing[0]}; measure the GGUF the mix is quantized from")
+    tied = "output.weight" not in by_name
+    costs: list[TensorCost] = []
+    for name in track(sorted(names), description="sensitivity (types x tensors)"):
+        t = by_name[name]
+        data = np.asarray(t.data)
+        k = int(t.shape[0])  # ne[0]: the row length
+        w = data.reshape(-1, k)
+        n = w.shape[0]
+        idx = _sample(n, sample_rows)
+        rows = w[idx].astype(np.float32)
+        q_imat = _imatrix_for(imatrix, name, k)  # what llama.cpp will pass to ggml for this tensor
+        # the cost weights: output-channel Fisher per row, importance (mean x^2) per column
+        if name == "token_embd.weight":
+            parts = [(np.full(len(idx), float(np.mean(fisher.get("token_embd.weight:input", np.ones(k))))), np.full(k, 1.0 / n))]
+            if tied and "output.weight" in fisher:  # the same matrix also makes the logits
+                parts.append((fisher["output.weight"][idx], _imatrix_for(imatrix, "output.weight", k)))
+        else:
+            f = fisher.get(name)
+            parts = [(f[idx] if f is not None and f.size == n else np.full(len(idx), float(np.mean(f)) if f is not None else 0.0),
+                      q_imat)]
+        options: dict[str, tuple[int, float]] = {}
+        for cand in candidates:
+            if not fits(cand, k) or (requires_imatrix(cand) and q_imat is None):
+                continue
+            err2 = (roundtrip(rows, cand, q_imat) - rows) ** 2
+            kl = 0.0
+            for row_w, col_w in parts:
+                col = np.ones(k) if col_w is None else col_w
+                kl += 0.5 * float(row_w @ (err2 @ col)) * n / len(idx)
+            options[cand] = (row_bytes(cand, k) * n, kl)
+        if not options:
+            raise QuantizeError(f"{name}: no candidate type fits rows of {k} values")
+        costs.append(TensorCost(name, (n, k), options))
+    return costs
+
+
+def _imatrix_for(imatrix: dict[str, np.ndarray] | None, name: str, k: int) -> np.ndarray | None:
+    if not imatrix or name not in imatrix:
+        return None
+    v = np.asarray(imatrix[name], dtype=np.float32)
+    return v if v.size == k else v.reshape(-1, k).mean(0)  # experts: one column weight for the sample
+
+
+# ---- allocation -------------------------------------------------------------------------------
+
+def _hull(options: dict[str, tuple[int, float]]) -> list[tuple[int, float, str]]:
+    """The lower convex hull of (bytes, KL) points, cheapest first: the only types worth buying."""
+    pts = sorted(((b, kl, t) for t, (b, kl) in options.items()), key=lambda p: (p[0], p[1]))
+    front: list[tuple[int, float, str]] = []
+    for p in pts:  # Pareto: more bytes must buy less KL
+        if front and p[1] >= front[-1][1]:
+            continue
+        if front and p[0] == front[-1][0]:
+            front.pop()
+        front.append(p)
+    hull: list[tuple[int, float, str]] = []
+    for p in front:
+        while len(hull) >= 2:
+            (b1, k1, _), (b2, k2, _) = hull[-2], hull[-1]
+            if (k1 - k2) * (p[0] - b2) <= (k2 - p[1]) * (b2 - b1):  # slope gets steeper: middle point is not convex
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def allocate(costs: list[TensorCost], budget_bytes: int) -> dict[str, str]:
+    """Tensor -> type minimising the summed predicted KL with the tensors' bytes <= BUDGET_BYTES
+    (greedy on each tensor's convex hull: near-optimal for this separable knapsack)."""
+    hulls = {c.name: _hull(c.options) for c in costs}
+    pick = {name: 0 for name in hulls}
+    used = sum(h[0][0] for h in hulls.values())
+    if used > budget_bytes:
+        raise InputError(f"size target {budget_bytes / 1e6:.1f} MB is below the smallest mix these types allow "
+                         f"({used / 1e6:.1f} MB); raise --target-bpw or pick a smaller stock type")
+    heap: list[tuple[float, str]] = []
+
+    def push(name: str) -> None:
+        h, i = hulls[name], pick[name]
+        if i + 1 < len(h):
+            gain = (h[i][1] - h[i + 1][1]) / max(h[i + 1][0] - h[i][0], 1)
+            heapq.heappush(heap, (-gain, name))
+
+    for name in hulls:
+        push(name)
+    while heap:
+        _, name = heapq.heappop(heap)
+        h, i = hulls[name], pick[name]
+        step = h[i + 1][0] - h[i][0]
+        if used + step <= budget_bytes:
+            pick[name] = i + 1
+            used += step
+            push(name)
+    return {name: hulls[name][i][2] for name, i in pick.items()}
+
+
+def predicted_kl(costs: list[TensorCost], types: dict[str, str]) -> float:
+    """The model's own estimate of a mix's KL (nats/token), for calibrating it against measurement."""
+    return sum(c.options[types[c.name]][1] for c in costs if types.get(c.name) in c.options)
+
+
+# ---- recipes ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    """Per-tensor types of a tuned file: the exact-name regexes llama-quantize's --tensor-type takes."""
+
+    stock_type: str  # the llama_ftype passed alongside (file_type metadata, types of unlisted tensors)
+    types: tuple[tuple[str, str], ...]  # (tensor name, gguf-py type name), in file order
+
+    def overrides(self) -> list[tuple[str, str]]:
+        """(regex, type) rows for `llama_model_quantize_params.tt_overrides`."""
+        return [(tensor_regex(name), t) for name, t in self.types]
+
+    def to_text(self) -> str:
+        """llama-quantize --tensor-type-file content. No comments: it reads whitespace-separated
+        `name=type` words and refuses anything else."""
+        return "".join(f"{pattern}={t.lower()}\n" for pattern, t in self.overrides())
+
+
+def tensor_regex(name: str) -> str:
+    return "^" + re.escape(name) + "$"
+
+
+def parse_recipe(text: str, *, stock_type: str, source: str) -> Recipe:
+    """A --tensor-type-file back into a Recipe (exact-name lines only, as hubtool writes them)."""
+    import gguf
+
+    types = []
+    for i, word in enumerate(text.split(), 1):
+        pattern, sep, t = word.partition("=")
+        name = re.sub(r"\\(.)", r"\1", pattern.removeprefix("^").removesuffix("$"))
+        if not sep or t.upper() not in gguf.GGMLQuantizationType.__members__ or tensor_regex(name) != pattern:
+            raise InputError(f"{source}: entry {i} {word!r} is not an exact-name `^name$=type` line")
+        types.append((name, t.upper()))
+    return Recipe(stock_type.upper(), tuple(types))
+
+
+def file_types(path: Path) -> dict[str, str]:
+    """Tensor name -> gguf-py type name, read back from a written GGUF."""
+    from hubtool.gguf.verify import read_gguf
+
+    return {t.name: t.tensor_type.name for t in read_gguf(path).tensors}
+
+
+def check_against_recipe(path: Path, recipe: Recipe) -> None:
+    """Fail loudly when any tensor of PATH does not have its recipe type (llama.cpp has silently
+    dropped overrides before, #22544) or a recipe tensor is missing."""
+    got = file_types(path)
+    bad = [f"{name}: {got.get(name, 'missing')} (recipe {want})" for name, want in recipe.types if got.get(name) != want]
+    if bad:
+        raise QuantizeError(f"{path}: {len(bad)} tensor(s) differ from the recipe — {'; '.join(bad[:4])}"
+                            f"{' …' if len(bad) > 4 else ''}; the quantizer did not apply the overrides")
+
+
+# ---- the whole step ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TunedMix:
+    recipe: Recipe
+    costs: tuple[TensorCost, ...]  # the measurement, reusable for other budgets
+    budget_bytes: int  # tensor data the mix could spend (stock's, or the bpw target's)
+    mix_bytes: int  # tensor data it spends
+    stock_bytes: int  # the stock type's tensor data (same tensors)
+    predicted_kl: float
+    stock_predicted_kl: float
+    changed: tuple[tuple[str, str, str], ...]  # (tensor, stock type, tuned type) where they differ
+
+
+def tensor_bytes(base_gguf: Path, types: dict[str, str]) -> dict[str, int]:
+    """Bytes each tensor would take at the given gguf-py types (others: as in BASE_GGUF)."""
+    import gguf
+
+    out = {}
+    for t in gguf.GGUFReader(str(base_gguf)).tensors:
+        k = int(t.shape[0])
+        out[t.name] = row_bytes(types[t.name], k) * (int(t.n_elements) // k) if t.name in types else int(t.n_bytes)
+    return out
+
+
+def plan_mix(base_gguf: Path, stock_type: str, *, imatrix: dict[str, np.ndarray] | None, fisher: dict[str, np.ndarray],
+             target_bpw: float | None = None, budget_bytes: int | None = None, sample_rows: int = SAMPLE_ROWS,
+             costs: list[TensorCost] | None = None) -> TunedMix:
+    """Choose per-tensor types for a file the size of STOCK_TYPE (or TARGET_BPW bits per weight over
+    all tensors, or BUDGET_BYTES of the tensors stock would quantize). COSTS: from an earlier call on
+    the same file and family, to try several budgets for the price of one measurement."""
+    import gguf
+
+    from hubtool.gguf.quantize import planned_tensor_types
+
+    stock_type = stock_type.upper()
+    source = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(base_gguf)).tensors}
+    stock = planned_tensor_types(base_gguf, stock_type, imatrix=imatrix)
+    tunable = [n for n, t in stock.items() if t != source.get(n)]  # what the quantizer quantizes
+    if not tunable:
+        raise InputError(f"{base_gguf}: {stock_type} quantizes no tensor of this file; nothing to tune")
+    sizes = tensor_bytes(base_gguf, stock)
+    stock_bytes = sum(sizes[n] for n in tunable)
+    if budget_bytes is not None:
+        budget = budget_bytes
+    elif target_bpw is None:
+        budget = stock_bytes
+    else:
+        n_el = sum(int(t.n_elements) for t in gguf.GGUFReader(str(base_gguf)).tensors)
+        fixed = sum(b for n, b in sizes.items() if n not in tunable)
+        budget = int(target_bpw * n_el / 8) - fixed
+    if costs is None or {c.name for c in costs} != set(tunable):
+        costs = measure_costs(base_gguf, tunable, candidate_types(stock_type), imatrix=imatrix, fisher=fisher, sample_rows=sample_rows)
+    chosen = allocate(costs, budget)
+    order = [n for n in stock if n in chosen]
+    recipe = Recipe(stock_type, tuple((n, chosen[n]) for n in order))
+    chosen_sizes = tensor_bytes(base_gguf, chosen)  # one read of the file, not one per tensor
+    mix_bytes = sum(chosen_sizes[n] for n in tunable)
+    stock_known = {n: t for n, t in stock.items() if n in tunable}
+    log(f"{stock_type} mix: {mix_bytes / 1e6:.2f} MB of tensors (budget {budget / 1e6:.2f}, stock {stock_bytes / 1e6:.2f}); "
+        f"predicted KL {predicted_kl(costs, chosen):.4f} vs stock {predicted_kl(costs, stock_known):.4f}")
+    return TunedMix(recipe, tuple(costs), budget, mix_bytes, stock_bytes, predicted_kl(costs, chosen), predicted_kl(costs, stock_known),
+                    tuple((n, stock[n], chosen[n]) for n in order if stock[n] != chosen[n]))
+
+
+def write_tuned(base_gguf: Path, dst: Path, recipe: Recipe, *, imatrix: dict[str, np.ndarray] | None) -> Path:
+    """Quantize DST with RECIPE's overrides and check every tensor's type in the written file."""
+    from hubtool.gguf.quantize import quantize_gguf
+
+    quantize_gguf(base_gguf, dst, recipe.stock_type, imatrix=imatrix, tensor_types=recipe.overrides())
+    try:
+        check_against_recipe(dst, recipe)
+    except QuantizeError:
+        dst.unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def describe_changes(mix: TunedMix) -> list[str]:
+    """'attn_v: Q4_K -> Q6_K in 12 layers' lines, for the card."""
+    groups: dict[tuple[str, str, str], int] = {}
+    for name, was, now in mix.changed:
+        kind = re.sub(r"^blk\.\d+\.", "", name).removesuffix(".weight")
+        groups[(kind, was, now)] = groups.get((kind, was, now), 0) + 1
+    return [f"{kind}: {was} → {now} in {n} tensor{'s' if n > 1 else ''}" for (kind, was, now), n in sorted(groups.items())]
+
+
+def export_tuned(model_dir: Path, base_gguf: Path, out_dir: Path, stock_type: str, *, name: str, calibration: str,
+                 calibration_name: str = "builtin", target_bpw: float | None = None) -> list[dict[str, Any]]:
+    """A release's tuned file: `NAME.TYPE-tuned.gguf` (or `NAME.4.50bpw-tuned.gguf`) in OUT_DIR with its
+    recipe (`.tensor-types.txt`), a summary (`.mix.json`) and the imatrix it used, all from CALIBRATION text.
+
+    Rows in export_gguf's format. Not split: a tuned file is checked tensor by tensor as written."""
+    import json
+    import os
+
+    from hubtool.atomic import staged_file
+    from hubtool.gguf import facts as gguf_facts
+    from hubtool.gguf.convert import check_architecture
+    from hubtool.gguf.export import gguf_size_info
+    from hubtool.gguf.imatrix import compute_imatrix, imatrix_means, save_imatrix
+    from hubtool.model_dir import load_model_dir
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_model_dir(Path(model_dir))
+    arch = check_architecture(model.config, source=model_dir)
+    model.close()
+    variant = gguf_facts.tuned_variant(stock_type, target_bpw=target_bpw)
+    log(f"{variant}: importance matrix and sensitivity from {calibration_name}")
+    sums, counts = compute_imatrix(Path(model_dir), calibration, arch_name=arch)
+    with staged_file(out_dir / gguf_facts.imatrix_name(name), overwrite=True) as tmp:
+        save_imatrix(tmp, sums, counts, dataset=calibration_name, context=512)
+    imatrix = imatrix_means(sums, counts)
+    fisher = output_fisher(Path(model_dir), calibration, arch_name=arch)
+    mix = plan_mix(Path(base_gguf), stock_type, imatrix=imatrix, fisher=fisher, target_bpw=target_bpw)
+    target = out_dir / gguf_facts.file_name(name, variant)
+    tmp_file = out_dir / f".{target.name}.partial"
+    write_tuned(Path(base_gguf), tmp_file, mix.recipe, imatrix=imatrix)
+    os.replace(tmp_file, target)
+    (out_dir / gguf_facts.recipe_name(name, variant)).write_text(mix.recipe.to_text(), encoding="utf-8")
+    summary = {"variant": variant, "stock_type": mix.recipe.stock_type, "target_bpw": target_bpw, "calibration": calibration_name,
+               "stock_tensor_bytes": mix.stock_bytes, "tuned_tensor_bytes": mix.mix_bytes,
+               "predicted_kl": round(mix.predicted_kl, 6), "stock_predicted_kl": round(mix.stock_predicted_kl, 6),
+               "changes": describe_changes(mix), "changed": [{"tensor": n, "stock": a, "tuned": b} for n, a, b in mix.changed]}
+    (out_dir / gguf_facts.mix_summary_name(name, variant)).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    _, bpw = gguf_size_info(target)
+    log(f"wrote {target.name} ({bpw:.2f} bits/weight; {len(mix.changed)} tensors differ from stock {mix.recipe.stock_type})")
+    return [{"file": str(target), "type": variant, "size_bytes": target.stat().st_size, "bits_per_weight": round(bpw, 4),
+             "shard": 1, "shards": 1}]

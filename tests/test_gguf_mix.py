@@ -1,0 +1,164 @@
+"""Size-targeted GGUF mixes (hubtool/gguf/mix.py) on a tiny model: budget, recipe, read-back check."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from tests.extras import require_extra
+
+require_extra("llama_cpp", "gguf")  # skipped locally without the extra; a failure in CI
+
+from hubtool.errors import InputError, QuantizeError
+from hubtool.gguf import export_gguf
+from hubtool.gguf.facts import recipe_name, tuned_variant, type_from_name
+from hubtool.gguf.imatrix import compute_imatrix, imatrix_means
+from hubtool.gguf.mix import (Recipe, TensorCost, allocate, check_against_recipe, file_types, output_fisher, parse_recipe,
+                              plan_mix, predicted_kl, tensor_bytes, write_tuned)
+from hubtool.gguf.quantize import planned_tensor_types, quantize_gguf
+from tests.tiny import corpus_text, make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tokenizer_dir):
+    """(fp16 folder, its F16 GGUF, imatrix means, output Fisher) of a tiny Llama whose rows fit 256-wide k-quant blocks."""
+    root = tmp_path_factory.mktemp("mix")
+    src = make_tiny_llama(root / "src", tokenizer_dir, hidden_size=256, intermediate_size=512, num_hidden_layers=3)
+    rows = export_gguf(src, root / "gguf", ["f16"], name="tiny", split_max_size="0")
+    base = Path(rows[0]["file"])
+    text = corpus_text()
+    sums, counts = compute_imatrix(src, text, arch_name="llama", context=128, max_tokens=512)
+    fisher = output_fisher(src, text, arch_name="llama", context=128, max_tokens=256)
+    return src, base, imatrix_means(sums, counts), fisher
+
+
+def test_allocate_matches_brute_force_and_budget():
+    """The greedy hull walk against every combination of a small separable problem."""
+    costs = [TensorCost(f"t{i}", (1, 1), {"A": (10, 9.0 * (i + 1)), "B": (16, 3.0 * (i + 1) ** 0.5), "C": (30, 0.5)}) for i in range(4)]
+    for budget in (40, 52, 64, 80, 100, 120):
+        chosen = allocate(costs, budget)
+        spent = sum(c.options[chosen[c.name]][0] for c in costs)
+        assert spent <= budget
+        best = min((sum(c.options[t][1] for c, t in zip(costs, combo)), combo)
+                   for combo in itertools.product("ABC", repeat=4) if sum(c.options[t][0] for c, t in zip(costs, combo)) <= budget)
+        # greedy on convex hulls: within one item's step of the optimum (exact here at most budgets)
+        assert predicted_kl(costs, chosen) <= best[0] + max(c.options["A"][1] for c in costs)
+    with pytest.raises(InputError, match="below the smallest mix"):
+        allocate(costs, 39)
+
+
+def test_tuned_mix_meets_stock_size_and_reads_back(tiny, tmp_path):
+    src, base, imatrix, fisher = tiny
+    mix = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher)
+    assert mix.mix_bytes <= mix.budget_bytes == mix.stock_bytes
+    assert mix.mix_bytes >= 0.97 * mix.stock_bytes  # the budget is spent, not left on the table
+    stock = quantize_gguf(base, tmp_path / "tiny.Q4_K_M.gguf", "Q4_K_M", imatrix=imatrix)
+    tuned = write_tuned(base, tmp_path / "tiny.Q4_K_M-tuned.gguf", mix.recipe, imatrix=imatrix)
+    assert abs(tuned.stat().st_size / stock.stat().st_size - 1) <= 0.01
+    assert {n: t for n, t in file_types(tuned).items() if n in dict(mix.recipe.types)} == dict(mix.recipe.types)
+    assert mix.predicted_kl <= mix.stock_predicted_kl  # stock's own assignment is one the search could pick
+    assert type_from_name(tuned.name) == tuned_variant("Q4_K_M") == "Q4_K_M-tuned"
+
+
+def test_target_bpw_budget(tiny, tmp_path):
+    src, base, imatrix, fisher = tiny
+    from hubtool.gguf.verify import size_info
+
+    for bpw in (3.5, 5.5):
+        mix = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher, target_bpw=bpw)
+        out = write_tuned(base, tmp_path / f"tiny.{tuned_variant(target_bpw=bpw)}.gguf", mix.recipe, imatrix=imatrix)
+        _, got = size_info(out)
+        assert bpw * 0.97 <= got <= bpw * 1.001, (bpw, got)
+    with pytest.raises(InputError, match="below the smallest mix"):
+        plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher, target_bpw=1.0)
+
+
+def test_read_back_catches_a_recipe_the_file_does_not_follow(tiny, tmp_path):
+    src, base, imatrix, fisher = tiny
+    mix = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher)
+    out = write_tuned(base, tmp_path / "tiny.Q4_K_M-tuned.gguf", mix.recipe, imatrix=imatrix)
+    name, was = mix.recipe.types[3]
+    other = "Q8_0" if was != "Q8_0" else "Q4_0"
+    lying = Recipe(mix.recipe.stock_type, tuple((n, other if n == name else t) for n, t in mix.recipe.types))
+    with pytest.raises(QuantizeError, match=rf"{name}: {was} \(recipe {other}\)"):
+        check_against_recipe(out, lying)
+    # a quantizer that ignores the overrides is caught too: stock Q4_K_M checked against the tuned recipe
+    stock = quantize_gguf(base, tmp_path / "tiny.Q4_K_M.gguf", "Q4_K_M", imatrix=imatrix)
+    if dict(mix.recipe.types) != {n: t for n, t in file_types(stock).items() if n in dict(mix.recipe.types)}:
+        with pytest.raises(QuantizeError, match="differ from the recipe"):
+            check_against_recipe(stock, mix.recipe)
+
+
+def test_recipe_file_reproduces_the_types_through_llama_quantize(tiny, tmp_path):
+    """The published --tensor-type-file, parsed as llama-quantize does (whitespace-separated regex=type
+    words), fed to llama_model_quantize's tt_overrides, gives the same type for every tensor."""
+    src, base, imatrix, fisher = tiny
+    mix = plan_mix(base, "Q3_K_M", imatrix=imatrix, fisher=fisher)
+    path = tmp_path / recipe_name("tiny", tuned_variant("Q3_K_M"))
+    path.write_text(mix.recipe.to_text(), encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    assert all(line.count("=") == 1 and line == line.lower() and " " not in line for line in text.splitlines())
+    words = [w.split("=", 1) for w in text.split()]  # what llama-quantize's parse_tensor_type_file does
+    out = quantize_gguf(base, tmp_path / "again.gguf", "Q3_K_M", imatrix=imatrix, tensor_types=[(p, t) for p, t in words])
+    want = dict(mix.recipe.types)
+    assert {n: t for n, t in file_types(out).items() if n in want} == want
+    assert {n: t for n, t in planned_tensor_types(base, "Q3_K_M", imatrix=imatrix, tensor_types=words).items() if n in want} == want
+    assert parse_recipe(text, stock_type="Q3_K_M", source=str(path)) == mix.recipe
+    with pytest.raises(InputError, match="not an exact-name"):
+        parse_recipe("attn_v=q8_0\n", stock_type="Q3_K_M", source="r.txt")
+    assert set(tensor_bytes(base, want)) >= set(want)
+
+
+def test_release_config_and_plan_publish_tuned_variants(tiny, tmp_path):
+    from hubtool.release import build_config
+    from hubtool.release.cache import Hasher
+    from hubtool.release.graph import check_inputs
+    from hubtool.release.plan import make_plan
+
+    src = tiny[0]
+    file_cfg = {"name": "m", "namespace": "org", "quants": ["gguf"], "gguf": {"types": ["q4_k_m"], "tuned": ["q4_k_m"]}}
+    cfg = build_config(file_cfg, {}, default_name="x")
+    assert cfg.gguf_tuned == ["Q4_K_M"]
+    assert build_config(file_cfg, {"gguf_tuned": "q3_k_m,q2_k"}, default_name="x").gguf_tuned == ["Q3_K_M", "Q2_K"]  # the flag wins
+    with pytest.raises(InputError, match="gguf.tuned: F16 is not quantized"):
+        build_config({**file_cfg, "gguf": {"tuned": ["f16"]}}, {}, default_name="x")
+    with pytest.raises(InputError, match="--gguf-tuned: unknown GGUF type 'q9'"):
+        build_config(file_cfg, {"gguf_tuned": "q9"}, default_name="x")
+    plan = make_plan(cfg, check_inputs(src, None, None), hasher=Hasher(tmp_path))
+    stage = next(s for s in plan.stages if s.name == "gguf:Q4_K_M-tuned")
+    assert stage.options["tuned"] and "gguf:F16-base" in stage.needs
+    verify = next(s for s in plan.stages if s.name == "verify:gguf")
+    assert "gguf:Q4_K_M-tuned" in verify.needs  # quality gates see the tuned file like any other
+    target = next(t for t in plan.targets if t.repo_id == "org/m-GGUF")
+    paths = {f.path for f in target.files}
+    assert {"m.Q4_K_M.gguf", "m.Q4_K_M-tuned.gguf", "m.Q4_K_M-tuned.tensor-types.txt", "m.Q4_K_M-tuned.mix.json", "m.imatrix.gguf"} <= paths
+
+
+def test_export_tuned_writes_file_recipe_summary_and_the_card_explains_them(tiny, tmp_path):
+    from hubtool.card import render_card
+    from hubtool.gguf.mix import export_tuned
+    from hubtool.gguf.verify import verify_gguf
+
+    src, base, imatrix, fisher = tiny
+    out = tmp_path / "repo"
+    rows = export_tuned(src, base, out, "Q4_K_M", name="tiny", calibration=corpus_text())
+    tuned = out / "tiny.Q4_K_M-tuned.gguf"
+    assert [Path(r["file"]) for r in rows] == [tuned] and rows[0]["type"] == "Q4_K_M-tuned"
+    recipe = parse_recipe((out / "tiny.Q4_K_M-tuned.tensor-types.txt").read_text(), stock_type="Q4_K_M", source="recipe")
+    check_against_recipe(tuned, recipe)
+    quantize_gguf(base, out / "tiny.Q4_K_M.gguf", "Q4_K_M", imatrix=imatrix)
+    for f in src.iterdir():  # the card reads the model's config/tokenizer beside the GGUF files, as in a release's folder
+        if f.suffix != ".safetensors" and not (out / f.name).exists():
+            (out / f.name).symlink_to(f)
+    rows = verify_gguf([tuned, out / "tiny.Q4_K_M.gguf"], src, max_tokens=256, context=128)
+    assert {r["variant"] for r in rows} == {"Q4_K_M-tuned", "Q4_K_M"}  # its own row, not a second Q4_K_M
+    card = render_card("gguf", out, meta={"license": "apache-2.0", "base_model": "acme/base"})
+    assert "### Tuned mixes" in card and "tiny.Q4_K_M-tuned.tensor-types.txt" in card
+    assert "llama-quantize --imatrix tiny.imatrix.gguf --tensor-type-file tiny.Q4_K_M-tuned.tensor-types.txt" in card
+    import json
+
+    summary = json.loads((out / "tiny.Q4_K_M-tuned.mix.json").read_text())
+    for line in summary["changes"]:
+        assert line in card
