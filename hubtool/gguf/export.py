@@ -88,7 +88,7 @@ def export_gguf(
     `split_max_size="0"`); types are quantized from it instead of converting again, which is what
     lets a release cache each type separately without paying a 70B conversion per type.
     """
-    from hubtool.model_dir import load_model_dir  # imports torch; keep the CLI start fast
+    from hubtool.model_dir import has_vocabulary, load_model_dir  # imports torch; keep the CLI start fast
 
     from hubtool.atomic import check_folder
 
@@ -99,8 +99,8 @@ def export_gguf(
     arch = check_architecture(model.config, source=model_dir)
     front_matter, _ = model.card()
     model.close()
-    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
-        raise InputError(f"{model_dir}: no tokenizer.json or tokenizer.model; copy the base model's tokenizer files into it")
+    if not has_vocabulary(model_dir):
+        raise InputError(f"{model_dir}: no tokenizer.json, tokenizer.model or *.tiktoken; copy the base model's tokenizer files into it")
     if imatrix is not None and calibration is not None:
         raise InputError("--imatrix and --calibration: give one, not both")
     iq = [t for t in gguf_types if needs_imatrix(t)]
