@@ -271,6 +271,8 @@ def make_tiny_qwen(out_dir: Path, bpe_tok_dir: Path, *, seed: int = 0, dtype=tor
                 p.normal_(1.0, 0.1)
             elif name.endswith("c_attn.bias"):
                 p.normal_(0.0, 0.1)
+            elif name.endswith("c_attn.weight"):  # peaked attention, so a wrong rotary embedding changes the logits
+                p.normal_(0.0, 0.3)
     model.to(dtype).save_pretrained(out_dir)
     cfg = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
     cfg["auto_map"] = auto_map  # save_pretrained rewrites config.json; keep the code mapping as published

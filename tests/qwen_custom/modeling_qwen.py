@@ -32,13 +32,17 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
+    """cos/sin tables computed on each call (no buffer: transformers 5 loads models on the meta device and
+    leaves non-persistent buffers uninitialised)."""
+
     def __init__(self, dim, base=10000):
         super().__init__()
         self.dim = dim
-        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)), persistent=False)
+        self.base = base
 
     def forward(self, positions):
-        freqs = torch.outer(positions.float(), self.inv_freq.to(positions.device))
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, self.dim, 2, device=positions.device).float() / self.dim))
+        freqs = torch.outer(positions.float(), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos(), emb.sin()  # [seq, rot_dim]
 
