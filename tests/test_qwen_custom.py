@@ -145,7 +145,7 @@ def test_gptq_every_linear(qwen_model, tmp_path, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "gptq", trust_remote_code=True, device_map="cpu")
     assert torch.isfinite(logits(model, torch.tensor([list(range(100, 120))]))).all()
     rows = {r["kind"]: r for r in verify_gptq(tmp_path / "gptq", qwen_model, rtn=True, context=64, max_tokens=512, trust_remote_code=True)}
-    print("qwen gptq", {k: (r["perplexity"], r["kl_div"], r["top1_agreement"]) for k, r in rows.items()})
+    print("qwen gptq", {k: (r["perplexity"], r["kl_div"], r["top1"]) for k, r in rows.items()})
     assert math.isfinite(rows["gptq"]["perplexity"])
     assert rows["gptq"]["kl_div"] < rows["rtn"]["kl_div"], rows
 
@@ -173,3 +173,60 @@ def test_streamed_evaluation_matches_in_memory(qwen_model):
     for w, g in zip(windows, got):
         want = torch.log_softmax(logits(hf, torch.tensor([w]))[0].double(), -1).float().numpy()
         assert g.shape == want.shape and np.abs(g - want).max() < 1e-4, np.abs(g - want).max()
+
+
+QWEN_LICENSE = "https://huggingface.co/Qwen/Qwen-14B/blob/main/LICENSE"
+QWEN_RELEASE_YAML = """\
+name: tiny-qwen-chat
+namespace: acme
+quants: [gptq, gguf]
+gptq: {presets: [gptq-4bit-32g-actorder], samples: 8, seq_len: 64}
+gguf: {types: [q8_0]}
+verify: {max_tokens: 256, context: 64}
+card:
+  base_model: acme/tiny-qwen
+"""
+
+
+def test_release_trust_remote_code_end_to_end(qwen_model, qwen_adapter, tmp_path):
+    """`release --trust-remote-code --quants gptq,gguf` with verification on, on the local Hub: exit 0, a quality
+    table, the base card's Qwen license header in every card, and the repos load with trust_remote_code=True."""
+    import shutil
+
+    from huggingface_hub import snapshot_download
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubtool.frontmatter import read_front_matter
+    from tests.test_release import hub_env, run_cli
+
+    base = tmp_path / "base"
+    shutil.copytree(qwen_model, base)
+    (base / "README.md").write_text(f"---\nlicense: other\nlicense_name: qwen\nlicense_link: {QWEN_LICENSE}\nlanguage: [en]\n---\n# tiny qwen\n")
+    (tmp_path / "release.yaml").write_text(QWEN_RELEASE_YAML)
+    args = ["release", "--base", str(base), "--adapter", str(qwen_adapter), "--config", str(tmp_path / "release.yaml"),
+            "--work-dir", str(tmp_path / "work"), "--json"]
+    with hub_env(tmp_path, "xet") as hub:
+        rc, out, err = run_cli(args + ["--endpoint", hub.url])
+        assert rc == 2 and "--trust-remote-code" in json.loads(out)["error"]
+        rc, out, err = run_cli(args + ["--endpoint", hub.url, "--trust-remote-code"])
+        assert rc == 0, err[-3000:]
+        summary = json.loads(out)
+        rows = {r["kind"]: r for r in summary["quality"]}
+        print("qwen release quality", {k: (r.get("top1"), r.get("kl_div"), r.get("perplexity")) for k, r in rows.items()})
+        assert {"gptq", "gguf"} <= set(rows) and all(math.isfinite(r["perplexity"]) for r in rows.values())
+        ids = None
+        for kind in ("fp16", "gptq", "gguf", "adapter"):
+            repo = f"acme/tiny-qwen-chat{ {'fp16': '', 'gptq': '-GPTQ', 'gguf': '-GGUF', 'adapter': '-peft'}[kind] }"
+            local = Path(snapshot_download(repo, endpoint=hub.url))
+            header, _ = read_front_matter(local / "README.md")
+            assert (header["license"], header["license_name"], header["license_link"]) == ("other", "qwen", QWEN_LICENSE), (kind, header)
+            if kind in ("fp16", "gptq"):
+                for f in ("modeling_qwen.py", "configuration_qwen.py", "tokenization_qwen.py", "qwen.tiktoken"):
+                    assert (local / f).is_file(), (kind, f)
+                tok = AutoTokenizer.from_pretrained(local, trust_remote_code=True)
+                assert type(tok).__name__ == "QWenTokenizer"
+                ids = tok("The function returns a list.")["input_ids"]
+                model = AutoModelForCausalLM.from_pretrained(local, trust_remote_code=True, device_map="cpu")
+                assert type(model).__name__ == "QWenLMHeadModel" and torch.isfinite(logits(model, torch.tensor([ids]))).all()
+            if kind == "gguf":
+                assert any(p.name.endswith(".Q8_0.gguf") for p in local.iterdir())
