@@ -37,7 +37,7 @@ class QWenTokenizer(PreTrainedTokenizer):
         names = list(special_tokens or [ENDOFTEXT, "<|im_start|>", "<|im_end|>"])
         self.special_tokens = {t: first + i for i, t in enumerate(names)}
         self.pat_str = pat_str or DEFAULT_PAT
-        self.tokenizer = tiktoken.Encoding("qwen-test", pat_str=self.pat_str, mergeable_ranks=self.mergeable_ranks,
+        self._encoding = tiktoken.Encoding("qwen-test", pat_str=self.pat_str, mergeable_ranks=self.mergeable_ranks,
                                            special_tokens=self.special_tokens)
         self.decoder = {v: k for k, v in self.mergeable_ranks.items()}
         self.decoder.update({v: k for k, v in self.special_tokens.items()})
@@ -47,10 +47,10 @@ class QWenTokenizer(PreTrainedTokenizer):
 
     @property
     def vocab_size(self):
-        return self.tokenizer.n_vocab
+        return self._encoding.n_vocab
 
     def __len__(self):
-        return self.tokenizer.n_vocab
+        return self._encoding.n_vocab
 
     def get_vocab(self):
         return {**self.mergeable_ranks, **self.special_tokens}
@@ -64,7 +64,7 @@ class QWenTokenizer(PreTrainedTokenizer):
 
     def tokenize(self, text, **kwargs):
         """Tokens as bytes (special tokens as their str), like Qwen's own tokenizer."""
-        return [self.decoder[i] for i in self.tokenizer.encode(text, allowed_special=set(self.special_tokens))]
+        return [self.decoder[i] for i in self._encoding.encode(text, allowed_special=set(self.special_tokens))]
 
     def _tokenize(self, text, **kwargs):
         return self.tokenize(text)
@@ -93,7 +93,7 @@ class QWenTokenizer(PreTrainedTokenizer):
             token_ids = [token_ids]
         if skip_special_tokens:
             token_ids = [i for i in token_ids if i not in self.special_tokens.values()]
-        return self.tokenizer.decode(token_ids, errors=self.errors)
+        return self._encoding.decode(token_ids, errors=self.errors)
 
     def save_vocabulary(self, save_directory, filename_prefix=None):
         path = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + "qwen.tiktoken")
