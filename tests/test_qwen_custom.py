@@ -182,10 +182,12 @@ namespace: acme
 quants: [gptq, gguf]
 gptq: {presets: [gptq-4bit-32g-actorder], samples: 8, seq_len: 64}
 gguf: {types: [q8_0]}
-verify: {max_tokens: 256, context: 64}
+verify: {max_tokens: 256, context: 64, gates: {min_top1: null}}
 card:
   base_model: acme/tiny-qwen
 """
+# min_top1 off: the random tiny model's logits are near-uniform (perplexity ~ vocabulary size), so top-1 agreement
+# measures ties (measured: GPTQ 0.357); the KL and perplexity-ratio gates stay on.
 
 
 def test_release_trust_remote_code_end_to_end(qwen_model, qwen_adapter, tmp_path):
