@@ -41,6 +41,13 @@ AUX_DIRS = ("additional_chat_templates",)
 CODE_SUFFIXES = (".py", ".tiktoken")
 
 
+def has_vocabulary(path: Path) -> bool:
+    """Whether the folder holds a tokenizer vocabulary a converter can read: tokenizer.json, a SentencePiece
+    tokenizer.model, or a tiktoken file (original Qwen's qwen.tiktoken, read through the model's own tokenizer code)."""
+    path = Path(path)
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")) or any(path.glob("*.tiktoken"))
+
+
 def remote_code_files(path: Path, config: dict[str, Any]) -> list[Path]:
     """The model's own code files (and tiktoken vocabularies), when config.json names custom classes in `auto_map`."""
     if not config.get("auto_map"):

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 
 
-def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, resize_vocab: int | None = None, tokenizer_extra: list[str] | None = None, **lora_kwargs: Any) -> Path:
+def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, resize_vocab: int | None = None, tokenizer_extra: list[str] | None = None,
+                 trust_remote_code: bool = False, **lora_kwargs: Any) -> Path:
     """A LoRA adapter with random (non-zero) A and B, as if trained, saved by PEFT."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if resize_vocab:
         tok = AutoTokenizer.from_pretrained(base_dir)
         tok.add_tokens(tokenizer_extra or [f"<extra_{i}>" for i in range(resize_vocab - len(tok))])
@@ -35,12 +36,12 @@ def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, resize_vocab: 
     return out_dir
 
 
-def peft_reference(base_dir: Path, adapter_dir: Path, *, vocab: int | None = None):
+def peft_reference(base_dir: Path, adapter_dir: Path, *, vocab: int | None = None, trust_remote_code: bool = False):
     """PEFT's merge_and_unload in float32: the reference our streamed merge must match."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if vocab:
         model.resize_token_embeddings(vocab)
     return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()

@@ -360,10 +360,9 @@ def test_custom_code_ships_with_flag(custom_code_model, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]
     capsys.readouterr()
     rc, out = _dry_run([str(custom_code_model), "--quants", "gguf", "--trust-remote-code"], capsys)
-    assert rc == 2 and "verifying a custom-code model is not supported yet" in out["error"]
-    (tmp_path / "release.yaml").write_text("verify: {enabled: false}\n")
-    rc, out = _dry_run([str(custom_code_model), "--quants", "gguf", "--trust-remote-code", "--config", str(tmp_path / "release.yaml")], capsys)
     assert rc == 0 and any("modeling_tiny.py" in c for c in out["plan"]["checks"])
+    assert any(c.startswith("verify: TinyCustomForCausalLM evaluated block by block") and "2 blocks (model.layers)" in c
+               for c in out["plan"]["checks"]), out["plan"]["checks"]
 
 
 def test_plain_model_needs_no_flag(tiny_models):

@@ -206,3 +206,76 @@ def make_tiny_model(arch: str, out_dir: Path, tok_dir: Path, *, seed: int = 0, d
     for f in tok_dir.iterdir():
         shutil.copy(f, out_dir / f.name)
     return out_dir
+
+
+# ---- original Qwen (custom code: auto_map -> tests/qwen_custom/*.py, tiktoken vocabulary) ----------------
+QWEN_CODE = Path(__file__).parent / "qwen_custom"
+QWEN_CODE_FILES = ("configuration_qwen.py", "modeling_qwen.py", "tokenization_qwen.py")
+# The vocabulary below is SmolLM2's byte-level BPE with its pre-tokenizer (GPT-2's pattern), so llama.cpp's
+# converter recognises the pre-tokenizer by its hash (it knows no other offline vocabulary; a freshly trained
+# one never matches) and llama.cpp tokenizes as the HF side does.
+GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def qwen_tiktoken(bpe_tok_dir: Path, out_file: Path) -> int:
+    """Write the byte-level BPE of BPE_TOK_DIR's tokenizer.json as a tiktoken file (base64 bytes, rank = its id).
+    Returns the number of ranks; added (special) tokens are left out, as Qwen keeps them outside the file."""
+    import base64
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    data = json.loads((bpe_tok_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    added = {t["content"] for t in data.get("added_tokens", [])}
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes(to_byte[c] for c in tok): i for tok, i in data["model"]["vocab"].items() if tok not in added}
+    # SmolLM2 has no token for 21 single bytes (bytes invalid in UTF-8 and a few control characters); text
+    # that holds none of them, like every test's, encodes the same in tiktoken and in HF
+    with open(out_file, "wb") as f:
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
+    return 1 + max(ranks.values())
+
+
+def make_tiny_qwen(out_dir: Path, bpe_tok_dir: Path, *, seed: int = 0, dtype=torch.float16) -> Path:
+    """A random tiny model in the original Qwen layout (QWenLMHeadModel, model_type qwen) with its own code
+    files, a `qwen.tiktoken` vocabulary and QWenTokenizer; loads with trust_remote_code=True."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out_dir.mkdir(parents=True)
+    for name in QWEN_CODE_FILES:
+        shutil.copy(QWEN_CODE / name, out_dir / name)
+    ranks = qwen_tiktoken(bpe_tok_dir, out_dir / "qwen.tiktoken")
+    vocab = -(-(ranks + len(QWEN_SPECIAL)) // 64) * 64  # padded, as Qwen pads 151851 tokens to 151936 rows
+    auto_map = {"AutoConfig": "configuration_qwen.QWenConfig", "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"}
+    config = {
+        "architectures": ["QWenLMHeadModel"], "auto_map": auto_map, "model_type": "qwen",
+        "vocab_size": vocab, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "kv_channels": 16,
+        "intermediate_size": 256, "max_position_embeddings": 256, "seq_length": 256, "rotary_pct": 1.0,
+        "rotary_emb_base": 10000, "layer_norm_epsilon": 1e-6, "initializer_range": 0.02, "no_bias": True,
+        "use_dynamic_ntk": True, "use_logn_attn": True, "use_flash_attn": "auto", "scale_attn_weights": True,
+        "emb_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "tie_word_embeddings": False,
+        "bos_token_id": ranks, "eos_token_id": ranks, "fp16": True,
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "QWenTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
+        "pat_str": GPT2_PAT, "special_tokens": QWEN_SPECIAL, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "model_max_length": 256, "chat_template": CHAT_TEMPLATE,
+    }, indent=2), encoding="utf-8")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out_dir, trust_remote_code=True), trust_remote_code=True)
+    with torch.no_grad():  # random norms and biases, so a norm or bias dropped in conversion shows in the logits
+        for name, p in model.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.normal_(1.0, 0.1)
+            elif name.endswith("c_attn.bias"):
+                p.normal_(0.0, 0.1)
+            elif name.endswith("c_attn.weight"):  # peaked attention, so a wrong rotary embedding changes the logits
+                p.normal_(0.0, 0.3)
+    model.to(dtype).save_pretrained(out_dir)
+    cfg = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    cfg["auto_map"] = auto_map  # save_pretrained rewrites config.json; keep the code mapping as published
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)  # the folder's tokenizer loads
+    return out_dir

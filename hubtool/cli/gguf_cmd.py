@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-tokens", type=int, default=2048, help="tokens of text to evaluate (default: %(default)s)")
     v.add_argument("--context", type=int, default=512, help="window length in tokens (default: %(default)s)")
     v.add_argument("--results", type=Path, default=None, metavar="FILE", help="add rows to this quality.json")
+    v.add_argument("--trust-remote-code", action="store_true", help="allow a custom-code reference (auto_map): its own classes run block by block")
     v.add_argument("--json", action="store_true", help="print the rows as JSON")
     add_gate_flags(v)
     v.set_defaults(func=_verify)
@@ -71,7 +72,7 @@ def _verify(args: argparse.Namespace) -> int:
     check_int(args.max_tokens, source="--max-tokens", minimum=16)
     check_int(args.context, source="--context", minimum=8)
     rows = verify_gguf(args.files, args.reference, text=args.text, max_tokens=args.max_tokens,
-                       context=args.context, results_path=args.results)
+                       context=args.context, results_path=args.results, trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--reference", required=True, help="the fp16 model folder it was made from")
     v.add_argument("--text", default="builtin:heldout", help="held-out text: builtin:heldout (default) or a .txt/.jsonl file")
     v.add_argument("--results", help="results file to add rows to (default: QUANT_DIR/quality.json)")
+    v.add_argument("--trust-remote-code", action="store_true", help="allow a custom-code reference (auto_map): its own classes run block by block")
     v.add_argument("--context", type=int, default=512, help="tokens per evaluation window (default 512)")
     v.add_argument("--tokens", type=int, default=4096, help="evaluate up to this many tokens (default 4096)")
     v.add_argument("--no-rtn", dest="rtn", action="store_false", help="skip the round-to-nearest baseline")
@@ -92,7 +93,7 @@ def run_verify(args: argparse.Namespace) -> int:
     check_int(args.tokens, source="--tokens", minimum=16)
     check_int(args.context, source="--context", minimum=8)
     rows = verify_gptq(args.quant_dir, args.reference, text=args.text, rtn=args.rtn, results_path=args.results,
-                       context=args.context, max_tokens=args.tokens)
+                       context=args.context, max_tokens=args.tokens, trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(rows))
     else:

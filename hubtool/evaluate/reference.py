@@ -98,7 +98,8 @@ def open_reference(folder: Path) -> Reference:
 COMPUTE_CALLS = [0]
 
 
-def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, *, device: str | None = None) -> Reference:
+def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, *, device: str | None = None,
+                      trust_remote_code: bool = False) -> Reference:
     """Run the fp16 model over WINDOWS block by block and store its log-probs in OUT_DIR (written whole, then renamed)."""
     from hubtool.evaluate.stream import StreamingModel, stream_logprobs
 
@@ -108,7 +109,7 @@ def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model = StreamingModel(Path(model_dir), device=device)
+    model = StreamingModel(Path(model_dir), device=device, trust_remote_code=trust_remote_code)
     vocab = model.vocab_rows()
     arr = np.lib.format.open_memmap(tmp / LOGPROBS_FILE, mode="w+", dtype=np.float32, shape=(len(windows), max(map(len, windows)), vocab))
     log(f"fp16 reference: {len(windows)} window(s), {sum(map(len, windows))} tokens, block by block")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hubtool.errors import InputError
+from hubtool.model_dir import check_remote_code
 
 BlockHook = Callable[[str, torch.nn.Module], None]
 
@@ -109,7 +110,7 @@ class StreamingModel:
     """A causal LM from FOLDER's config with every weight left on the meta device until its block runs."""
 
     def __init__(self, config_dir: Path, weights: Weights | None = None, *, device: str | None = None,
-                 dtype: torch.dtype = torch.float32, block_hook: BlockHook | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, block_hook: BlockHook | None = None, trust_remote_code: bool = False) -> None:
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -119,11 +120,14 @@ class StreamingModel:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
         self.block_hook = block_hook
-        config = AutoConfig.from_pretrained(self.config_dir)
+        # a custom-code model (auto_map) is built from its own classes, only when the user trusts its code
+        check_remote_code(self.config_dir, json.loads((self.config_dir / "config.json").read_text(encoding="utf-8")),
+                          trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(self.config_dir, trust_remote_code=trust_remote_code)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         with init_empty_weights():
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
         self.model.eval()
         self.names = {id(m): n for n, m in self.model.named_modules()}
         self.config = config
@@ -145,11 +149,15 @@ class StreamingModel:
             block.register_forward_hook(self._release)
 
     def _find_blocks(self) -> list[torch.nn.Module]:
-        """The decoder's repeated blocks: its longest ModuleList."""
+        """The decoder's repeated blocks, found without knowing the architecture (custom code included): the
+        ModuleList holding num_hidden_layers blocks (e.g. original Qwen's `transformer.h`), else the longest."""
         lists = [m for m in self.base.modules() if isinstance(m, torch.nn.ModuleList)]
         if not lists:
-            raise InputError(f"{self.config_dir}: no decoder block list found in {type(self.model).__name__}")
-        return list(max(lists, key=len))
+            raise InputError(f"{self.config_dir}: no decoder block list found in {type(self.model).__name__}; "
+                             "this model's code can't be evaluated block by block")
+        depth = getattr(self.config, "num_hidden_layers", None)
+        exact = [m for m in lists if len(m) == depth]
+        return list(exact[0] if exact else max(lists, key=len))
 
     def _name(self, module: torch.nn.Module) -> str:
         return self.names[id(module)]
@@ -345,3 +353,19 @@ def stream_logprobs(model: StreamingModel, windows: list[list[int]], out: np.nda
         out[i, :n, :vocab] = torch.log_softmax(x, dim=-1).float().numpy()
         result.append(out[i, :n, :vocab])
     return result
+
+
+def streaming_check(model_dir: Path, *, trust_remote_code: bool = False) -> str:
+    """Build MODEL_DIR's model (its own classes for custom code) on the meta device and find what block-by-block
+    evaluation needs: the decoder blocks, the embedding and the head. One line for the plan, or an error naming
+    what this model's code lacks, before any heavy stage runs."""
+    try:
+        model = StreamingModel(Path(model_dir), device="cpu", trust_remote_code=trust_remote_code)
+    except InputError:
+        raise
+    except Exception as exc:  # the model's own code failed to build on the meta device
+        raise InputError(f"{Path(model_dir) / 'config.json'}: the model's code can't be built for block-by-block evaluation "
+                         f"({type(exc).__name__}: {str(exc)[:200]}); set `verify: {{enabled: false}}` in release.yaml") from None
+    blocks = model._name(model.blocks[0]).rpartition(".")[0]
+    return (f"{type(model.model).__name__} evaluated block by block with its own classes: {len(model.blocks)} blocks ({blocks}), "
+            f"embedding {model._name(model.embed)}, head {model._name(model.head)}{' (tied)' if model.tied else ''}")

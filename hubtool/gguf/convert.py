@@ -26,6 +26,7 @@ from hubtool.errors import InputError, QuantizeError, human_bytes
 from hubtool.progress import log
 
 CONVERTER_MODULE = "convert_hf_to_gguf"
+RUNNER_MODULE = "hubtool.gguf.converter_main"  # the converter with hubtool's known fixes (see that module)
 CONVERTER_PACKAGE = "conversion"  # the registry module convert_hf_to_gguf imports its model classes from
 _WRITING = re.compile(r"Writing:\s+(\d+)%")
 
@@ -130,7 +131,7 @@ def convert_to_gguf(
     override = work / "metadata.json"
     override.write_text(json.dumps(meta), encoding="utf-8")
     cmd = [
-        sys.executable, "-m", CONVERTER_MODULE, str(shadow),
+        sys.executable, "-m", RUNNER_MODULE, str(shadow),
         "--outfile", str(out_file), "--outtype", outtype.lower(),
         "--metadata", str(override), "--model-name", meta[Keys.General.NAME],
     ]

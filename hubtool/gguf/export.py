@@ -92,7 +92,7 @@ def export_gguf(
     license, base model, tags and name become `general.*` and are checked in every file written.
     Without it the folder's own README.md front matter is used.
     """
-    from hubtool.model_dir import load_model_dir  # imports torch; keep the CLI start fast
+    from hubtool.model_dir import has_vocabulary, load_model_dir  # imports torch; keep the CLI start fast
 
     from hubtool.atomic import check_folder
 
@@ -103,8 +103,8 @@ def export_gguf(
     arch = check_architecture(model.config, source=model_dir)
     front_matter = gguf_facts.card_front_matter(card) if card is not None else model.card()[0]
     model.close()
-    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
-        raise InputError(f"{model_dir}: no tokenizer.json or tokenizer.model; copy the base model's tokenizer files into it")
+    if not has_vocabulary(model_dir):
+        raise InputError(f"{model_dir}: no tokenizer.json, tokenizer.model or *.tiktoken; copy the base model's tokenizer files into it")
     if imatrix is not None and calibration is not None:
         raise InputError("--imatrix and --calibration: give one, not both")
     iq = [t for t in gguf_types if needs_imatrix(t)]

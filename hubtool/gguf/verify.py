@@ -272,16 +272,16 @@ def hf_logits(model: Any, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
-def load_reference(reference_dir: Path) -> tuple[Any, dict[str, Any]]:
+def load_reference(reference_dir: Path, *, trust_remote_code: bool = False) -> tuple[Any, dict[str, Any]]:
     """(tokenizer, config) of the source folder, validated; the model itself loads later, only if needed."""
     from transformers import AutoTokenizer
 
     from hubtool.model_dir import load_model_dir
 
-    ref = load_model_dir(reference_dir, kind="reference model")
+    ref = load_model_dir(reference_dir, kind="reference model", trust_remote_code=trust_remote_code)
     config = ref.config
     ref.close()
-    return AutoTokenizer.from_pretrained(reference_dir), config
+    return AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=trust_remote_code), config
 
 
 def verify_gguf(
@@ -293,6 +293,7 @@ def verify_gguf(
     context: int = 512,
     results_path: Path | None = None,
     reference: Any = None,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Check every GGUF (tokenizer, chat template, RoPE) and measure it against REFERENCE_DIR; rows in quality.json format.
 
@@ -306,7 +307,7 @@ def verify_gguf(
     require_llama_cpp()
     paths = find_gguf_files(list(files))
     body = read_text_source(text)
-    tok, config = load_reference(Path(reference_dir))
+    tok, config = load_reference(Path(reference_dir), trust_remote_code=trust_remote_code)
     variants = {}
     for path in paths:  # cheap structural checks first: fail before minutes of logits
         meta, tensor_names = gguf_metadata(path)
@@ -318,7 +319,7 @@ def verify_gguf(
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
         if reference is None or not reference.covers(windows):
-            reference = compute_reference(Path(reference_dir), windows, Path(tmp) / "reference")
+            reference = compute_reference(Path(reference_dir), windows, Path(tmp) / "reference", trust_remote_code=trust_remote_code)
         for path in paths:
             variant = variants[path]
             chunks = []

@@ -72,6 +72,7 @@ def verify_gptq(
     context: int = 512,
     max_tokens: int = 4096,
     reference: Reference | None = None,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows (kind 'gptq' and, with rtn, 'rtn') of perplexity / kl_div / top1 vs the fp16 reference.
 
@@ -86,30 +87,30 @@ def verify_gptq(
 
     quant_dir, reference_dir = Path(quant_dir), Path(reference_dir)
     info = read_gptq_info(quant_dir)
-    ref_dir = load_model_dir(reference_dir, kind="reference model")
+    ref_dir = load_model_dir(reference_dir, kind="reference model", trust_remote_code=trust_remote_code)
     if ref_dir.config.get("quantization_config"):
         raise InputError(f"{reference_dir}: is itself quantized; --reference must be the fp16 model the GPTQ was made from")
     bits, group = int(info["bits"]), int(info["group_size"])
-    tokenizer = AutoTokenizer.from_pretrained(reference_dir)
+    tokenizer = AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=trust_remote_code)
     windows = eval_windows(tokenizer, read_text_source(text), context, max_tokens)
     weights = gptq_weights(quant_dir)
 
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
         scratch = Path(tmp)
         if reference is None or not reference.covers(windows):
-            reference = compute_reference(reference_dir, windows, scratch / "reference")
+            reference = compute_reference(reference_dir, windows, scratch / "reference", trust_remote_code=trust_remote_code)
         n_params = _param_count(reference_dir)
         rows = []
         meta = info.get("meta") or {}
         variant = meta.get("branch") or f"gptq-{bits}bit-{group}g"
         size = sum(p.stat().st_size for p in quant_dir.glob("*.safetensors"))
         log(f"verify gptq: {variant}, block by block")
-        metrics = _compare(_stream(quant_dir, windows, scratch, weights=weights), windows, reference, "gptq")
+        metrics = _compare(_stream(quant_dir, windows, scratch, weights=weights, trust_remote_code=trust_remote_code), windows, reference, "gptq")
         rows.append(_row(metrics, variant=variant, kind="gptq", bits=bits, group_size=group, desc_act=bool(info.get("desc_act")),
                          size_bytes=size, bits_per_weight=round(size * 8 / n_params, 3)))
         if rtn:
             log(f"verify rtn: {bits}-bit {group}g, block by block")
-            metrics = _compare(_stream(reference_dir, windows, scratch, block_hook=rtn_block_hook(bits, group)), windows, reference, "rtn")
+            metrics = _compare(_stream(reference_dir, windows, scratch, block_hook=rtn_block_hook(bits, group), trust_remote_code=trust_remote_code), windows, reference, "rtn")
             rows.append(_row(metrics, variant=f"rtn-{bits}bit-{group}g-sym", kind="rtn", bits=bits, group_size=group))
 
     results_path = Path(results_path) if results_path else quant_dir / RESULTS_FILE

@@ -106,9 +106,9 @@ def reference(stage: Stage, ctx: StageContext, out: Path) -> ReferenceLogits:
     from hubtool.quality import read_text_source
 
     cfg = ctx.cfg
-    tok = AutoTokenizer.from_pretrained(ctx.fp16_dir)
+    tok = AutoTokenizer.from_pretrained(ctx.fp16_dir, trust_remote_code=cfg.trust_remote_code)
     windows = reference_windows(tok, read_text_source(cfg.verify_text), context=cfg.verify_context, max_tokens=cfg.verify_max_tokens)
-    ref = compute_reference(ctx.fp16_dir, windows, out)
+    ref = compute_reference(ctx.fp16_dir, windows, out, trust_remote_code=cfg.trust_remote_code)
     return ReferenceLogits(out, windows=len(windows), tokens=int(ref.info["tokens"]), vocab=int(ref.info["vocab"]))
 
 
@@ -121,7 +121,8 @@ def verify_gptq(stage: Stage, ctx: StageContext, out: Path) -> QualityResult:
     out.mkdir(parents=True, exist_ok=True)
     variant = ctx.need(GPTQVariant)[0]
     run(variant.folder, ctx.fp16_dir, text=cfg.verify_text, rtn=cfg.verify_rtn, results_path=out / "quality.json",
-        context=cfg.verify_context, max_tokens=cfg.verify_max_tokens, reference=open_reference(ctx.need(ReferenceLogits)[0].folder))
+        context=cfg.verify_context, max_tokens=cfg.verify_max_tokens, reference=open_reference(ctx.need(ReferenceLogits)[0].folder),
+        trust_remote_code=cfg.trust_remote_code)
     return QualityResult.from_results(out, read_results(out / "quality.json"))
 
 
@@ -134,7 +135,8 @@ def verify_gguf(stage: Stage, ctx: StageContext, out: Path) -> QualityResult:
     out.mkdir(parents=True, exist_ok=True)
     folders = [r.folder for r in ctx.need(GGUFFiles)]
     run(folders, ctx.fp16_dir, text=cfg.verify_text, max_tokens=cfg.verify_max_tokens, context=cfg.verify_context,
-        results_path=out / "quality.json", reference=open_reference(ctx.need(ReferenceLogits)[0].folder))
+        results_path=out / "quality.json", reference=open_reference(ctx.need(ReferenceLogits)[0].folder),
+        trust_remote_code=cfg.trust_remote_code)
     return QualityResult.from_results(out, read_results(out / "quality.json"))
 
 

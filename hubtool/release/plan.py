@@ -243,11 +243,12 @@ def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | N
     arch = ", ".join(config.get("architectures") or []) or "unknown architecture"
     checks = [f"architecture {arch} (model_type {config.get('model_type')!r})"]
     code = remote_code_files(weights_dir, config)
-    if code and cfg.verify and (cfg.gguf_types or cfg.gptq_presets):
-        raise InputError(f"{weights_dir / 'config.json'}: verifying a custom-code model is not supported yet; "
-                         "set `verify: {enabled: false}` in release.yaml for this release")
     if code:
         checks.append(f"custom code trusted (--trust-remote-code); ships in every repo: {', '.join(p.name for p in code)}")
+    if code and cfg.verify and (cfg.gguf_types or cfg.gptq_presets):
+        from hubtool.evaluate.stream import streaming_check
+
+        checks.append("verify: " + streaming_check(weights_dir, trust_remote_code=cfg.trust_remote_code))
     if adapter is not None:
         from hubtool.merge import check_merge
 
