@@ -241,7 +241,6 @@ def gptq_compare(quant: Path, model: Path, windows: list[list[int]], reference: 
             with clock.part("metrics"):
                 got = merge_metrics(compare_logits(reference.logprobs(w), s, np.asarray(w)) for w, s in zip(windows, streamed))
     t = dict(clock.totals)
-    t["read tensors"] -= 0  # reads include the packed tensors the dequantizer gets
     print(f"gptq streamed (verify:gptq's path): total {t['total']:6.2f}s = {tps(tokens, t['total'])}; "
           + ", ".join(f"{k} {v:.2f}s" for k, v in t.items() if k != "total") + f"  [{load()}]")
     for k in ("kl_div", "top1", "perplexity"):
