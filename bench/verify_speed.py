@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--gptq", action="store_true", help="also measure verify:gptq (quantizes once, a few minutes)")
     ap.add_argument("--before", type=Path, help="another hubtool tree (e.g. `git archive main` unpacked) measured beside this one")
+    ap.add_argument("--types", default=",".join(TYPES), help="GGUF types to measure (default: %(default)s)")
     ap.add_argument("--no-settings", action="store_true", help="skip the thread/batch sweep")
     args = ap.parse_args()
 
@@ -264,6 +265,7 @@ def main() -> None:
     from hubtool.quality import read_text_source
 
     model, files = prepare(args.work)
+    files = {t: f for t, f in files.items() if t in args.types.split(",")}
     tok = AutoTokenizer.from_pretrained(model)
     windows = gguf_windows(tok, read_text_source("builtin:heldout"), max_tokens=args.max_tokens, context=args.context)
     tokens = sum(map(len, windows))
