@@ -117,3 +117,70 @@ def test_usage_snippets_follow_whether_a_chat_template_exists(tmp_path):
             assert "tokenizer(\"RoPE scaling" in fp16 and 'dtype="auto"' in fp16
     card = render_card("fp16", model_folder(tmp_path / "bf", "m", config=LLAMA_CONFIG), release={**RELEASE, "load_dtype": "bfloat16"})
     assert 'dtype="bfloat16"' in card and 'dtype="auto"' not in card
+
+
+def test_demote_headings_moves_every_heading_kind_down_two_levels_outside_code():
+    from hubtool.card.headings import demote_headings
+
+    source = (
+        "# Title\n"
+        "text with a # inside\n"
+        "## Overview\n"
+        "##### Deep\n"
+        "####### not a heading\n"
+        "#hashtag\n"
+        "\n"
+        "Setext one\n"
+        "==========\n"
+        "\n"
+        "Setext two\n"
+        "over two lines\n"
+        "---\n"
+        "\n"
+        "---\n"
+        "\n"
+        "```python\n"
+        "# a comment, not a heading\n"
+        "Not setext\n"
+        "===\n"
+        "```\n"
+        "\n"
+        "    # indented code\n"
+        '<h1 align="center">Logo</h1>\n'
+    )
+    want = (
+        "### Title\n"
+        "text with a # inside\n"
+        "#### Overview\n"
+        "###### Deep\n"
+        "####### not a heading\n"
+        "#hashtag\n"
+        "\n"
+        "### Setext one\n"
+        "\n"
+        "#### Setext two over two lines\n"
+        "\n"
+        "---\n"
+        "\n"
+        "```python\n"
+        "# a comment, not a heading\n"
+        "Not setext\n"
+        "===\n"
+        "```\n"
+        "\n"
+        "    # indented code\n"
+        '<h3 align="center">Logo</h3>\n'
+    )
+    assert demote_headings(source) == want
+    assert demote_headings("# A\r\nb\r\n") == "### A\r\nb\r\n"
+
+
+def test_original_card_section_demotes_the_source_cards_h1(tmp_path):
+    from tests.cardkit import EXAMPLE_CARDS
+
+    card = next(p for p in EXAMPLE_CARDS if p.name.startswith("bagel-dpo-14b"))
+    body = render_card("gguf", gguf_dir(tmp_path), release={**RELEASE, "source_card": str(card)})
+    original = body.split("## Original model card", 1)[1]
+    assert "\n### A bagel, with everything\n" in original
+    assert "\n#### Overview\n" in original
+    assert not any(line.startswith(("# ", "## ")) for line in original.splitlines())

@@ -148,3 +148,40 @@ def test_smollm2_reference_and_rtn_match_the_in_memory_path(smollm2, tmp_path):
     assert want["perplexity"] > 1.1 * want["ref_perplexity"]  # RTN 4-bit really hurts: the comparison has signal
     for key in ("perplexity", "ref_perplexity", "kl_div", "top1"):
         assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+
+
+def _float64_metrics(ref_logits: np.ndarray, test_logits: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+    """The metrics as first written: whole arrays in float64 (slow, but the plain formula)."""
+    import math
+
+    def log_softmax(x):
+        x = x.astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    n = len(ids) - 1
+    r, t = log_softmax(ref_logits[:n]), log_softmax(test_logits[:n])
+    rows = np.arange(n)
+    return {"kl_div": float((np.exp(r) * (r - t)).sum(-1).mean()), "top1": float((r.argmax(-1) == t.argmax(-1)).mean()),
+            "perplexity": math.exp(-t[rows, ids[1:]].mean()), "ref_perplexity": math.exp(-r[rows, ids[1:]].mean())}
+
+
+@pytest.mark.parametrize("noise", [1e-3, 0.05, 1.0])
+def test_compare_logits_in_float32_chunks_matches_float64(noise):
+    """verify's metrics run in float32 a few rows at a time; a 49k-wide vocabulary (SmolLM2's), a row
+    count that is no multiple of the chunk, and KL from near zero (Q8_0-like) to large."""
+    from hubtool.quality import ROWS_PER_CHUNK, compare_logits
+
+    rng = np.random.default_rng(1)
+    n, vocab = 3 * ROWS_PER_CHUNK + 7, 49152
+    ref = (rng.standard_normal((n, vocab)) * 4).astype(np.float32)
+    test = ref + (rng.standard_normal((n, vocab)) * noise).astype(np.float32)
+    ids = rng.integers(0, vocab, n)
+    got, want = compare_logits(ref, test, ids), _float64_metrics(ref, test, ids)
+    assert got["tokens"] == n - 1 and got["top1"] == want["top1"]
+    assert got["kl_div"] == pytest.approx(want["kl_div"], rel=1e-4, abs=1e-8)
+    for key in ("perplexity", "ref_perplexity"):
+        assert got[key] == pytest.approx(want[key], rel=1e-6)
+    # log-probs in (what the stored fp16 reference holds) give the same numbers as logits in
+    shifted = compare_logits(ref - 7.5, test + 3.0, ids)
+    assert shifted["kl_div"] == pytest.approx(got["kl_div"], rel=1e-4, abs=1e-8) and shifted["top1"] == got["top1"]

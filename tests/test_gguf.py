@@ -153,6 +153,40 @@ def test_q8_0_top1_and_ordering(verified):
     assert abs(verified["Q8_0"]["perplexity"] / verified["Q8_0"]["ref_perplexity"] - 1) < 0.05
 
 
+def test_verify_rows_are_the_plain_float64_metrics_of_copied_logits(exported, src, verified, tmp_path):
+    """verify reads llama.cpp's rows in place and computes the metrics in float32 chunks: its row must be
+    what whole-array float64 metrics give on copied logits against the same fp16 reference."""
+    import math
+
+    from transformers import AutoTokenizer
+
+    from hubtool.evaluate.reference import compute_reference, gguf_windows
+    from hubtool.quality import builtin_text, merge_metrics
+
+    def log_softmax(x):
+        x = x.astype(np.float64) - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    windows = gguf_windows(AutoTokenizer.from_pretrained(src), builtin_text("heldout"), max_tokens=512, context=128)
+    reference = compute_reference(src, windows, tmp_path / "reference")
+    chunks = []
+    with open_llama(exported[0] / "Tiny-Test.Q4_K_M.gguf", context=128) as llm:
+        for w in windows:
+            ref, got = np.array(reference.logprobs(w)), llama_logits(llm, w)  # copies, not views
+            n, ids = len(w) - 1, np.asarray(w)
+            r, t = log_softmax(ref[:n]), log_softmax(got[:n, : ref.shape[1]])
+            rows = np.arange(n)
+            chunks.append({"kl_div": float((np.exp(r) * (r - t)).sum(-1).mean()), "top1": float((r.argmax(-1) == t.argmax(-1)).mean()),
+                           "perplexity": math.exp(-t[rows, ids[1:]].mean()), "ref_perplexity": math.exp(-r[rows, ids[1:]].mean()),
+                           "tokens": n})
+    want, row = merge_metrics(chunks), verified["Q4_K_M"]
+    assert row["tokens"] == want["tokens"] and want["kl_div"] > 1e-3  # a real quantization error is measured
+    assert row["kl_div"] == pytest.approx(want["kl_div"], rel=1e-3, abs=2e-6)
+    assert row["top1"] == pytest.approx(want["top1"], abs=1e-4)
+    assert row["perplexity"] == pytest.approx(want["perplexity"], rel=1e-4)
+    assert row["ref_perplexity"] == pytest.approx(want["ref_perplexity"], rel=1e-4)
+
+
 def test_card_metadata_chat_template_and_special_tokens(exported):
     out, _ = exported
     for f in ("Tiny-Test.F16.gguf", "Tiny-Test.Q4_K_M.gguf"):  # the quantizer carries everything over

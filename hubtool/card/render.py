@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from hubtool.card.headings import demote_headings
 from hubtool.errors import CardError
 
 TEMPLATE_SUFFIX = ".md.j2"
@@ -48,6 +49,7 @@ def make_env(template_dir: Path | None = None) -> ImmutableSandboxedEnvironment:
     env.filters["fmt"] = fmt_number
     env.filters["code_block"] = code_block
     env.filters["repo_link"] = repo_link
+    env.filters["demote_headings"] = demote_headings
     return env
 
 

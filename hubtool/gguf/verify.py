@@ -73,9 +73,9 @@ def read_gguf(path: Path):
         raise InputError(f"{path}: not a valid GGUF file ({exc}); re-export it with `hubtool quantize gguf`") from None
 
 
-def gguf_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """(key -> value for every KV field, tensor names) of one GGUF file."""
-    reader = read_gguf(path)
+def gguf_metadata(path: Path, reader: Any = None) -> tuple[dict[str, Any], list[str]]:
+    """(key -> value for every KV field, tensor names) of one GGUF file (READER: its GGUFReader, if already open)."""
+    reader = reader if reader is not None else read_gguf(path)
     meta = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
     return meta, [t.name for t in reader.tensors]
 
@@ -96,12 +96,16 @@ def variant_of(path: Path, meta: dict[str, Any]) -> str:
     return path.stem
 
 
-def size_info(first: Path) -> tuple[int, float]:
-    """(bytes on disk over all shards, bits per weight over tensor data)."""
+def size_info(first: Path, reader: Any = None) -> tuple[int, float]:
+    """(bytes on disk over all shards, bits per weight over tensor data); READER: FIRST's GGUFReader, if already open.
+
+    gguf-py parses every element of the tokenizer arrays (150k for a 49k vocabulary) in Python, seconds
+    per file: verify reads shard 1 once for metadata and sizes.
+    """
     paths = shard_paths(first)
     n_el = n_bytes = 0
     for p in paths:
-        for t in read_gguf(p).tensors:
+        for t in (reader if reader is not None and p == first else read_gguf(p)).tensors:
             n_el += int(t.n_elements)
             n_bytes += int(t.n_bytes)
     return sum(p.stat().st_size for p in paths), (8.0 * n_bytes / n_el if n_el else 0.0)
@@ -258,11 +262,16 @@ def open_llama(path: Path, *, context: int, vocab_only: bool = False) -> Iterato
             llm.close()
 
 
-def llama_logits(llm: Any, ids: list[int]) -> np.ndarray:
-    """[len(ids), n_vocab] next-token logits from llama.cpp."""
+def llama_logits(llm: Any, ids: list[int], *, copy: bool = True) -> np.ndarray:
+    """[len(ids), n_vocab] next-token logits from llama.cpp.
+
+    copy=False returns a view of llama-cpp-python's own scores buffer (valid until LLM's next eval):
+    a window of a 49k-vocabulary model is 100 MB, so verify reads the rows where eval put them.
+    """
     llm.reset()
     llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    rows = llm.scores[: len(ids)]
+    return np.array(rows, dtype=np.float32) if copy else rows
 
 
 def hf_logits(model: Any, ids: list[int]) -> np.ndarray:
@@ -308,13 +317,16 @@ def verify_gguf(
     paths = find_gguf_files(list(files))
     body = read_text_source(text)
     tok, config = load_reference(Path(reference_dir), trust_remote_code=trust_remote_code)
-    variants = {}
+    variants, sizes = {}, {}
     for path in paths:  # cheap structural checks first: fail before minutes of logits
-        meta, tensor_names = gguf_metadata(path)
+        reader = read_gguf(path)
+        meta, tensor_names = gguf_metadata(path, reader)
         check_rope(path, meta, tensor_names, config)
         with open_llama(path, context=context, vocab_only=True) as llm:
             check_tokenizer(path, llm, tok, meta)
         variants[path] = variant_of(path, meta)
+        sizes[path] = size_info(path, reader)
+        del reader
     windows = gguf_windows(tok, body, max_tokens=max_tokens, context=context)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
@@ -326,11 +338,11 @@ def verify_gguf(
             with open_llama(path, context=context) as llm:
                 for w in track(windows, description=f"{variant} logits"):
                     ref_logits = reference.logprobs(w)
-                    got = llama_logits(llm, w)
+                    got = llama_logits(llm, w, copy=False)
                     width = min(ref_logits.shape[1], got.shape[1])
                     chunks.append(compare_logits(ref_logits[:, :width], got[:, :width], np.asarray(w)))
             m = merge_metrics(chunks)
-            size, bpw = size_info(path)
+            size, bpw = sizes[path]
             rows.append({"variant": variant, "kind": "gguf", "file": path.name, "perplexity": round(m["perplexity"], 4),
                          "ref_perplexity": round(m["ref_perplexity"], 4), "kl_div": round(m["kl_div"], 6),
                          "top1": round(m["top1"], 4), "tokens": int(m["tokens"]), "size_bytes": size,

