@@ -775,3 +775,96 @@ def test_sigterm_mid_release_then_resume(tiny_llama, adapter, tmp_path):
     again = subprocess.run([sys.executable, "-m", "hubtool", *args], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not leftovers(work)
+
+
+# ---- round 2 (issue 23): outputs into inputs, refused by one shared check before anything is written ----
+
+def test_card_render_overwrite_refuses_a_model_file(base_copy):
+    """`card render fp16 MODEL -o MODEL/config.json --overwrite` must not replace the model's config."""
+    before = snapshot(base_copy)
+    out = base_copy / "config.json"
+    res = run_cli(["card", "render", "fp16", base_copy, "--set", "license=mit", "-o", out, "--overwrite"])
+    assert_one_error(res, 2, str(out), "is the input", "-o")
+    assert snapshot(base_copy) == before and not leftovers(base_copy)
+
+
+def test_card_render_into_the_model_folder_readme_still_works(base_copy):
+    """The documented use, -o MODEL/README.md, is the card's place in the folder, not an input."""
+    res = run_cli(["card", "render", "fp16", base_copy, "--set", "license=mit", "-o", base_copy / "README.md"])
+    assert res.rc == 0, res.err
+    assert (base_copy / "README.md").read_text().startswith("---\n")
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_quantize_gguf_refuses_output_in_the_input(base_copy, where, overwrite):
+    out = base_copy if where == "same" else base_copy / "gguf"
+    before = snapshot(base_copy)
+    res = run_cli(["quantize", "gguf", base_copy, "-o", out, "--types", "q8_0", *overwrite])
+    assert_one_error(res, 2, str(out), "input", "-o")
+    assert snapshot(base_copy) == before and sorted(p.name for p in base_copy.iterdir()) == sorted(before)
+    assert not leftovers(base_copy)
+
+
+def test_check_apart_is_the_shared_rule(tmp_path):
+    from hubtool.atomic import check_apart
+    from hubtool.errors import InputError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for out, word in [(model, "is the input"), (model / "sub", "is inside the input"), (tmp_path, "holds the input"),
+                      (model / "config.json", "is inside the input")]:
+        with pytest.raises(InputError, match=word):
+            check_apart({"--x": out}, [model])
+    with pytest.raises(InputError, match="is the input"):
+        check_apart({"-o": model / "config.json"}, [model / "config.json"])
+    check_apart({"--x": tmp_path / "elsewhere", "--y": None}, [model, None, tmp_path / "missing"])
+
+
+@pytest.mark.parametrize(("flag", "where"), [("--local-hub", "base"), ("--local-hub", "base/hub"), ("--local-hub", "adapter"),
+                                             ("--work-dir", "base/wd"), ("--work-dir", "adapter"), ("--work-dir", "base")])
+@pytest.mark.parametrize("dry", [["--dry-run"], []])
+def test_release_refuses_work_dir_or_local_hub_in_an_input(base_copy, user_adapter, tmp_path, flag, where, dry):
+    """Refused before anything is written: no hashes.json, stages/locks, blobs/, repos/ or xet-cas/ in the inputs."""
+    roots = {"base": base_copy, "adapter": user_adapter}
+    first, _, rest = where.partition("/")
+    target = roots[first] / rest if rest else roots[first]
+    before_base, before_adapter = snapshot(base_copy), snapshot(user_adapter)
+    names = sorted(p.name for p in base_copy.iterdir()), sorted(p.name for p in user_adapter.iterdir())
+    args = ["release", "--base", base_copy, "--adapter", user_adapter, "--namespace", "me", "--quants", "gguf",
+            "--gguf-types", "q8_0", flag, target, *dry]
+    if flag == "--local-hub":
+        args += ["--work-dir", tmp_path / "work"]
+    assert_one_error(run_cli(args), 2, str(target), flag, "input")
+    assert snapshot(base_copy) == before_base and snapshot(user_adapter) == before_adapter
+    assert (sorted(p.name for p in base_copy.iterdir()), sorted(p.name for p in user_adapter.iterdir())) == names
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.ENOSPC])
+def test_release_unwritable_work_dir_leaves_no_local_hub_skeleton(tiny_llama, tmp_path, err):
+    """A read-only or full --work-dir fails before the local Hub makes its folders, naming the user's path."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    hub = tmp_path / "hub"
+    with read_only(ro, err):
+        res = run_cli(["release", tiny_llama, "--namespace", "me", "--quants", "gguf", "--gguf-types", "q8_0",
+                       "--work-dir", ro / "work", "--local-hub", hub])
+    line = assert_one_error(res, 2, str(ro / "work"))
+    assert "stages" not in line and ".tmp" not in line and ".hubtool-probe" not in line
+    assert not hub.exists() and list(ro.iterdir()) == []
+
+
+def test_release_stage_disk_error_names_the_work_dir(tmp_path):
+    from hubtool.errors import QuantizeError
+    from hubtool.release.cache import Hasher
+    from hubtool.release.graph import Stage
+    from hubtool.release.store import StageStore
+
+    def fill(out: Path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "x.gguf"))
+
+    with pytest.raises(QuantizeError) as exc:
+        StageStore(tmp_path / "work", Hasher(tmp_path / "work")).run(Stage("gguf:Q8_0", "gguf", "k1", ()), fill)
+    assert str(exc.value).startswith(f"{tmp_path / 'work'}: disk full")
