@@ -868,3 +868,148 @@ def test_release_stage_disk_error_names_the_work_dir(tmp_path):
     with pytest.raises(QuantizeError) as exc:
         StageStore(tmp_path / "work", Hasher(tmp_path / "work")).run(Stage("gguf:Q8_0", "gguf", "k1", ()), fill)
     assert str(exc.value).startswith(f"{tmp_path / 'work'}: disk full")
+
+
+# ---- round 2: inputs that lie (headers, adapters, config values, tokenizer files) ------------------
+
+def rewrite_header(path: Path, edit) -> None:
+    """Edit a safetensors file's JSON header in place (bytes untouched): a header that lies about them."""
+    import struct
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+
+
+Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
+
+
+def shard_of(model: Path, name: str) -> Path:
+    index = model / "model.safetensors.index.json"
+    return model / (json.loads(index.read_text())["weight_map"][name] if index.is_file() else "model.safetensors")
+
+
+def load_weights(model: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(model.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.mark.parametrize("cmd", ["merge", "release-dry-run", "quantize-gguf"])
+def test_bf16_header_over_f16_bytes_is_refused(base_copy, user_adapter, tmp_path, cmd):
+    """Same byte length, so safetensors opens it; a checkpoint with one tensor of another 16-bit type is refused, naming it."""
+    shard = shard_of(base_copy, Q_PROJ)
+    rewrite_header(shard, lambda h: h[Q_PROJ].update(dtype="BF16"))
+    before = snapshot(base_copy)
+    args = {"merge": ["merge", base_copy, user_adapter, "-o", tmp_path / "out"],
+            "release-dry-run": ["release", "--base", base_copy, "--adapter", user_adapter, "--namespace", "me", "--work-dir",
+                                tmp_path / "w", "--dry-run"],
+            "quantize-gguf": ["quantize", "gguf", base_copy, "-o", tmp_path / "out", "--types", "q8_0"]}[cmd]
+    assert_one_error(run_cli(args), 2, str(shard), Q_PROJ, "BF16", "F16")
+    assert not (tmp_path / "out").exists() and snapshot(base_copy) == before
+
+
+def test_i32_header_over_f16_bytes_is_refused(base_copy, user_adapter, tmp_path):
+    """A dtype whose size does not match the bytes (I32 over F16): safetensors' own length check, named and one line."""
+    shard = shard_of(base_copy, Q_PROJ)
+    rewrite_header(shard, lambda h: h[Q_PROJ].update(dtype="I32"))
+    assert_one_error(run_cli(["merge", base_copy, user_adapter, "-o", tmp_path / "out"]), 2, str(shard))
+
+
+def test_adapter_integer_lora_a_blames_the_adapter(tiny_llama, user_adapter, tmp_path):
+    weights = user_adapter / "adapter_model.safetensors"
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    rewrite_header(weights, lambda h: h[key].update(dtype="I32"))  # F32 bytes: same length
+    for args in (["merge", tiny_llama, user_adapter, "-o", tmp_path / "out"],
+                 ["release", "--base", tiny_llama, "--adapter", user_adapter, "--namespace", "me", "--work-dir", tmp_path / "w", "--dry-run"]):
+        line = assert_one_error(run_cli(args), 2, str(weights), key, "I32")
+        assert "--dtype" not in line and str(tiny_llama) not in line.replace(str(weights), "")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("how", ["factors", "lora_alpha"])
+def test_adapter_scaled_absurdly_blames_the_adapter(tiny_llama, user_adapter, tmp_path, how):
+    from safetensors.torch import load_file, save_file
+
+    weights = user_adapter / "adapter_model.safetensors"
+    if how == "factors":
+        tensors = load_file(weights)
+        save_file({k: v * 1e6 if ".lora_B." in k else v for k, v in tensors.items()}, weights)
+    else:
+        cfg = user_adapter / "adapter_config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "lora_alpha": 8e6}))
+    line = assert_one_error(run_cli(["merge", tiny_llama, user_adapter, "-o", tmp_path / "out"]), 3, str(weights), "lora_alpha")
+    assert "--dtype bfloat16" not in line
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def dora_adapter(tiny_llama, tmp_path_factory) -> Path:
+    return make_adapter(tiny_llama, tmp_path_factory.mktemp("dora") / "adapter", target_modules=["q_proj", "v_proj"], use_dora=True)
+
+
+def test_dora_without_magnitude_vectors_is_refused(tiny_llama, dora_adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    adapter = Path(shutil.copytree(dora_adapter, tmp_path / "adapter"))
+    weights = adapter / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    assert any("lora_magnitude_vector" in k for k in tensors)  # what PEFT stores for DoRA
+    save_file({k: v for k, v in tensors.items() if "lora_magnitude_vector" not in k}, weights)
+    for args in (["merge", tiny_llama, adapter, "-o", tmp_path / "out"],
+                 ["release", "--base", tiny_llama, "--adapter", adapter, "--namespace", "me", "--work-dir", tmp_path / "w", "--dry-run"]):
+        assert_one_error(run_cli(args), 2, str(weights), "use_dora", "lora_magnitude_vector")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dora_with_magnitude_vectors_matches_peft(tiny_llama, dora_adapter, tmp_path):
+    from tests.peft_helpers import peft_reference
+
+    res = run_cli(["merge", tiny_llama, dora_adapter, "-o", tmp_path / "out", "--dtype", "float16"])
+    assert res.rc == 0, res.err
+    ours = load_weights(tmp_path / "out")
+    ref = peft_reference(tiny_llama, dora_adapter)
+    ref = ref.state_dict() if hasattr(ref, "state_dict") else ref
+    diff = (ours[Q_PROJ].float() - ref[Q_PROJ].float()).abs().max().item()
+    base = load_weights(tiny_llama)[Q_PROJ].float()
+    assert diff < 2e-3 and (ours[Q_PROJ].float() - base).abs().max().item() > 10 * diff
+
+
+BAD_LAYERS = [1e9, 10**9, "2", True, -1, None]
+
+
+@pytest.mark.parametrize("value", BAD_LAYERS[:5], ids=["1e9", "10**9", "string", "bool", "negative"])
+@pytest.mark.parametrize("cmd", ["merge", "release-dry-run", "quantize-gguf", "quantize-gptq"])
+def test_config_layer_count_that_lies_is_refused(base_copy, user_adapter, tmp_path, cmd, value):
+    cfg = base_copy / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "num_hidden_layers": value}))
+    args = {"merge": ["merge", base_copy, user_adapter, "-o", tmp_path / "out"],
+            "release-dry-run": ["release", "--base", base_copy, "--adapter", user_adapter, "--namespace", "me", "--work-dir",
+                                tmp_path / "w", "--dry-run"],
+            "quantize-gguf": ["quantize", "gguf", base_copy, "-o", tmp_path / "out", "--types", "q8_0"],
+            "quantize-gptq": ["quantize", "gptq", base_copy, "-o", tmp_path / "out", "--device", "cpu"]}[cmd]
+    start = time.monotonic()
+    assert_one_error(run_cli(args), 2, str(cfg), "num_hidden_layers")
+    assert time.monotonic() - start < 60 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("junk", ["random", "brace"])
+def test_junk_tokenizer_json_is_refused_at_plan_time(base_copy, user_adapter, tiny_q8, tmp_path, junk):
+    tok = base_copy / "tokenizer.json"
+    data = os.urandom(20_000_000)
+    tok.write_bytes(b"{" + data if junk == "brace" else b"\x00" + data)
+    res = run_cli(["release", "--base", base_copy, "--adapter", user_adapter, "--namespace", "me", "--work-dir", tmp_path / "w", "--dry-run"])
+    assert_one_error(res, 2, str(tok), "tokenizer.json")
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", base_copy, "--max-tokens", "64", "--context", "32"])
+    assert_one_error(res, 2, str(tok), "tokenizer.json")
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\tb", " a", "a/b"])
+def test_quantize_gguf_name_must_be_one_printable_line(tiny_llama, tmp_path, name):
+    res = run_cli(["quantize", "gguf", tiny_llama, "-o", tmp_path / "out", "--types", "q8_0", "--name", name])
+    assert_one_error(res, 2, "--name")
+    assert not (tmp_path / "out").exists()
