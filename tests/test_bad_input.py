@@ -1013,3 +1013,19 @@ def test_quantize_gguf_name_must_be_one_printable_line(tiny_llama, tmp_path, nam
     res = run_cli(["quantize", "gguf", tiny_llama, "-o", tmp_path / "out", "--types", "q8_0", "--name", name])
     assert_one_error(res, 2, "--name")
     assert not (tmp_path / "out").exists()
+
+
+# ---- round 2: sizes and places a user sets ----------------------------------------------------------
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_hub_serve_port_out_of_range(tmp_path, port):
+    res = run_cli(["hub", "serve", "--root", tmp_path / "root", "--port", port])
+    assert_one_error(res, 2, f"--port {port}", "0-65535")
+    assert not (tmp_path / "root").exists()
+
+
+def test_hub_serve_root_is_a_file(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("mine")
+    line = assert_one_error(run_cli(["hub", "serve", "--root", f, "--port", "0"]), 2, str(f), "--root", "is a file")
+    assert "--port" not in line and f.read_text() == "mine"
