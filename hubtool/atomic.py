@@ -68,6 +68,22 @@ def check_folder(path: Path, *, flag: str) -> None:
         raise InputError(f"{probe}: {flag} {path} needs a folder there, but it is a file; choose another {flag}")
 
 
+def check_writable_file(path: Path, *, flag: str) -> None:
+    """An output file that is written at the end of long work (--results): prove now that it can be, naming
+    the user's path (not the temp file beside it) if its folder is missing, read-only or full."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: {flag} is a folder; give a file path (e.g. {path / 'quality.json'})")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist; create it or choose another {flag}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=path.parent)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise from_os_error(exc, path) from None
+
+
 def ensure_writable_folder(path: Path, *, flag: str) -> None:
     """Make the folder option's folder (if missing) and prove a file can be written in it, so a read-only
     or full disk is one line naming the user's path before any work, not an internal path hours later."""

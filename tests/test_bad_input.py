@@ -607,6 +607,7 @@ def test_gates_config_parsing():
 
 @pytest.mark.parametrize(("cmd", "flag", "value"), [
     ("gguf", "--context", "0"), ("gguf", "--max-tokens", "-5"), ("gptq", "--context", "0"), ("gptq", "--tokens", "0"),
+    ("gptq", "--max-tokens", "0"),
 ])
 def test_verify_bad_numbers(tiny_llama, tmp_path, cmd, flag, value):
     res = run_cli(["verify", cmd, tmp_path, "--reference", tiny_llama, flag, value])
@@ -1029,3 +1030,61 @@ def test_hub_serve_root_is_a_file(tmp_path):
     f.write_text("mine")
     line = assert_one_error(run_cli(["hub", "serve", "--root", f, "--port", "0"]), 2, str(f), "--root", "is a file")
     assert "--port" not in line and f.read_text() == "mine"
+
+
+@pytest.mark.parametrize("context", ["100000000", "257"])
+def test_verify_gguf_context_bounded_by_trained_context(tiny_q8, tiny_llama, tmp_path, context, monkeypatch):
+    import hubtool.evaluate.reference as reference
+
+    monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
+    trained = json.loads((tiny_llama / "config.json").read_text())["max_position_embeddings"]
+    assert int(context) > trained
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--context", context, "--max-tokens", "64"])
+    assert_one_error(res, 2, f"--context {context}", str(trained), "--force-context")
+
+
+def test_verify_gguf_force_context_goes_past_the_trained_context(tiny_q8, tiny_llama):
+    trained = json.loads((tiny_llama / "config.json").read_text())["max_position_embeddings"]
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--context", str(trained * 2), "--max-tokens", "64",
+                   "--force-context", "--no-gates", "--json"])
+    assert res.rc == 0, res.err
+    assert json.loads(res.out)[0]["tokens"] <= 64
+
+
+def test_verify_gguf_max_tokens_bounded_by_the_text(tiny_q8, tiny_llama, tmp_path, monkeypatch):
+    import hubtool.evaluate.reference as reference
+
+    monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
+    text = tmp_path / "short.txt"
+    text.write_text("A short held-out text of a few words.\n")
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--text", text, "--max-tokens", "100000", "--context", "32"])
+    assert_one_error(res, 2, "--max-tokens 100000", "holds only", str(text))
+
+
+def test_verify_gguf_results_not_writable_fails_before_work(tiny_q8, tiny_llama, tmp_path, monkeypatch):
+    import hubtool.evaluate.reference as reference
+
+    monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    with read_only(ro):
+        res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--results", ro / "q.json", "--max-tokens", "64",
+                       "--context", "32"])
+    line = assert_one_error(res, 2, str(ro / "q.json"), "read-only")
+    assert ".tmp" not in line and ".probe" not in line and list(ro.iterdir()) == []
+    missing = tmp_path / "nope" / "q.json"
+    assert_one_error(run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--results", missing]), 2, str(missing), "does not exist")
+
+
+def test_write_results_disk_error_names_the_users_path(tmp_path, monkeypatch):
+    from hubtool.errors import InputError
+    from hubtool.quality import write_results
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(InputError) as exc:
+        write_results(tmp_path / "q.json", [{"kind": "gguf", "variant": "Q8_0"}])
+    assert str(exc.value).startswith(f"{tmp_path / 'q.json'}: disk full") and ".tmp" not in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
