@@ -94,10 +94,10 @@ def verify_gptq(
     info = read_gptq_info(quant_dir)
     check_writable_file(Path(results_path) if results_path else quant_dir / RESULTS_FILE, flag="--results")
     ref_dir = load_model_dir(reference_dir, kind="reference model")
-    check_context(context, source="--context", trained=ref_dir.config.get("max_position_embeddings"),
-                  config=reference_dir / "config.json", force=force_context)
     if ref_dir.config.get("quantization_config"):
         raise InputError(f"{reference_dir}: is itself quantized; --reference must be the fp16 model the GPTQ was made from")
+    check_context(context, source="--context", trained=ref_dir.config.get("max_position_embeddings"),
+                  config=reference_dir / "config.json", force=force_context)
     bits, group = int(info["bits"]), int(info["group_size"])
     tokenizer = AutoTokenizer.from_pretrained(reference_dir)
     body = read_text_source(text)
