@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from hubtool.errors import InputError, from_os_error
 
@@ -18,14 +18,33 @@ def _same_or_inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def check_output_free(out: Path, *, overwrite: bool, inputs: Iterable[Path | str | None] = (), kind: str = "any") -> None:
+def check_apart(outputs: Mapping[str, Path | str | None], inputs: Iterable[Path | str | None]) -> None:
+    """The one check every command runs before it writes anything: no output (a file, a folder, a
+    work dir, a local Hub; `outputs` maps the flag that named it to the path) may be one of the
+    inputs, sit inside an input folder, or hold an input — `--overwrite` would replace the user's
+    files, and anything written there lands in the user's model. Inputs that don't exist are skipped."""
+    sources = [Path(s) for s in inputs if s is not None and str(s) and os.path.lexists(s)]
+    for flag, out in outputs.items():
+        if out is None or not str(out):
+            continue
+        out = Path(out)
+        for src in sources:
+            if _same_or_inside(out, src):
+                where = "is the input" if out.resolve() == src.resolve() else "is inside the input"
+            elif _same_or_inside(src, out):
+                where = "holds the input"
+            else:
+                continue
+            raise InputError(f"{out}: {flag} {where} {src} (nothing was written); choose a {flag} path outside the inputs")
+
+
+def check_output_free(out: Path, *, overwrite: bool, inputs: Iterable[Path | str | None] = (), kind: str = "any",
+                      flag: str = "-o") -> None:
     """Fail early (before any work) when OUT exists and the user did not pass --overwrite, when OUT
     is one of the inputs (or holds one: --overwrite would delete the user's model), or when OUT is
     the wrong kind of thing (`kind` "file": an existing folder; "dir": an existing file)."""
     out = Path(out)
-    for src in inputs:
-        if src is not None and Path(src).exists() and (_same_or_inside(Path(src), out) or _same_or_inside(out, Path(src))):
-            raise InputError(f"{out}: the output would replace or sit inside the input {src}; choose another -o path")
+    check_apart({flag: out}, inputs)
     if kind == "file" and out.is_dir():
         raise InputError(f"{out}: is a folder; give a file path for the output (e.g. {out / 'README.md'})")
     if kind == "dir" and out.exists() and not out.is_dir():
@@ -47,6 +66,46 @@ def check_folder(path: Path, *, flag: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise InputError(f"{probe}: {flag} {path} needs a folder there, but it is a file; choose another {flag}")
+
+
+def check_writable_file(path: Path, *, flag: str) -> None:
+    """An output file that is written at the end of long work (--results): prove now that it can be, naming
+    the user's path (not the temp file beside it) if its folder is missing, read-only or full."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: {flag} is a folder; give a file path (e.g. {path / 'quality.json'})")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist; create it or choose another {flag}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=path.parent)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise from_os_error(exc, path) from None
+
+
+def ensure_writable_folder(path: Path, *, flag: str) -> None:
+    """Make the folder option's folder (if missing) and prove a file can be written in it, so a read-only
+    or full disk is one line naming the user's path before any work, not an internal path hours later."""
+    path = Path(path)
+    created = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".hubtool-probe-", dir=path)
+        try:
+            os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        for folder in created:  # leave no empty skeleton behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise from_os_error(exc, path) from None
 
 
 def _publishable(path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,4 +213,81 @@ def load_model_dir(path: Path | str, *, kind: str = "model", trust_remote_code: 
     model = ModelDir(path=path, config=config, weight_map=dict(weight_map))
     for shard in model.shard_files:  # validate headers now, not halfway through a merge
         model._handle(shard)
+    check_dtypes(model)
+    check_config_counts(model)
+    check_tokenizer_files(path)
     return model
+
+
+# config.json sizes every loader and converter trusts (a converter loops num_hidden_layers times).
+CONFIG_COUNTS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                 "vocab_size", "max_position_embeddings", "head_dim")
+COUNT_MAX = 1 << 31
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+SIXTEEN_BIT = {"F16": "float16", "BF16": "bfloat16"}
+
+
+def check_config_counts(model: ModelDir) -> None:
+    """config.json's sizes are whole numbers in range and agree with the weights present: 1e9 layers over
+    two stored ones would hang a converter or end in a library's traceback far from config.json."""
+    cfg_path = model.path / "config.json"
+    for key in CONFIG_COUNTS:
+        if key not in model.config or model.config[key] is None:
+            continue
+        value = model.config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < COUNT_MAX:
+            raise InputError(f"{cfg_path}: {key} = {value!r} must be a whole number from 1 to {COUNT_MAX - 1}; "
+                             "restore config.json from the original checkpoint")
+    layers = model.config.get("num_hidden_layers")
+    found = {int(m.group(1)) for name in model.weight_map for m in [_LAYER.search(name)] if m}
+    if isinstance(layers, int) and found and layers > max(found) + 1:
+        raise InputError(f"{cfg_path}: num_hidden_layers = {layers} but the weights hold {max(found) + 1} layer(s) "
+                         f"(indices 0-{max(found)}); fix num_hidden_layers or restore config.json from the original checkpoint")
+    hidden = model.config.get("hidden_size")
+    embed = next((n for n in model.weight_map if n.endswith("embed_tokens.weight")), None)
+    if isinstance(hidden, int) and embed is not None and "embedding_size" not in model.config:
+        shape = model.tensor_shape(embed)
+        if len(shape) == 2 and shape[1] != hidden:
+            raise InputError(f"{cfg_path}: hidden_size = {hidden} but {embed} is {shape}; fix hidden_size or restore config.json")
+
+
+def check_dtypes(model: ModelDir) -> None:
+    """A checkpoint holds one 16-bit type. safetensors itself checks every tensor's byte length against its
+    shape and dtype (an I32 header over F16 bytes fails to open), but BF16 declared over F16 bytes has the
+    right length and merges into garbage: refuse the tensors whose 16-bit type differs from the rest."""
+    by_type: dict[str, list[str]] = {}
+    for name in model.weight_map:
+        kind = model.tensor_dtype(name)
+        if kind in SIXTEEN_BIT:
+            by_type.setdefault(kind, []).append(name)
+    if len(by_type) < 2:
+        return
+    declared = model.config.get("dtype") or model.config.get("torch_dtype")
+    counts = sorted(by_type, key=lambda k: (SIXTEEN_BIT[k] != declared, -len(by_type[k])))
+    major, odd = counts[0], counts[1]
+    name = by_type[odd][0]
+    more = f" (and {len(by_type[odd]) - 1} more)" if len(by_type[odd]) > 1 else ""
+    raise InputError(f"{model.path / model.weight_map[name]}: tensor {name}{more} is declared {odd} but the checkpoint's other "
+                     f"{len(by_type[major])} 16-bit tensors are {major}" + (f" (config.json: {declared})" if declared else "")
+                     + "; its header does not match its bytes: re-download or re-save the checkpoint")
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """tokenizer.json / tokenizer_config.json parse as JSON objects, checked before any work (a junk
+    tokenizer.json otherwise fails deep inside a loader, after the quantization)."""
+    for fname in ("tokenizer.json", "tokenizer_config.json"):
+        f = Path(path) / fname
+        if not f.is_file():
+            continue
+        with open(f, "rb") as fh:
+            head = fh.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+        ok = head.startswith(b"{")
+        if ok:
+            try:
+                data = json.loads(f.read_bytes())
+                ok = isinstance(data, dict)
+            except (ValueError, UnicodeDecodeError):
+                ok = False
+        if not ok:
+            raise InputError(f"{f}: not a valid {fname} (not a JSON object); copy it again from the base model "
+                             "(tokenizer.save_pretrained)")

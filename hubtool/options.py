@@ -108,3 +108,22 @@ def check_text_source(value: Any, *, source: str, allow_folder: bool = False) ->
     except InputError as exc:
         raise InputError(f"{source}: {exc}") from None
     return value
+
+
+def check_context(value: Any, *, source: str, trained: Any, config: Path | str, force: bool = False,
+                  force_flag: str = "--force-context") -> int:
+    """An evaluation window length: at least 8 tokens and, unless forced, no longer than the context the
+    model was trained for (config.json max_position_embeddings; a longer window is not what users get,
+    and 10^8 allocates without end)."""
+    check_int(value, source=source, minimum=8)
+    if isinstance(trained, int) and not isinstance(trained, bool) and value > trained and not force:
+        raise InputError(f"{source} {value}: longer than the {trained} tokens the model was trained on ({config}: "
+                         f"max_position_embeddings); pass at most {trained}, or {force_flag} to evaluate past it")
+    return value
+
+
+def check_tokens_in_text(value: int, *, available: int, source: str, text: str) -> None:
+    """An explicit token budget the text can't fill is a mistake, not a request: say how much there is."""
+    if value > available:
+        raise InputError(f"{source} {value}: the text ({text}) holds only {available} tokens; pass at most {available} "
+                         "or give a longer --text")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,10 @@ def scan_folder(folder: Path, *, ignore_patterns: list[str] | None = None, follo
                                  "(copy the file in, or pass --follow-symlinks)")
         if not is_file:
             continue
+        if not path.is_file():  # os.walk lists FIFOs, sockets and devices with the files
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(path.stat().st_mode) else "not a regular file (socket or device)"
+            raise InputError(f"{shown}: is {kind}, which cannot be uploaded; remove it, move it out of {folder} "
+                             "or leave it out with an ignore pattern (nothing was uploaded)")
         try:
             validate.file_path(rel)
         except StorageError as exc:
@@ -228,6 +233,13 @@ def explain(exc: BaseException, *, repo_id: str, branch: str, endpoint: str, tok
     """Turn a huggingface_hub / hf-xet / network failure into a one-line PushError (token-free)."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+    full = _disk_full(exc)
+    if full is not None:
+        from hubtool.errors import describe_os_error
+        from hubtool.hub_server import local_root
+
+        where = local_root(endpoint) or full.filename
+        return _push_error(f"{describe_os_error(full, where)} (while pushing {repo_id}); then re-run to resume", token)
     http_exc = _find_cause(exc, HfHubHTTPError)
     detail = ""
     status: int | None = None
@@ -294,6 +306,18 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(cur)
         cur = cur.__cause__ or cur.__context__
     return seen
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """A full disk or quota anywhere in the chain (hf-xet's Rust errors carry only 'os error 28' in their text)."""
+    import errno
+
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        if "No space left on device" in str(e) or "os error 28" in str(e):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), getattr(e, "filename", None))
+    return None
 
 
 def _find_cause(exc: BaseException, kind: type) -> Any:

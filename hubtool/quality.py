@@ -153,6 +153,12 @@ def write_results(path: Path, rows: list[dict[str, Any]], **header: Any) -> dict
         keep[(row.get("kind"), row.get("variant"))] = row
     data["rows"] = list(keep.values())
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.exists() else None
+        from hubtool.errors import from_os_error
+
+        raise from_os_error(exc, path) from None  # the user's --results path, not the temp file
     return data

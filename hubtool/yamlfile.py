@@ -8,6 +8,7 @@ bound (a "billion laughs" file that composes instantly but hangs every consumer)
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,18 @@ class BoundedSafeLoader(yaml.SafeLoader):
         return node
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key = key_node.value
-                if key in seen and key != "<<":
-                    raise _Refused(f"duplicate key {key!r} (first on line {seen[key].line + 1}); keep one", key_node.start_mark)
-                seen[key] = key_node.start_mark
+        _refuse_duplicates(node)
         return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_duplicates(node: Any) -> None:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            key = key_node.value
+            if key in seen and key != "<<":
+                raise _Refused(f"duplicate key {key!r} (first on line {seen[key].line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark
 
 
 def _expanded_size(root: Any) -> int:
@@ -90,12 +95,64 @@ def _expanded_size(root: Any) -> int:
     return size(root)
 
 
+def _check_graph(root: Any) -> None:
+    """The composer refusals of BoundedSafeLoader, on a node graph libyaml composed: an alias is a second
+    reference to a node, a recursive alias a reference to a node being walked (iterative: no recursion)."""
+    seen: set[int] = set()
+    aliases = 0
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            open_.discard(id(node))
+            continue
+        if id(node) in open_:
+            raise _Refused("alias refers to the node that contains it", node.start_mark)
+        if id(node) in seen:
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise _Refused(f"more than {MAX_ALIASES} aliases (*name); write the values out", node.start_mark)
+            continue
+        seen.add(id(node))
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            open_.add(id(node))
+            stack.append((node, True))
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+            stack.extend((child, False) for child in reversed(children))
+    if aliases and _expanded_size(root) > MAX_EXPANDED_NODES:
+        raise _Refused(f"aliases expand to more than {MAX_EXPANDED_NODES} values; write the values out", root.start_mark)
+
+
+if hasattr(yaml, "CSafeLoader"):
+    class FastBoundedSafeLoader(yaml.CSafeLoader):  # type: ignore[misc, valid-type]
+        """BoundedSafeLoader's refusals over libyaml's parser: a large card header parses in C (the pure-Python
+        parser took seconds per MB), then the node graph is checked and constructed as before."""
+
+        def get_single_node(self) -> Any:
+            node = super().get_single_node()
+            if node is not None:
+                _check_graph(node)
+            return node
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            _refuse_duplicates(node)
+            return super().construct_mapping(node, deep=deep)
+else:  # pragma: no cover - PyYAML without libyaml
+    FastBoundedSafeLoader = BoundedSafeLoader  # type: ignore[misc, assignment]
+
+
 def load_yaml_text(text: str) -> Any:
     """`yaml.safe_load` with the refusals above; raises yaml.YAMLError (with problem/problem_mark)."""
+    collecting = gc.isenabled()
+    gc.disable()  # a big header makes ~10 objects per value: the collector's full passes made parsing superlinear
     try:
-        return yaml.load(text, Loader=BoundedSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=FastBoundedSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
         raise _Refused("nesting too deep", None) from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def yaml_problem(exc: yaml.YAMLError) -> tuple[int | None, str]:

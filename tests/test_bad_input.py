@@ -607,6 +607,7 @@ def test_gates_config_parsing():
 
 @pytest.mark.parametrize(("cmd", "flag", "value"), [
     ("gguf", "--context", "0"), ("gguf", "--max-tokens", "-5"), ("gptq", "--context", "0"), ("gptq", "--tokens", "0"),
+    ("gptq", "--max-tokens", "0"),
 ])
 def test_verify_bad_numbers(tiny_llama, tmp_path, cmd, flag, value):
     res = run_cli(["verify", cmd, tmp_path, "--reference", tiny_llama, flag, value])
@@ -775,3 +776,315 @@ def test_sigterm_mid_release_then_resume(tiny_llama, adapter, tmp_path):
     again = subprocess.run([sys.executable, "-m", "hubtool", *args], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not leftovers(work)
+
+
+# ---- round 2 (issue 23): outputs into inputs, refused by one shared check before anything is written ----
+
+def test_card_render_overwrite_refuses_a_model_file(base_copy):
+    """`card render fp16 MODEL -o MODEL/config.json --overwrite` must not replace the model's config."""
+    before = snapshot(base_copy)
+    out = base_copy / "config.json"
+    res = run_cli(["card", "render", "fp16", base_copy, "--set", "license=mit", "-o", out, "--overwrite"])
+    assert_one_error(res, 2, str(out), "is the input", "-o")
+    assert snapshot(base_copy) == before and not leftovers(base_copy)
+
+
+def test_card_render_into_the_model_folder_readme_still_works(base_copy):
+    """The documented use, -o MODEL/README.md, is the card's place in the folder, not an input."""
+    res = run_cli(["card", "render", "fp16", base_copy, "--set", "license=mit", "-o", base_copy / "README.md"])
+    assert res.rc == 0, res.err
+    assert (base_copy / "README.md").read_text().startswith("---\n")
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_quantize_gguf_refuses_output_in_the_input(base_copy, where, overwrite):
+    out = base_copy if where == "same" else base_copy / "gguf"
+    before = snapshot(base_copy)
+    res = run_cli(["quantize", "gguf", base_copy, "-o", out, "--types", "q8_0", *overwrite])
+    assert_one_error(res, 2, str(out), "input", "-o")
+    assert snapshot(base_copy) == before and sorted(p.name for p in base_copy.iterdir()) == sorted(before)
+    assert not leftovers(base_copy)
+
+
+def test_check_apart_is_the_shared_rule(tmp_path):
+    from hubtool.atomic import check_apart
+    from hubtool.errors import InputError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for out, word in [(model, "is the input"), (model / "sub", "is inside the input"), (tmp_path, "holds the input"),
+                      (model / "config.json", "is inside the input")]:
+        with pytest.raises(InputError, match=word):
+            check_apart({"--x": out}, [model])
+    with pytest.raises(InputError, match="is the input"):
+        check_apart({"-o": model / "config.json"}, [model / "config.json"])
+    check_apart({"--x": tmp_path / "elsewhere", "--y": None}, [model, None, tmp_path / "missing"])
+
+
+@pytest.mark.parametrize(("flag", "where"), [("--local-hub", "base"), ("--local-hub", "base/hub"), ("--local-hub", "adapter"),
+                                             ("--work-dir", "base/wd"), ("--work-dir", "adapter"), ("--work-dir", "base")])
+@pytest.mark.parametrize("dry", [["--dry-run"], []])
+def test_release_refuses_work_dir_or_local_hub_in_an_input(base_copy, user_adapter, tmp_path, flag, where, dry):
+    """Refused before anything is written: no hashes.json, stages/locks, blobs/, repos/ or xet-cas/ in the inputs."""
+    roots = {"base": base_copy, "adapter": user_adapter}
+    first, _, rest = where.partition("/")
+    target = roots[first] / rest if rest else roots[first]
+    before_base, before_adapter = snapshot(base_copy), snapshot(user_adapter)
+    names = sorted(p.name for p in base_copy.iterdir()), sorted(p.name for p in user_adapter.iterdir())
+    args = ["release", "--base", base_copy, "--adapter", user_adapter, "--namespace", "me", "--quants", "gguf",
+            "--gguf-types", "q8_0", flag, target, *dry]
+    if flag == "--local-hub":
+        args += ["--work-dir", tmp_path / "work"]
+    assert_one_error(run_cli(args), 2, str(target), flag, "input")
+    assert snapshot(base_copy) == before_base and snapshot(user_adapter) == before_adapter
+    assert (sorted(p.name for p in base_copy.iterdir()), sorted(p.name for p in user_adapter.iterdir())) == names
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.ENOSPC])
+def test_release_unwritable_work_dir_leaves_no_local_hub_skeleton(tiny_llama, tmp_path, err):
+    """A read-only or full --work-dir fails before the local Hub makes its folders, naming the user's path."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    hub = tmp_path / "hub"
+    with read_only(ro, err):
+        res = run_cli(["release", tiny_llama, "--namespace", "me", "--quants", "gguf", "--gguf-types", "q8_0",
+                       "--work-dir", ro / "work", "--local-hub", hub])
+    line = assert_one_error(res, 2, str(ro / "work"))
+    assert "stages" not in line and ".tmp" not in line and ".hubtool-probe" not in line
+    assert not hub.exists() and list(ro.iterdir()) == []
+
+
+def test_release_stage_disk_error_names_the_work_dir(tmp_path):
+    from hubtool.errors import QuantizeError
+    from hubtool.release.cache import Hasher
+    from hubtool.release.graph import Stage
+    from hubtool.release.store import StageStore
+
+    def fill(out: Path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "x.gguf"))
+
+    with pytest.raises(QuantizeError) as exc:
+        StageStore(tmp_path / "work", Hasher(tmp_path / "work")).run(Stage("gguf:Q8_0", "gguf", "k1", ()), fill)
+    assert str(exc.value).startswith(f"{tmp_path / 'work'}: disk full")
+
+
+# ---- round 2: inputs that lie (headers, adapters, config values, tokenizer files) ------------------
+
+def rewrite_header(path: Path, edit) -> None:
+    """Edit a safetensors file's JSON header in place (bytes untouched): a header that lies about them."""
+    import struct
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+
+
+Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
+
+
+def shard_of(model: Path, name: str) -> Path:
+    index = model / "model.safetensors.index.json"
+    return model / (json.loads(index.read_text())["weight_map"][name] if index.is_file() else "model.safetensors")
+
+
+def load_weights(model: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(model.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.mark.parametrize("cmd", ["merge", "release-dry-run", "quantize-gguf"])
+def test_bf16_header_over_f16_bytes_is_refused(base_copy, user_adapter, tmp_path, cmd):
+    """Same byte length, so safetensors opens it; a checkpoint with one tensor of another 16-bit type is refused, naming it."""
+    shard = shard_of(base_copy, Q_PROJ)
+    rewrite_header(shard, lambda h: h[Q_PROJ].update(dtype="BF16"))
+    before = snapshot(base_copy)
+    args = {"merge": ["merge", base_copy, user_adapter, "-o", tmp_path / "out"],
+            "release-dry-run": ["release", "--base", base_copy, "--adapter", user_adapter, "--namespace", "me", "--work-dir",
+                                tmp_path / "w", "--dry-run"],
+            "quantize-gguf": ["quantize", "gguf", base_copy, "-o", tmp_path / "out", "--types", "q8_0"]}[cmd]
+    assert_one_error(run_cli(args), 2, str(shard), Q_PROJ, "BF16", "F16")
+    assert not (tmp_path / "out").exists() and snapshot(base_copy) == before
+
+
+def test_i32_header_over_f16_bytes_is_refused(base_copy, user_adapter, tmp_path):
+    """A dtype whose size does not match the bytes (I32 over F16): safetensors' own length check, named and one line."""
+    shard = shard_of(base_copy, Q_PROJ)
+    rewrite_header(shard, lambda h: h[Q_PROJ].update(dtype="I32"))
+    assert_one_error(run_cli(["merge", base_copy, user_adapter, "-o", tmp_path / "out"]), 2, str(shard))
+
+
+def test_adapter_integer_lora_a_blames_the_adapter(tiny_llama, user_adapter, tmp_path):
+    weights = user_adapter / "adapter_model.safetensors"
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    rewrite_header(weights, lambda h: h[key].update(dtype="I32"))  # F32 bytes: same length
+    for args in (["merge", tiny_llama, user_adapter, "-o", tmp_path / "out"],
+                 ["release", "--base", tiny_llama, "--adapter", user_adapter, "--namespace", "me", "--work-dir", tmp_path / "w", "--dry-run"]):
+        line = assert_one_error(run_cli(args), 2, str(weights), key, "I32")
+        assert "--dtype" not in line and str(tiny_llama) not in line.replace(str(weights), "")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("how", ["factors", "lora_alpha"])
+def test_adapter_scaled_absurdly_blames_the_adapter(tiny_llama, user_adapter, tmp_path, how):
+    from safetensors.torch import load_file, save_file
+
+    weights = user_adapter / "adapter_model.safetensors"
+    if how == "factors":
+        tensors = load_file(weights)
+        save_file({k: v * 1e6 if ".lora_B." in k else v for k, v in tensors.items()}, weights)
+    else:
+        cfg = user_adapter / "adapter_config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "lora_alpha": 8e6}))
+    line = assert_one_error(run_cli(["merge", tiny_llama, user_adapter, "-o", tmp_path / "out"]), 3, str(weights), "lora_alpha")
+    assert "--dtype bfloat16" not in line
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def dora_adapter(tiny_llama, tmp_path_factory) -> Path:
+    return make_adapter(tiny_llama, tmp_path_factory.mktemp("dora") / "adapter", target_modules=["q_proj", "v_proj"], use_dora=True)
+
+
+def test_dora_without_magnitude_vectors_is_refused(tiny_llama, dora_adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    adapter = Path(shutil.copytree(dora_adapter, tmp_path / "adapter"))
+    weights = adapter / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    assert any("lora_magnitude_vector" in k for k in tensors)  # what PEFT stores for DoRA
+    save_file({k: v for k, v in tensors.items() if "lora_magnitude_vector" not in k}, weights)
+    for args in (["merge", tiny_llama, adapter, "-o", tmp_path / "out"],
+                 ["release", "--base", tiny_llama, "--adapter", adapter, "--namespace", "me", "--work-dir", tmp_path / "w", "--dry-run"]):
+        assert_one_error(run_cli(args), 2, str(weights), "use_dora", "lora_magnitude_vector")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dora_with_magnitude_vectors_matches_peft(tiny_llama, dora_adapter, tmp_path):
+    from tests.peft_helpers import peft_reference
+
+    res = run_cli(["merge", tiny_llama, dora_adapter, "-o", tmp_path / "out", "--dtype", "float16"])
+    assert res.rc == 0, res.err
+    ours = load_weights(tmp_path / "out")
+    ref = peft_reference(tiny_llama, dora_adapter)
+    ref = ref.state_dict() if hasattr(ref, "state_dict") else ref
+    diff = (ours[Q_PROJ].float() - ref[Q_PROJ].float()).abs().max().item()
+    base = load_weights(tiny_llama)[Q_PROJ].float()
+    assert diff < 2e-3 and (ours[Q_PROJ].float() - base).abs().max().item() > 10 * diff
+
+
+BAD_LAYERS = [1e9, 10**9, "2", True, -1, None]
+
+
+@pytest.mark.parametrize("value", BAD_LAYERS[:5], ids=["1e9", "10**9", "string", "bool", "negative"])
+@pytest.mark.parametrize("cmd", ["merge", "release-dry-run", "quantize-gguf", "quantize-gptq"])
+def test_config_layer_count_that_lies_is_refused(base_copy, user_adapter, tmp_path, cmd, value):
+    cfg = base_copy / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "num_hidden_layers": value}))
+    args = {"merge": ["merge", base_copy, user_adapter, "-o", tmp_path / "out"],
+            "release-dry-run": ["release", "--base", base_copy, "--adapter", user_adapter, "--namespace", "me", "--work-dir",
+                                tmp_path / "w", "--dry-run"],
+            "quantize-gguf": ["quantize", "gguf", base_copy, "-o", tmp_path / "out", "--types", "q8_0"],
+            "quantize-gptq": ["quantize", "gptq", base_copy, "-o", tmp_path / "out", "--device", "cpu"]}[cmd]
+    start = time.monotonic()
+    assert_one_error(run_cli(args), 2, str(cfg), "num_hidden_layers")
+    assert time.monotonic() - start < 60 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("junk", ["random", "brace"])
+def test_junk_tokenizer_json_is_refused_at_plan_time(base_copy, user_adapter, tiny_q8, tmp_path, junk):
+    tok = base_copy / "tokenizer.json"
+    data = os.urandom(20_000_000)
+    tok.write_bytes(b"{" + data if junk == "brace" else b"\x00" + data)
+    res = run_cli(["release", "--base", base_copy, "--adapter", user_adapter, "--namespace", "me", "--work-dir", tmp_path / "w", "--dry-run"])
+    assert_one_error(res, 2, str(tok), "tokenizer.json")
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", base_copy, "--max-tokens", "64", "--context", "32"])
+    assert_one_error(res, 2, str(tok), "tokenizer.json")
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\tb", " a", "a/b"])
+def test_quantize_gguf_name_must_be_one_printable_line(tiny_llama, tmp_path, name):
+    res = run_cli(["quantize", "gguf", tiny_llama, "-o", tmp_path / "out", "--types", "q8_0", "--name", name])
+    assert_one_error(res, 2, "--name")
+    assert not (tmp_path / "out").exists()
+
+
+# ---- round 2: sizes and places a user sets ----------------------------------------------------------
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_hub_serve_port_out_of_range(tmp_path, port):
+    res = run_cli(["hub", "serve", "--root", tmp_path / "root", "--port", port])
+    assert_one_error(res, 2, f"--port {port}", "0-65535")
+    assert not (tmp_path / "root").exists()
+
+
+def test_hub_serve_root_is_a_file(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("mine")
+    line = assert_one_error(run_cli(["hub", "serve", "--root", f, "--port", "0"]), 2, str(f), "--root", "is a file")
+    assert "--port" not in line and f.read_text() == "mine"
+
+
+@pytest.mark.parametrize("context", ["100000000", "257"])
+def test_verify_gguf_context_bounded_by_trained_context(tiny_q8, tiny_llama, tmp_path, context, monkeypatch):
+    import hubtool.evaluate.reference as reference
+
+    monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
+    trained = json.loads((tiny_llama / "config.json").read_text())["max_position_embeddings"]
+    assert int(context) > trained
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--context", context, "--max-tokens", "64"])
+    assert_one_error(res, 2, f"--context {context}", str(trained), "--force-context")
+
+
+def test_verify_gguf_force_context_goes_past_the_trained_context(tiny_q8, tiny_llama):
+    trained = json.loads((tiny_llama / "config.json").read_text())["max_position_embeddings"]
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--context", str(trained * 2), "--max-tokens", "64",
+                   "--force-context", "--no-gates", "--json"])
+    assert res.rc == 0, res.err
+    assert json.loads(res.out)[0]["tokens"] <= 64
+
+
+def test_verify_gguf_max_tokens_bounded_by_the_text(tiny_q8, tiny_llama, tmp_path, monkeypatch):
+    import hubtool.evaluate.reference as reference
+
+    monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
+    text = tmp_path / "short.txt"
+    text.write_text("A short held-out text of a few words.\n")
+    res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--text", text, "--max-tokens", "100000", "--context", "32"])
+    assert_one_error(res, 2, "--max-tokens 100000", "holds only", str(text))
+
+
+def test_verify_gguf_results_not_writable_fails_before_work(tiny_q8, tiny_llama, tmp_path, monkeypatch):
+    import hubtool.evaluate.reference as reference
+
+    monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    with read_only(ro):
+        res = run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--results", ro / "q.json", "--max-tokens", "64",
+                       "--context", "32"])
+    line = assert_one_error(res, 2, str(ro / "q.json"), "read-only")
+    assert ".tmp" not in line and ".probe" not in line and list(ro.iterdir()) == []
+    missing = tmp_path / "nope" / "q.json"
+    assert_one_error(run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--results", missing]), 2, str(missing), "does not exist")
+
+
+def test_write_results_disk_error_names_the_users_path(tmp_path, monkeypatch):
+    from hubtool.errors import InputError
+    from hubtool.quality import write_results
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(InputError) as exc:
+        write_results(tmp_path / "q.json", [{"kind": "gguf", "variant": "Q8_0"}])
+    assert str(exc.value).startswith(f"{tmp_path / 'q.json'}: disk full") and ".tmp" not in str(exc.value)
+    assert list(tmp_path.iterdir()) == []

@@ -88,3 +88,22 @@ def test_render_rejects_local_base_model(tmp_path):
 def test_render_rejects_bad_license_from_release_config(tmp_path):
     with pytest.raises(CardError, match="license 'other' needs license_link"):
         render_card("gguf", gguf_dir(tmp_path), meta={"license": "other", "license_name": "x"}, release=RELEASE)
+
+
+def test_card_check_is_linear_in_header_size(monkeypatch):
+    """A 20 000-tag header (0.28 MB): parsed by libyaml, and huggingface_hub's quadratic list dedup
+    (`_to_unique_list`, a membership loop) only ever sees a bounded sample; bench/card_check.py times it."""
+    import huggingface_hub.repocard_data as rd
+
+    from hubtool.card import check_card
+    from hubtool.yamlfile import FastBoundedSafeLoader
+
+    seen = []
+    real = rd._to_unique_list
+    monkeypatch.setattr(rd, "_to_unique_list", lambda tags: seen.append(len(tags or [])) or real(tags))
+    tags = "".join(f"- tag-{i:06d}\n" for i in range(20000))
+    meta = check_card(f"---\nlicense: mit\ntags:\n{tags}---\n# Model\n\nText.\n")
+    assert len(meta["tags"]) == 20000 and seen and max(seen) <= 256
+    import yaml
+
+    assert issubclass(FastBoundedSafeLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader))

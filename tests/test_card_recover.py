@@ -127,3 +127,53 @@ def test_llama3_rope_card_gives_no_linear_flags(tmp_path):
     section = text.split("## Context length and RoPE scaling")[1].split("\n## ")[0]
     assert "**llama3**" in section and "32768 tokens" in section
     assert "--rope-scaling" not in section and "rope_freqs" in section and "-c 32768" in section
+
+
+# The Open-Assistant Llama2 70B SFT v10 card as published in a pipe-mangled copy (issue 23): the *whole*
+# page went through the table, so every line (fences, header, body) ends in ` |`, a lone `|` between each.
+WHOLE_PAGE = CARDS / "oasst-llama2-70b-sft-v10-whole-page.copied.md"
+WHOLE_PAGE_CLEAN = CARDS / "oasst-llama2-70b-sft-v10.expected.md"
+OASST = {"license": "llama2", "language": ["en"],
+         "datasets": ["OpenAssistant/oasst1", "ehartford/dolphin", "rombodawg/LosslessMegaCodeTrainingV2_1m_Evol_Uncensored",
+                      "argilla/databricks-dolly-15k-curated-multilingual"]}
+
+
+def test_whole_page_fixture_has_the_published_shape():
+    lines = WHOLE_PAGE.read_text().splitlines()
+    assert lines[:8] == ["|", "--- |", "|", "license: llama2 |", "|", "language: |", "|", "- en |"]
+    assert all(line == "|" for line in lines[0::2]) and all(line.endswith(" |") or line == "|" for line in lines[1::2])
+    closing = lines.index("--- |", 2)
+    assert lines[closing + 1: closing + 3] == ["|", "# Open-Assistant Llama2 70B SFT v10 |"]
+
+
+def test_whole_page_mangled_card_is_recovered():
+    source = read_source_card(WHOLE_PAGE)
+    for key, value in OASST.items():
+        assert source.meta[key] == value, key
+    clean_meta, clean_body = read_front_matter(WHOLE_PAGE_CLEAN)
+    assert source.meta == clean_meta and source.body == clean_body
+    assert source.body.startswith("# Open-Assistant Llama2 70B SFT v10\n\nThis model is")
+    assert not any((line.endswith(" |") and not line.startswith("| ")) or line == "|" for line in source.body.splitlines())
+    assert "| OpenAssistant/oasst1 (top-1, en) | 0.25 |" in source.body.splitlines()  # the body's own table kept
+    assert len(source.notes) == 1 and "license" in source.notes[0] and "datasets" in source.notes[0]
+
+
+def test_whole_page_mangled_card_feeds_the_derivative_card(tmp_path):
+    card = compose_card("gguf", gguf_dir(tmp_path), release={**RELEASE, "source_card": str(WHOLE_PAGE)})
+    meta, body = split_front_matter(card.text)
+    assert meta["license"] == "llama2" and meta["language"] == ["en"] and meta["datasets"] == OASST["datasets"]
+    assert not any("no license" in w for w in card.warnings) and any("recovered" in w for w in card.warnings)
+    assert "SFT v10 |" not in body and check_card(card.text) == meta
+
+
+@pytest.mark.parametrize("breakage", ["separator missing", "pipe missing", "no closing fence"])
+def test_whole_page_shape_broken_is_not_guessed(breakage):
+    lines = WHOLE_PAGE.read_text().splitlines()
+    if breakage == "separator missing":
+        del lines[10]
+    elif breakage == "pipe missing":
+        lines[9] = lines[9].removesuffix(" |")
+    else:
+        lines = [line for line in lines if line != "--- |"][:1] + lines[1:2] + [line for line in lines[2:] if line != "--- |"]
+    text = "\n".join(lines) + "\n"
+    assert recover_pipe_mangled(text) is None

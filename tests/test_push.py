@@ -327,3 +327,38 @@ def test_git_and_cache_folders_are_left_out_not_refused(tmp_path):
     (src / ".cache" / "huggingface" / "x.lock").write_text("")
     assert scan_folder(src) == sorted(["README.md", "config.json", "model.safetensors", "sub/large.dat", "sub/notes.txt"])
     assert scan_folder(src, ignore_patterns=["*.dat"]) == sorted(["README.md", "config.json", "model.safetensors", "sub/notes.txt"])
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+def test_fifo_in_a_pushed_folder_is_refused_in_one_line(local_hub, tmp_path, capsys):
+    import os
+
+    src = make_folder(tmp_path / "src")
+    os.mkfifo(src / "pipe")
+    mark = len(local_hub.requests)
+    with pytest.raises(InputError, match=r"pipe'?: is a FIFO"):
+        push_folder(src, "acme/fifo")
+    assert local_hub.requests[mark:] == []
+    assert main(["push", str(src), "acme/fifo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "FIFO" in err and "pipe" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("hub_mode", ["lfs"], indirect=True)
+@pytest.mark.parametrize("how", ["errno", "rust-text"])
+def test_push_on_a_full_disk_names_the_local_hub_and_free_space(local_hub, tmp_path, monkeypatch, how):
+    """A full local Hub disk: the folder and its free space, not 'push failed (OSError ...)'."""
+    import errno
+    import os
+
+    def full(*a, **k):
+        if how == "errno":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise RuntimeError("Data processing error: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(HfApi, "upload_folder", full)
+    with pytest.raises(PushError) as exc:
+        push_folder(make_folder(tmp_path / "src"), "acme/full", endpoint=local_hub.url)
+    text = str(exc.value)
+    assert text.startswith(f"{local_hub.root}: disk full (") and "free)" in text and "push failed" not in text
+    assert exc.value.exit_code == 6

@@ -35,17 +35,33 @@ def check_card(text: str, *, source: str = "README.md") -> dict[str, Any]:
     return meta
 
 
-def _hub_parse(text: str, meta: dict[str, Any], *, source: str) -> None:
-    """huggingface_hub must read the same header we did (same keys, strict eval-results parsing)."""
-    from huggingface_hub import ModelCard
+# ModelCardData makes every list unique with a list-membership loop (quadratic: a 1 MB `tags:` list
+# took minutes); it only dedups them, and validate_metadata checks the full lists, so it sees a sample.
+HUB_LIST_SAMPLE = 256
 
+
+def _hub_parse(text: str, meta: dict[str, Any], *, source: str) -> None:
+    """huggingface_hub must read the same header we did: its header regex and YAML give the same
+    mapping, and its ModelCardData keeps every key (strict eval-results parsing). Linear in the header."""
+    import yaml
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    match = REGEX_YAML_BLOCK.search(text)
     try:
-        card = ModelCard(text, ignore_metadata_errors=False)
+        theirs = yaml.load(match.group(2), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if match else None  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise CardError(f"{source}: huggingface_hub rejects the header ({getattr(exc, 'problem', exc)}); fix the YAML block") from None
+    if theirs != meta:
+        raise CardError(f"{source}: huggingface_hub does not read the same header (close it with a '---' line at column 0); check the YAML block")
+    sample = {k: v[:HUB_LIST_SAMPLE] if isinstance(v, list) and k != "model-index" else v for k, v in meta.items()}
+    try:
+        data = ModelCardData(**sample, ignore_metadata_errors=False)
     except Exception as exc:  # ValueError for bad model-index / non-mapping headers
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first.split(" Pass `ignore_metadata_errors")[0].rstrip(".")
         raise CardError(f"{source}: huggingface_hub rejects the header ({first}); fix the field it names") from None
-    parsed = card.data.to_dict()
+    parsed = data.to_dict()
     lost = sorted(k for k in meta if k not in parsed and k not in ("model-index", "eval_results"))
     if lost:
         raise CardError(f"{source}: huggingface_hub does not read header field(s) {', '.join(lost)}; check the YAML block")

@@ -22,6 +22,7 @@ from hubtool.frontmatter import split_front_matter
 _LONE_PIPE = re.compile(r"^\s*\|\s*$")
 _TRAILING = re.compile(r"\s+\|\s*$")
 _LEADING = re.compile(r"^\|\s+")
+_ONE_TRAILING = re.compile(r"^(.*?)\s\|\s*$")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ def read_source_card(path: Path) -> SourceCard:
 
 def recover_pipe_mangled(text: str) -> tuple[dict[str, Any], str] | None:
     """(metadata, body) when TEXT's header is pipe-mangled and the repair is unambiguous, else None."""
+    whole = _recover_whole_page(text)
+    if whole is not None:
+        return whole
     lines = text.splitlines(keepends=True)
     span = _mangled_span(lines)
     if span is None:
@@ -81,6 +85,50 @@ def recover_pipe_mangled(text: str) -> tuple[dict[str, Any], str] | None:
     return meta, "".join(lines[body_start:]).lstrip("\n")
 
 
+def _recover_whole_page(text: str) -> tuple[dict[str, Any], str] | None:
+    """The whole page copied as one table column: a lone `|` line, then each line of the card (the
+    `---` fences, the header, the body) ending in ` |`, a lone `|` between each. Unambiguous only when
+    that alternation holds from the first `|` to the end: then dropping the lone `|` lines and one
+    trailing ` |` per line gives back the card exactly (a blank line of the card is a lone `|` too)."""
+    lines = [line.rstrip("\r\n") for line in text.splitlines()]
+    start = 0
+    while start < min(len(lines), 50) and not _LONE_PIPE.match(lines[start]):
+        if lines[start].strip() and not _is_junk(lines[start].strip()):
+            return None
+        start += 1
+    rows = lines[start:]
+    while rows and not rows[-1].strip():
+        rows.pop()
+    if len(rows) < 4 or rows[1].strip() != "--- |":
+        return None
+    separators, content = rows[0::2], rows[1::2]
+    if not all(_LONE_PIPE.match(r) for r in separators):
+        return None
+    card: list[str] = []
+    for row in content:
+        if _LONE_PIPE.match(row):
+            card.append("")  # a blank line of the card
+        else:
+            match = _ONE_TRAILING.match(row)
+            if match is None:
+                return None  # a line without its pipe: not this shape
+            card.append(match.group(1))  # one ` |` only: a table row of the body keeps its own
+    try:
+        end = card.index("---", 1)
+    except ValueError:
+        return None
+    if card[0] != "---":
+        return None
+    try:
+        meta = yaml.safe_load("\n".join(card[1:end]))
+    except yaml.YAMLError:
+        return None
+    if not isinstance(meta, dict) or not meta or not all(isinstance(k, str) for k in meta) or any(_has_pipe_end(v) for v in meta.values()):
+        return None
+    body = "\n".join(card[end + 1 :]).lstrip("\n")
+    return meta, body + "\n" if body else body
+
+
 def _mangled_span(lines: list[str]) -> tuple[int, int, int] | None:
     """(first, past-last, body start) lines of a header block: between `---` lines, or a run of table lines at the top."""
     for start, line in enumerate(lines[:50]):
@@ -94,6 +142,8 @@ def _mangled_span(lines: list[str]) -> tuple[int, int, int] | None:
             end = start
             while end < len(lines) and _is_mangled(lines[end]):
                 end += 1
+            if any(_TRAILING.sub("", line).strip() == "---" for line in lines[start:end]):
+                return None  # the fences are there, mangled: the whole-page shape, which did not hold
             return start, end, end
         if stripped and not _is_junk(stripped):
             return None

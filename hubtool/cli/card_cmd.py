@@ -47,7 +47,7 @@ def run_render(args: argparse.Namespace) -> int:
     from hubtool.card import compose_card, parse_overrides, split_release_config
     from hubtool.quality import read_results
 
-    check_output_free(args.output, overwrite=args.overwrite)
+    check_output_free(args.output, overwrite=args.overwrite, inputs=card_inputs(args))
     meta, release = split_release_config(load_release_config(args.meta)) if args.meta else ({}, {})
     overrides = parse_overrides(args.overrides)
     if args.source_card is not None:
@@ -67,6 +67,17 @@ def run_render(args: argparse.Namespace) -> int:
         tmp.write_text(card.text, encoding="utf-8")
     print(args.output)
     return 0
+
+
+def card_inputs(args: argparse.Namespace) -> list[Path]:
+    """What `card render` reads: every entry of MODEL_DIR but its card slot (README.md, where the
+    rendered card goes), --meta, --results, --template-dir and a --source-card kept elsewhere."""
+    slot = (args.model_dir / "README.md").resolve()
+    found = [p for p in args.model_dir.iterdir() if p.resolve() != slot] if args.model_dir.is_dir() else [args.model_dir]
+    extra = [args.meta, args.results, args.template_dir]
+    if args.source_card is not None and args.source_card.resolve() != slot:
+        extra.append(args.source_card)
+    return found + [p for p in extra if p is not None]
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -38,8 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("files", type=Path, nargs="+", metavar="GGUF_DIR_OR_FILES")
     v.add_argument("--reference", type=Path, required=True, metavar="MODEL_DIR", help="the fp16 HF model folder")
     v.add_argument("--text", default="builtin:heldout", help="held-out text: builtin:heldout or a .txt/.jsonl file (default: %(default)s)")
-    v.add_argument("--max-tokens", type=int, default=2048, help="tokens of text to evaluate (default: %(default)s)")
-    v.add_argument("--context", type=int, default=512, help="window length in tokens (default: %(default)s)")
+    v.add_argument("--max-tokens", type=int, default=None,
+                   help="tokens of text to evaluate (default: 2048, or all the text holds if less; more than the text holds is an error)")
+    v.add_argument("--context", type=int, default=512, help="window length in tokens, at most the model's trained context (default: %(default)s)")
+    v.add_argument("--force-context", action="store_true", help="allow a --context longer than the model's trained context")
     v.add_argument("--results", type=Path, default=None, metavar="FILE", help="add rows to this quality.json")
     v.add_argument("--trust-remote-code", action="store_true", help="allow a custom-code reference (auto_map): its own classes run block by block")
     v.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -69,10 +71,12 @@ def _verify(args: argparse.Namespace) -> int:
 
     set_quiet(args.json)
     gates = gates_from_args(args)
-    check_int(args.max_tokens, source="--max-tokens", minimum=16)
+    if args.max_tokens is not None:
+        check_int(args.max_tokens, source="--max-tokens", minimum=16)
     check_int(args.context, source="--context", minimum=8)
-    rows = verify_gguf(args.files, args.reference, text=args.text, max_tokens=args.max_tokens,
-                       context=args.context, results_path=args.results, trust_remote_code=args.trust_remote_code)
+    rows = verify_gguf(args.files, args.reference, text=args.text, max_tokens=args.max_tokens or 2048,
+                       context=args.context, results_path=args.results, force_context=args.force_context,
+                       exact_tokens=args.max_tokens is not None, trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

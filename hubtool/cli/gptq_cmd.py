@@ -54,8 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--text", default="builtin:heldout", help="held-out text: builtin:heldout (default) or a .txt/.jsonl file")
     v.add_argument("--results", help="results file to add rows to (default: QUANT_DIR/quality.json)")
     v.add_argument("--trust-remote-code", action="store_true", help="allow a custom-code reference (auto_map): its own classes run block by block")
-    v.add_argument("--context", type=int, default=512, help="tokens per evaluation window (default 512)")
-    v.add_argument("--tokens", type=int, default=4096, help="evaluate up to this many tokens (default 4096)")
+    v.add_argument("--context", type=int, default=512, help="tokens per evaluation window, at most the model's trained context (default 512)")
+    v.add_argument("--force-context", action="store_true", help="allow a --context longer than the model's trained context")
+    v.add_argument("--max-tokens", "--tokens", dest="tokens", type=int, default=None,
+                   help="evaluate up to this many tokens (default 4096, or all the text holds if less; more than the text holds is an error)")
     v.add_argument("--no-rtn", dest="rtn", action="store_false", help="skip the round-to-nearest baseline")
     v.add_argument("--rtn", dest="rtn", action="store_true", help="also evaluate round-to-nearest (default)")
     v.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
@@ -90,10 +92,12 @@ def run_verify(args: argparse.Namespace) -> int:
 
     set_quiet(args.json)
     gates = gates_from_args(args)
-    check_int(args.tokens, source="--tokens", minimum=16)
+    if args.tokens is not None:
+        check_int(args.tokens, source="--max-tokens/--tokens", minimum=16)
     check_int(args.context, source="--context", minimum=8)
     rows = verify_gptq(args.quant_dir, args.reference, text=args.text, rtn=args.rtn, results_path=args.results,
-                       context=args.context, max_tokens=args.tokens, trust_remote_code=args.trust_remote_code)
+                       context=args.context, max_tokens=args.tokens or 4096, force_context=args.force_context,
+                       exact_tokens=args.tokens is not None, trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(rows))
     else:

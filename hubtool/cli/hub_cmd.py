@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hubtool.errors import InputError
+    from hubtool.atomic import check_folder
+    from hubtool.errors import InputError, from_os_error
     from hubtool.hub_server import bind_warning, is_loopback, make_server
     from hubtool.hub_server.errors import StorageError
     from hubtool.progress import log
@@ -42,11 +44,18 @@ def run(args: argparse.Namespace) -> int:
         # Open mode takes no token at all: on a network interface that is a world-writable store.
         raise InputError(f"--host {args.host}: an open local Hub (no --users) only listens on loopback; "
                          "pass --users FILE to require tokens, or --allow-open-network to expose it anyway")
+    if isinstance(args.port, bool) or not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: a port is 0-65535 (0 picks a free one); e.g. --port 8765")
+    check_folder(args.root, flag="--root")
     try:
         server = make_server(args.root, args.host, args.port, users=users, verbose=args.verbose,
                              admins=admins, open_faults=bool(args.allow_faults))
     except OSError as exc:
-        raise InputError(f"{args.host}:{args.port}: cannot listen ({exc.strerror}); pick another --port") from None
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) or (exc.errno in (errno.EACCES, errno.EPERM) and exc.filename is None):
+            raise InputError(f"{args.host}:{args.port}: cannot listen ({exc.strerror}); pick another --port") from None
+        raise from_os_error(exc, args.root) from None
+    except OverflowError:
+        raise InputError(f"--port {args.port}: a port is 0-65535 (0 picks a free one); e.g. --port 8765") from None
     except StorageError as exc:  # the root is served by another process (its lock names it)
         raise InputError(f"--root {exc}") from None
     print(server.hub.url, flush=True)

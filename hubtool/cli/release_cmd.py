@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 def release(args: argparse.Namespace) -> dict[str, Any]:
     """Plan (printed to stderr, or stdout for a plain --dry-run) and, unless --dry-run, run."""
-    from hubtool.atomic import check_folder
+    from hubtool.atomic import check_apart, check_folder, ensure_writable_folder
     from hubtool.release import build_config, check_inputs, load_yaml, make_plan, publish, run_release, run_stages
     from hubtool.release.cache import Hasher
     from hubtool.release.publish import preflight_cards
@@ -109,11 +109,17 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
     work_dir = args.work_dir or Path("release-work") / cfg.name
     # Everything that needs no heavy work is checked here, for --dry-run too: a green dry run is a valid release.
     check_folder(work_dir, flag="--work-dir")
+    if args.local_hub is not None:
+        check_folder(args.local_hub, flag="--local-hub")
+    local_cache = args.cache if args.cache and "://" not in args.cache else None
+    # before anything is written (hashes.json, locks, a local Hub's folders): never into the user's inputs
+    check_apart({"--work-dir": work_dir, "--local-hub": args.local_hub, "--cache": local_cache},
+                [inputs.source, inputs.base, inputs.adapter, args.config])
+    if args.local_hub is not None:
+        check_apart({"--local-hub": args.local_hub}, [work_dir, local_cache])
     hasher = Hasher(work_dir)  # input hashes (the stage keys) are remembered in the work dir once it exists
     plan = make_plan(cfg, inputs, hasher=hasher)
     plan.warnings += release_card_warnings(cfg, inputs)
-    if args.local_hub is not None:
-        check_folder(args.local_hub, flag="--local-hub")
     preflight_cards(cfg, plan, inputs)
     text = plan.render()
     if args.dry_run:
@@ -125,6 +131,10 @@ def release(args: argparse.Namespace) -> dict[str, Any]:
         return {"ok": True, "name": cfg.name, "stages": data["stages"], "groups": data["groups"], "matrix": ci_matrix(plan.stages),
                 "targets": data["targets"], "plan_text": text}
     print(text, file=sys.stderr, flush=True)
+    # a read-only or full work dir fails here, naming it, before a local Hub's folders are made
+    ensure_writable_folder(work_dir, flag="--work-dir")
+    if args.local_hub is not None:
+        ensure_writable_folder(args.local_hub, flag="--local-hub")
     with _hub(args) as endpoint:  # also where an hf:// --cache lives
         common = {"work_dir": work_dir, "cache": args.cache, "hasher": hasher, "endpoint": endpoint}
         if args.stage:

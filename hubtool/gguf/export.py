@@ -66,6 +66,14 @@ def _publish(src: Path, out_dir: Path, name: str, gguf_type: str, split_bytes: i
     return rows
 
 
+def check_file_stem(name: str) -> None:
+    """--name becomes part of file names on disk and on the Hub: one printable line, no folders."""
+    if (not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip()
+            or not all(c.isprintable() for c in name)):
+        raise InputError(f"--name: {name!r} must be a plain file-name stem (printable, no '/', newline or tab, "
+                         "not starting with '.'); e.g. --name my-model")
+
+
 def export_gguf(
     model_dir: Path,
     out_dir: Path,
@@ -94,10 +102,13 @@ def export_gguf(
     """
     from hubtool.model_dir import has_vocabulary, load_model_dir  # imports torch; keep the CLI start fast
 
-    from hubtool.atomic import check_folder
+    from hubtool.atomic import check_apart, check_folder
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_folder(out_dir, flag="-o")
+    check_apart({"-o": out_dir}, [model_dir, imatrix, calibration if calibration and not calibration.startswith("builtin") else None])
+    if name is not None:
+        check_file_stem(name)
     gguf_types = parse_types(types)
     model = load_model_dir(model_dir, trust_remote_code=trust_remote_code)
     arch = check_architecture(model.config, source=model_dir)
@@ -117,8 +128,7 @@ def export_gguf(
     require_llama_cpp()
     if name is None:  # card names may hold spaces; file names on the Hub should not
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(front_matter.get("model_name") or model_dir.resolve().name)).strip("-.")
-    if not name or "/" in name or name.startswith("."):
-        raise InputError(f"--name: {name!r} must be a plain file-name stem (no '/', not starting with '.')")
+    check_file_stem(name)
     split_bytes = parse_size(split_max_size if split_max_size is not None else DEFAULT_SPLIT_MAX_SIZE)
     base = base_type(model.config)
     wanted = list(gguf_types) + ([base] if keep_f16 and base not in gguf_types else [])

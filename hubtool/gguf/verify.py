@@ -303,6 +303,8 @@ def verify_gguf(
     results_path: Path | None = None,
     reference: Any = None,
     trust_remote_code: bool = False,
+    force_context: bool = False,
+    exact_tokens: bool = False,
 ) -> list[dict[str, Any]]:
     """Check every GGUF (tokenizer, chat template, RoPE) and measure it against REFERENCE_DIR; rows in quality.json format.
 
@@ -313,10 +315,20 @@ def verify_gguf(
     from hubtool.gguf.quantize import require_llama_cpp
     from hubtool.quality import compare_logits, merge_metrics, read_text_source, text_label, write_results
 
+    from hubtool.atomic import check_writable_file
+    from hubtool.options import check_context, check_tokens_in_text
+    from hubtool.text_windows import encode
+
     require_llama_cpp()
+    if results_path is not None:
+        check_writable_file(Path(results_path), flag="--results")  # before minutes of logits, not after
     paths = find_gguf_files(list(files))
     body = read_text_source(text)
     tok, config = load_reference(Path(reference_dir), trust_remote_code=trust_remote_code)
+    check_context(context, source="--context", trained=config.get("max_position_embeddings"),
+                  config=Path(reference_dir) / "config.json", force=force_context)
+    if exact_tokens:  # --max-tokens given: bounded by what the text holds
+        check_tokens_in_text(max_tokens, available=len(encode(tok, body, max_tokens=max_tokens)), source="--max-tokens", text=text)
     variants, sizes = {}, {}
     for path in paths:  # cheap structural checks first: fail before minutes of logits
         reader = read_gguf(path)

@@ -73,6 +73,8 @@ def verify_gptq(
     max_tokens: int = 4096,
     reference: Reference | None = None,
     trust_remote_code: bool = False,
+    force_context: bool = False,
+    exact_tokens: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows (kind 'gptq' and, with rtn, 'rtn') of perplexity / kl_div / top1 vs the fp16 reference.
 
@@ -85,14 +87,24 @@ def verify_gptq(
     from hubtool.evaluate.stream import gptq_weights
     from hubtool.gptq.rtn import rtn_block_hook
 
+    from hubtool.atomic import check_writable_file
+    from hubtool.options import check_context, check_tokens_in_text
+    from hubtool.text_windows import encode
+
     quant_dir, reference_dir = Path(quant_dir), Path(reference_dir)
     info = read_gptq_info(quant_dir)
+    check_writable_file(Path(results_path) if results_path else quant_dir / RESULTS_FILE, flag="--results")
     ref_dir = load_model_dir(reference_dir, kind="reference model", trust_remote_code=trust_remote_code)
     if ref_dir.config.get("quantization_config"):
         raise InputError(f"{reference_dir}: is itself quantized; --reference must be the fp16 model the GPTQ was made from")
+    check_context(context, source="--context", trained=ref_dir.config.get("max_position_embeddings"),
+                  config=reference_dir / "config.json", force=force_context)
     bits, group = int(info["bits"]), int(info["group_size"])
     tokenizer = AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=trust_remote_code)
-    windows = eval_windows(tokenizer, read_text_source(text), context, max_tokens)
+    body = read_text_source(text)
+    if exact_tokens:  # --max-tokens given: bounded by what the text holds
+        check_tokens_in_text(max_tokens, available=len(encode(tokenizer, body, max_tokens=max_tokens)), source="--max-tokens", text=text)
+    windows = eval_windows(tokenizer, body, context, max_tokens)
     weights = gptq_weights(quant_dir)
 
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:

@@ -132,6 +132,14 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, *, users: di
     return server
 
 
+_IN_PROCESS: dict[str, Path] = {}  # url -> root of the local Hubs this process serves
+
+
+def local_root(url: str | None) -> Path | None:
+    """The folder behind URL when it is a local Hub served by this process (a full disk is that folder's)."""
+    return _IN_PROCESS.get((url or "").rstrip("/"))
+
+
 class LocalHub:
     """A local Hub serving from a background thread; `with serve_in_thread(root) as hub: hub.url`."""
 
@@ -142,6 +150,7 @@ class LocalHub:
         self.root = server.hub.storage.root
         self._thread = threading.Thread(target=server.serve_forever, name="local-hub", daemon=True)
         self._thread.start()
+        _IN_PROCESS[self.url] = Path(self.root)
 
     def inject_fault(self, method: str, path_regex: str, status: int, times: int = 1) -> FaultRule:
         """Fail the next `times` requests matching METHOD and the raw URL path regex with STATUS (0 = drop)."""
@@ -156,6 +165,7 @@ class LocalHub:
         return list(self.state.requests)
 
     def stop(self) -> None:
+        _IN_PROCESS.pop(self.url, None)
         self._server.shutdown()
         self._server.server_close()  # drops the root lock and this server's Xet read replicas
         self._thread.join(timeout=10)

@@ -21,6 +21,7 @@ from hubtool.errors import InputError, MergeError
 from hubtool.model_dir import read_json
 
 PREFIX = "base_model.model."
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _LORA_KEY = re.compile(
     r"^(?P<module>.+?)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(?:\.weight)?)$"
 )
@@ -230,9 +231,18 @@ def load_adapter(path: Path | str, *, base_dir: Path | None = None, trust_remote
             entry.b_key = key
         else:
             entry.magnitude_key = key
+    use_dora = bool(config.get("use_dora", False))
     for name, entry in modules.items():
         if entry.a_key is None or entry.b_key is None:
             raise InputError(f"{weights}: {entry.module} has lora_{'A' if entry.a_key is None else 'B'} missing; the adapter file is incomplete")
+        for key in (entry.a_key, entry.b_key, entry.magnitude_key):
+            kind = handle.get_slice(key).get_dtype() if key is not None else "F32"
+            if kind not in FLOAT_DTYPES:
+                raise InputError(f"{weights}: {key} is {kind}; LoRA factors are floating point ({', '.join(FLOAT_DTYPES)}): the adapter "
+                                 "file is corrupt or was written wrong, re-save it with PeftModel.save_pretrained")
+        if use_dora and entry.magnitude_key is None:
+            raise InputError(f"{weights}: adapter_config.json says use_dora: true but {entry.module} has no lora_magnitude_vector; "
+                             "merging it as plain LoRA would be wrong: re-save the complete DoRA adapter (PeftModel.save_pretrained)")
         r = _pattern_value(config.get("rank_pattern") or {}, entry.module, r_default)
         alpha = float(_pattern_value(config.get("alpha_pattern") or {}, entry.module, alpha_default))
         a_shape = list(handle.get_slice(entry.a_key).get_shape())
@@ -257,6 +267,6 @@ def load_adapter(path: Path | str, *, base_dir: Path | None = None, trust_remote
         modules=modules,
         replacements=replacements,
         fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
-        use_dora=bool(config.get("use_dora", False)),
+        use_dora=use_dora,
         _handle=handle,
     )

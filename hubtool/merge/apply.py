@@ -103,14 +103,30 @@ def _merge_into(adapter: Adapter, deltas: list[Delta], weight: torch.Tensor, w: 
             rows.mul_((magnitude / norm).unsqueeze(1))
 
 
-def _check_range(name: str, t: torch.Tensor, dtype: torch.dtype, source: str, *, adapter: Adapter, mod: LoraModule | None) -> None:
-    """Refuse NaN/Inf and values float16 can't hold. aminmax is one fast pass and propagates NaN."""
+# A trained LoRA nudges its base weights: a merged tensor whose largest value is this many times the
+# base tensor's (floor 0.01) comes from a corrupt or mis-scaled adapter, not from fine-tuning.
+UPDATE_RATIO_MAX = 100.0
+
+
+def _check_range(name: str, t: torch.Tensor, dtype: torch.dtype, source: str, *, adapter: Adapter, mod: LoraModule | None,
+                 base_peak: float | None = None) -> None:
+    """Refuse NaN/Inf, updates out of all proportion to the base weights (blaming the adapter), and values
+    float16 can't hold. aminmax is one fast pass and propagates NaN."""
     lo, hi = (float(v) for v in torch.aminmax(t))
+    weights = adapter.path / "adapter_model.safetensors"
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = _nonfinite_factor(adapter, mod) if mod is not None else None
         if bad:
             raise MergeError(f"{adapter.path}: adapter tensor {bad} contains NaN/Inf; the adapter is corrupt or training diverged")
+        if mod is not None and base_peak is not None and math.isfinite(base_peak):
+            raise MergeError(f"{weights}: the update to {name} ({mod.module}, scale {mod.scale:g}) overflows to Inf; the adapter's "
+                             "factors or lora_alpha are far off (corrupt or mis-scaled), re-save it or fix lora_alpha in adapter_config.json")
         raise MergeError(f"{source}: tensor {name} has NaN/Inf values; the input is corrupt or training diverged")
+    peak = max(hi, -lo)
+    if mod is not None and base_peak is not None and peak > UPDATE_RATIO_MAX * max(base_peak, 0.01):
+        raise MergeError(f"{weights}: the update to {name} ({mod.module}, scale {mod.scale:g}) reaches {peak:.4g}, "
+                         f"{peak / max(base_peak, 1e-30):.3g}x the base tensor's largest value {base_peak:.4g}; the adapter's factors or "
+                         "lora_alpha are far off (corrupt or mis-scaled), re-save it or fix lora_alpha in adapter_config.json")
     if dtype == torch.float16 and max(hi, -lo) > FP16_MAX:
         raise MergeError(
             f"{source}: tensor {name} has values up to {max(hi, -lo):.4g}, beyond float16's ±{FP16_MAX:.0f}; merge with --dtype bfloat16"
@@ -373,14 +389,16 @@ def _write_shards(base: ModelDir, adapter: Adapter, mplan: MergePlan, tmp: Path)
                 base.close()  # the mmap goes once this tensor is dropped, so touched pages don't pile up in RSS
             deltas = mplan.deltas.get(name, [])
             mod = deltas[0].mod if deltas else None
+            base_peak = None
             if deltas:
+                base_peak = float(tensor.abs().max()) if tensor.numel() else 0.0
                 numel = tensor.numel()
                 if scratch.numel() < numel:
                     scratch = torch.empty(numel, dtype=torch.float32)
                 merged = scratch[:numel].view(tensor.shape)
                 _merge_into(adapter, deltas, tensor, merged)
                 tensor = merged
-            _check_range(name, tensor, out_dtype, source, adapter=adapter, mod=mod)
+            _check_range(name, tensor, out_dtype, source, adapter=adapter, mod=mod, base_peak=base_peak)
             if tensor.dtype == out_dtype:
                 writer.write(name, tensor)
             else:

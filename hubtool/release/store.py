@@ -97,7 +97,7 @@ class StageStore:
             if not isinstance(exc, Exception):
                 raise
             if is_disk_error(exc):  # the machine's fault, not the input's: say so
-                raise from_os_error(exc, self.root, error=error) from None
+                raise from_os_error(exc, self.root.parent, error=error) from None  # the user's --work-dir, not stages/
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise error(f"{stage.name}: failed ({type(exc).__name__}: {first}); finished stages are cached in {self.root}, "
                         "fix the cause and re-run to resume") from exc
