@@ -100,8 +100,8 @@ COMPUTE_CALLS = [0]
 
 def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, *, device: str | None = None,
                       trust_remote_code: bool = False) -> Reference:
-    """Run the fp16 model over WINDOWS block by block and store its log-probs in OUT_DIR (written whole, then renamed)."""
-    from hubtool.evaluate.stream import StreamingModel, stream_logprobs
+    """Run the fp16 model over WINDOWS (block by block, else in memory) and store its log-probs in OUT_DIR (written whole, then renamed)."""
+    from hubtool.evaluate.in_memory import evaluate_logprobs
 
     COMPUTE_CALLS[0] += 1
     out_dir = Path(out_dir)
@@ -109,13 +109,18 @@ def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model = StreamingModel(Path(model_dir), device=device, trust_remote_code=trust_remote_code)
-    vocab = model.vocab_rows()
-    arr = np.lib.format.open_memmap(tmp / LOGPROBS_FILE, mode="w+", dtype=np.float32, shape=(len(windows), max(map(len, windows)), vocab))
-    log(f"fp16 reference: {len(windows)} window(s), {sum(map(len, windows))} tokens, block by block")
-    stream_logprobs(model, windows, out=arr)
-    arr.flush()
-    del arr, model
+    made: dict[str, Any] = {}
+
+    def make_out(vocab: int) -> np.ndarray:
+        made["vocab"] = vocab
+        made["arr"] = np.lib.format.open_memmap(tmp / LOGPROBS_FILE, mode="w+", dtype=np.float32, shape=(len(windows), max(map(len, windows)), vocab))
+        return made["arr"]
+
+    log(f"fp16 reference: {len(windows)} window(s), {sum(map(len, windows))} tokens")
+    evaluate_logprobs(Path(model_dir), windows, make_out, device=device, trust_remote_code=trust_remote_code, what="fp16 reference")
+    vocab = made["vocab"]
+    made["arr"].flush()
+    made.clear()
     (tmp / WINDOWS_FILE).write_text(json.dumps(windows), encoding="utf-8")
     info = {"model": str(model_dir), "windows": len(windows), "tokens": sum(map(len, windows)), "vocab": vocab, "dtype": "float32"}
     (tmp / REFERENCE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -24,6 +24,10 @@ from hubtool.model_dir import check_remote_code
 BlockHook = Callable[[str, torch.nn.Module], None]
 
 
+class NotStreamable(InputError):
+    """This model's code can't be evaluated block by block (hubtool.evaluate.in_memory evaluates it whole)."""
+
+
 class WeightIndex:
     """Tensor name -> safetensors shard of a model folder; each read opens the shard, copies one
     tensor (or row slice) out of the memory map and closes it again, so mapped pages of blocks
@@ -126,8 +130,12 @@ class StreamingModel:
         config = AutoConfig.from_pretrained(self.config_dir, trust_remote_code=trust_remote_code)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        with init_empty_weights():
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+        try:
+            with init_empty_weights():
+                self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+        except Exception as exc:  # the model's own code failed on the meta device
+            raise NotStreamable(f"{self.config_dir / 'config.json'}: the model's code can't be built on the meta device "
+                                f"({type(exc).__name__}: {str(exc)[:200]})") from None
         self.model.eval()
         self.names = {id(m): n for n, m in self.model.named_modules()}
         self.config = config
@@ -138,7 +146,7 @@ class StreamingModel:
         self.tied = bool(getattr(config, "tie_word_embeddings", False)) or self._name(self.head) + ".weight" not in self.index
         for buf_name, buf in list(self.model.named_buffers()):  # rotary inv_freq etc. are computed, not loaded
             if buf.device.type == "meta":
-                raise InputError(f"{self.config_dir}: buffer {buf_name} has no value; this architecture can't be streamed")
+                raise NotStreamable(f"{self.config_dir}: buffer {buf_name} has no value; this architecture can't be streamed")
         skip = {id(m) for m in (self.head, self.embed, *self.blocks)}
         for name, module in self.model.named_modules():  # everything outside blocks, embedding and head: norms (small)
             if id(module) in skip or any(name.startswith(self._name(b) + ".") for b in self.blocks):
@@ -153,7 +161,7 @@ class StreamingModel:
         ModuleList holding num_hidden_layers blocks (e.g. original Qwen's `transformer.h`), else the longest."""
         lists = [m for m in self.base.modules() if isinstance(m, torch.nn.ModuleList)]
         if not lists:
-            raise InputError(f"{self.config_dir}: no decoder block list found in {type(self.model).__name__}; "
+            raise NotStreamable(f"{self.config_dir}: no decoder block list found in {type(self.model).__name__}; "
                              "this model's code can't be evaluated block by block")
         depth = getattr(self.config, "num_hidden_layers", None)
         exact = [m for m in lists if len(m) == depth]

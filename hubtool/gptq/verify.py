@@ -54,12 +54,12 @@ def _param_count(folder: Path) -> int:
 
 
 def _stream(config_dir: Path, windows: list[list[int]], scratch: Path, **kw: Any) -> list[np.ndarray]:
-    from hubtool.evaluate.stream import StreamingModel, stream_logprobs
+    from hubtool.evaluate.in_memory import evaluate_logprobs
 
-    model = StreamingModel(config_dir, **kw)
-    out = np.lib.format.open_memmap(scratch / "test.npy", mode="w+", dtype=np.float32,
-                                    shape=(len(windows), max(map(len, windows)), model.vocab_rows()))
-    return stream_logprobs(model, windows, out=out)
+    def make_out(vocab: int) -> np.ndarray:
+        return np.lib.format.open_memmap(scratch / "test.npy", mode="w+", dtype=np.float32, shape=(len(windows), max(map(len, windows)), vocab))
+
+    return evaluate_logprobs(config_dir, windows, make_out, **kw)
 
 
 def verify_gptq(
