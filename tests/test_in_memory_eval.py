@@ -154,6 +154,21 @@ def test_verify_gguf_of_unstreamable_model(flat_model, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     rows = json.loads(captured.out)
-    rows = rows if isinstance(rows, list) else rows.get("rows", rows)
-    (row,) = [r for r in rows if r.get("kind") == "gguf" or "F16" in str(r.get("variant", r.get("type", "")))]
-    assert row["top1"] >= 0.95, row
+    (row,) = rows
+    assert "f16" in row["variant"].lower() and row["top1"] >= 0.95 and row["tokens"] > 0, row
+
+
+def test_in_memory_estimate_reaches_the_stages_and_the_scheduler(flat_model, capsys):
+    from hubtool.cli import main
+    from hubtool.evaluate.in_memory import memory_estimate
+    from hubtool.release.graph import Stage
+    from hubtool.release.schedule import memory_estimate as scheduled
+
+    rc = main(["release", str(flat_model), "--quants", "gguf", "--trust-remote-code", "--namespace", "me", "--dry-run", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    need = memory_estimate(flat_model, 512)
+    by_kind = {st["kind"]: st for st in out["plan"]["stages"]}
+    assert by_kind["reference"]["memory_bytes"] == need and "memory_bytes" not in by_kind["verify-gguf"]
+    big = Stage("reference", "reference", "k", (), {}, "memory", memory_bytes=50 * 10**9)
+    assert scheduled(big, 1000) > 50 * 10**9 > scheduled(Stage("reference", "reference", "k", (), {}, "memory"), 1000)

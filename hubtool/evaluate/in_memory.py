@@ -11,6 +11,8 @@ fp32 model (hubtool.evaluate.stream.gptq_dequantize owns the packing).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,31 @@ from hubtool.progress import log
 GB = 10**9
 
 
-def evaluation_check(model_dir: Path, *, context: int, trust_remote_code: bool = False) -> str:
-    """The plan's `verify:` line: how MODEL_DIR's code is evaluated block by block, or why it can't be and what
-    evaluating it in memory costs. Other refusals (custom code not trusted, no weights) are raised: the
-    in-memory path can't help them."""
+@dataclass(frozen=True)
+class EvaluationMode:
+    """How a model is evaluated: its plan line, and the RAM an in-memory evaluation needs (0 when streamed)."""
+
+    line: str
+    memory_bytes: int = 0
+
+
+@lru_cache(maxsize=8)
+def _mode(model_dir: str, context: int, trust_remote_code: bool, stamp: int) -> EvaluationMode:
     from hubtool.evaluate.stream import streaming_check
 
     try:
-        return streaming_check(Path(model_dir), trust_remote_code=trust_remote_code)
+        return EvaluationMode(streaming_check(Path(model_dir), trust_remote_code=trust_remote_code))
     except NotStreamable as exc:
-        return fallback_line(Path(model_dir), str(exc).split(": ", 1)[-1], context)
+        reason = str(exc).split(": ", 1)[-1]
+        return EvaluationMode(fallback_line(Path(model_dir), reason, context), memory_estimate(Path(model_dir), context))
+
+
+def evaluation_mode(model_dir: Path, *, context: int, trust_remote_code: bool = False) -> EvaluationMode:
+    """For the plan: how MODEL_DIR's code is evaluated block by block, or why it can't be and what evaluating it
+    in memory costs (built once per folder on the meta device). Other refusals (custom code not trusted, no
+    weights) are raised: the in-memory path can't help them."""
+    folder = Path(model_dir).resolve()
+    return _mode(str(folder), int(context), bool(trust_remote_code), (folder / "config.json").stat().st_mtime_ns)
 
 
 def _config(model_dir: Path) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class Stage:
     needs: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     resource: str = "cpu"  # a hint for schedulers: cpu | gpu | memory
+    memory_bytes: int = 0  # RAM the plan knows this stage needs (a model evaluated in memory); 0: schedule's model
 
     @property
     def folder_name(self) -> str:
@@ -53,7 +54,7 @@ class Stage:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "key": self.key, "needs": list(self.needs), "resource": self.resource,
-                "folder": self.folder_name, "options": dict(self.options)}
+                **({"memory_bytes": self.memory_bytes} if self.memory_bytes else {}), "folder": self.folder_name, "options": dict(self.options)}
 
 
 @dataclass(frozen=True)

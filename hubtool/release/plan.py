@@ -14,7 +14,7 @@ from hubtool.artifacts import ArtifactKind
 from hubtool.errors import InputError
 from hubtool.release.cache import Hasher
 from hubtool.release.config import ReleaseConfig
-from hubtool.release.graph import Inputs, Stage, build_stages, groups
+from hubtool.release.graph import Inputs, Stage, StageKind, build_stages, groups
 
 SMALL_FILES = "config + tokenizer files"
 
@@ -77,7 +77,8 @@ class Plan:
             lines.append(f"  source   {self.source}")
         for st in self.stages:
             needs = f"  <- {', '.join(st.needs)}" if st.needs else ""
-            lines.append(f"  stage    {st.name:<36} [{st.resource}] {st.key[:12]}{needs}")
+            memory = f", ~{st.memory_bytes / 1e9:.3g} GB RAM" if st.memory_bytes else ""
+            lines.append(f"  stage    {st.name:<36} [{st.resource}{memory}] {st.key[:12]}{needs}")
         lines.append("  publish  cards + push, after every stage")
         for check in self.checks:
             lines.append(f"  check    {check}")
@@ -216,6 +217,7 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
     # GGUF: convert once to the source's own 16-bit type (exact), quantize each type from it
     fp16_config = {"dtype": cfg.dtype} if adapter is not None else read_json(weights_dir / "config.json")  # the merge writes cfg.dtype
     stages = build_stages(cfg, inputs, hasher, gptq_presets=ordered, gguf_base_type=base_type(fp16_config))
+    stages = _in_memory_hints(cfg, weights_dir, stages)
     return Plan(
         source=str(source) if source is not None else None,
         base=str(base) if base is not None else None,
@@ -226,6 +228,23 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
         params=total,
         checks=checks,
     )
+
+
+def _in_memory_hints(cfg: ReleaseConfig, weights_dir: Path, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    """The reference and verify:gptq stages of a model evaluated in memory carry its RAM estimate (schedulers read it)."""
+    from dataclasses import replace
+
+    from hubtool.model_dir import read_json, remote_code_files
+
+    if not (cfg.verify and remote_code_files(weights_dir, read_json(weights_dir / "config.json"))):
+        return stages
+    from hubtool.evaluate.in_memory import evaluation_mode
+
+    mode = evaluation_mode(weights_dir, context=cfg.verify_context, trust_remote_code=cfg.trust_remote_code)
+    if not mode.memory_bytes:
+        return stages
+    heavy = (StageKind.REFERENCE, StageKind.VERIFY_GPTQ)
+    return tuple(replace(st, memory_bytes=mode.memory_bytes) if st.kind in heavy else st for st in stages)
 
 
 def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | None) -> list[str]:
@@ -246,9 +265,9 @@ def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | N
     if code:
         checks.append(f"custom code trusted (--trust-remote-code); ships in every repo: {', '.join(p.name for p in code)}")
     if code and cfg.verify and (cfg.gguf_types or cfg.gptq_presets):
-        from hubtool.evaluate.in_memory import evaluation_check
+        from hubtool.evaluate.in_memory import evaluation_mode
 
-        checks.append("verify: " + evaluation_check(weights_dir, context=cfg.verify_context, trust_remote_code=cfg.trust_remote_code))
+        checks.append("verify: " + evaluation_mode(weights_dir, context=cfg.verify_context, trust_remote_code=cfg.trust_remote_code).line)
     if adapter is not None:
         from hubtool.merge import check_merge
 

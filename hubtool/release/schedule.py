@@ -38,6 +38,8 @@ MEMORY_MODEL: dict[str, tuple[float, float]] = {
 def memory_estimate(stage: Stage, params: int) -> int:
     """Bytes of RAM STAGE's process is expected to peak at, for a model of PARAMS parameters."""
     factor, overhead = MEMORY_MODEL.get(stage.kind, (1.5, 1.0 * GB))
+    if stage.memory_bytes:  # the plan's own estimate (a model evaluated in memory: fp32 weights + a window)
+        return int(max(factor * 2 * params, stage.memory_bytes) + overhead)
     return int(factor * 2 * params + overhead)
 
 
