@@ -172,3 +172,35 @@ def test_in_memory_estimate_reaches_the_stages_and_the_scheduler(flat_model, cap
     assert by_kind["reference"]["memory_bytes"] == need and "memory_bytes" not in by_kind["verify-gguf"]
     big = Stage("reference", "reference", "k", (), {}, "memory", memory_bytes=50 * 10**9)
     assert scheduled(big, 1000) > 50 * 10**9 > scheduled(Stage("reference", "reference", "k", (), {}, "memory"), 1000)
+
+
+FLAT_RELEASE_YAML = """\
+name: tiny-flat
+namespace: acme
+quants: [gguf]
+gguf: {types: [q8_0]}
+verify: {max_tokens: 128, context: 64}
+card:
+  license: mit
+"""
+
+
+def test_release_of_unstreamable_model_verifies_in_memory(flat_model, tmp_path, monkeypatch):
+    """`release --trust-remote-code --quants gguf` with verification on, on the local Hub: the fp16 reference is
+    computed in memory and the GGUF row is in the quality table."""
+    from hubtool.evaluate import in_memory
+    from tests.test_release import hub_env, run_cli
+
+    calls = []
+    real = in_memory.memory_logprobs
+    monkeypatch.setattr(in_memory, "memory_logprobs", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+
+    (tmp_path / "release.yaml").write_text(FLAT_RELEASE_YAML)
+    args = ["release", str(flat_model), "--config", str(tmp_path / "release.yaml"), "--work-dir", str(tmp_path / "work"),
+            "--trust-remote-code", "--json"]
+    with hub_env(tmp_path, "xet") as hub:
+        rc, out, err = run_cli(args + ["--endpoint", hub.url])
+    assert rc == 0, err[-3000:]
+    rows = {r["kind"]: r for r in json.loads(out)["quality"]}
+    assert len(calls) == 1  # the reference, once, in memory
+    assert set(rows) == {"gguf"} and rows["gguf"]["top1"] >= 0.95 and 0 <= rows["gguf"]["kl_div"] < 0.05, rows
