@@ -204,3 +204,37 @@ def test_release_of_unstreamable_model_verifies_in_memory(flat_model, tmp_path, 
     rows = {r["kind"]: r for r in json.loads(out)["quality"]}
     assert len(calls) == 1  # the reference, once, in memory
     assert set(rows) == {"gguf"} and rows["gguf"]["top1"] >= 0.95 and 0 <= rows["gguf"]["kl_div"] < 0.05, rows
+
+
+META_FAILING = '''
+
+class TinyMetaForCausalLM(LlamaForCausalLM):
+    config_class = TinyFlatConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embedding_norm = float(self.model.embed_tokens.weight.detach().abs().sum())  # fails on the meta device
+'''
+
+
+def test_code_failing_on_meta_device_is_evaluated_in_memory(flat_model, tiny_llama, tmp_path, capsys):
+    """Code that can't even be built on the meta device (so neither streaming nor from_pretrained can build it):
+    the plan says so and the reference is computed from a CPU-built model, equal to the same weights streamed."""
+    from hubtool.cli import main
+    from hubtool.evaluate.reference import compute_reference
+
+    model = _flat_copy(tiny_llama, tmp_path / "meta")
+    (model / FLAT_CODE.name).write_text(FLAT_CODE.read_text() + META_FAILING)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["auto_map"]["AutoModelForCausalLM"] = "modeling_flat.TinyMetaForCausalLM"
+    (model / "config.json").write_text(json.dumps(cfg))
+    rc = main(["release", str(model), "--quants", "gguf", "--trust-remote-code", "--namespace", "me", "--dry-run", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    line = next(c for c in out["plan"]["checks"] if c.startswith("verify: "))
+    assert line.startswith("verify: TinyMetaForCausalLM: can't be evaluated block by block (the model's code can't be built "
+                           "on the meta device (RuntimeError: Tensor.item() cannot be called on meta tensors)); evaluated in memory: about ")
+    ref = compute_reference(model, WINDOWS, tmp_path / "ref", device="cpu", trust_remote_code=True)
+    streamed = compute_reference(tiny_llama, WINDOWS, tmp_path / "streamed", device="cpu")
+    for w in WINDOWS:
+        np.testing.assert_allclose(ref.logprobs(w), streamed.logprobs(w), atol=2e-5)

@@ -93,13 +93,17 @@ def fallback_line(model_dir: Path, reason: str, context: int) -> str:
 
 
 def _load(config_dir: Path, weights: Weights, *, device: torch.device, trust_remote_code: bool) -> Any:
-    """The whole model in fp32 with its own code: from_pretrained for an fp16 folder; for a GPTQ folder the
-    model is built from its config and every packed Linear's weight is the dequantized one."""
+    """The whole model in fp32 with its own code: from_pretrained for an fp16 folder; for a GPTQ folder (or code
+    from_pretrained can't build: it starts on the meta device) the model is built on the CPU from its config and
+    its tensors are read from the safetensors, every packed Linear's weight the dequantized one."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not weights.gptq_bits:
-        model = AutoModelForCausalLM.from_pretrained(weights.folder, trust_remote_code=trust_remote_code, dtype=torch.float32)
-        return model.to(device).eval()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(weights.folder, trust_remote_code=trust_remote_code, dtype=torch.float32)
+            return model.to(device).eval()
+        except Exception as exc:  # e.g. code that fails on the meta device from_pretrained builds on: build it for real
+            log(f"{weights.folder}: from_pretrained failed ({type(exc).__name__}); building the model from its config")
     config = AutoConfig.from_pretrained(config_dir, trust_remote_code=trust_remote_code)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -110,7 +114,7 @@ def _load(config_dir: Path, weights: Weights, *, device: torch.device, trust_rem
         prefix = name[: -len(".weight")] if name.endswith(".weight") else None
         if name in index:
             state[name] = index.get(name).float()
-        elif prefix is not None and f"{prefix}.qweight" in index:
+        elif weights.gptq_bits and prefix is not None and f"{prefix}.qweight" in index:
             get = lambda s: index.get(f"{prefix}.{s}")  # noqa: E731
             state[name] = gptq_dequantize(get("qweight"), get("qzeros"), get("scales"), get("g_idx"), int(weights.gptq_bits))
     missing = [n for n in model.state_dict() if n not in state]
