@@ -238,3 +238,45 @@ def test_code_failing_on_meta_device_is_evaluated_in_memory(flat_model, tiny_lla
     streamed = compute_reference(tiny_llama, WINDOWS, tmp_path / "streamed", device="cpu")
     for w in WINDOWS:
         np.testing.assert_allclose(ref.logprobs(w), streamed.logprobs(w), atol=2e-5)
+
+
+PEEKING = '''
+
+class TinyPeekModel(LlamaModel):
+    config_class = TinyFlatConfig
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)  # then reads block 0's weights outside block 0: no use one block at a time
+        out.last_hidden_state = out.last_hidden_state + 0 * self.layers[0].mlp.down_proj.weight.sum()
+        return out
+
+
+class TinyPeekForCausalLM(LlamaForCausalLM):
+    config_class = TinyFlatConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = TinyPeekModel(config)
+        self.post_init()
+'''
+
+
+def test_blocks_that_cant_run_one_at_a_time_fall_back_in_memory(tiny_llama, tmp_path, monkeypatch):
+    """Custom code the streamed evaluator builds but whose forward fails block by block: evaluated in memory."""
+    from hubtool.evaluate import in_memory
+    from hubtool.evaluate.reference import compute_reference
+
+    model = _flat_copy(tiny_llama, tmp_path / "peek")
+    (model / FLAT_CODE.name).write_text(FLAT_CODE.read_text() + PEEKING)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["auto_map"]["AutoModelForCausalLM"] = "modeling_flat.TinyPeekForCausalLM"
+    (model / "config.json").write_text(json.dumps(cfg))
+    assert "evaluated block by block" in in_memory.evaluation_mode(model, context=64, trust_remote_code=True).line
+    calls = []
+    real = in_memory.memory_logprobs
+    monkeypatch.setattr(in_memory, "memory_logprobs", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    ref = compute_reference(model, WINDOWS, tmp_path / "ref", device="cpu", trust_remote_code=True)
+    streamed = compute_reference(tiny_llama, WINDOWS, tmp_path / "streamed", device="cpu")
+    assert calls == [model]
+    for w in WINDOWS:
+        np.testing.assert_allclose(ref.logprobs(w), streamed.logprobs(w), atol=2e-5)

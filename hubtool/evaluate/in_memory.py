@@ -160,7 +160,8 @@ def memory_logprobs(config_dir: Path, windows: list[list[int]], out: np.ndarray 
 def evaluate_logprobs(config_dir: Path, windows: list[list[int]], make_out: Any = None, *, weights: Weights | None = None,
                       block_hook: BlockHook | None = None, device: str | None = None, trust_remote_code: bool = False,
                       what: str = "model") -> list[np.ndarray]:
-    """Log-probs of every window: block by block when the model's code allows it, else in memory (said once).
+    """Log-probs of every window: block by block when the model's code allows it, else in memory (said once):
+    code that can't be built for streaming, or custom code whose streamed forward fails.
     MAKE_OUT(vocab) gives the output array (e.g. a disk memmap) once the vocabulary width is known."""
     try:
         model = StreamingModel(Path(config_dir), weights, device=device, block_hook=block_hook, trust_remote_code=trust_remote_code)
@@ -169,4 +170,14 @@ def evaluate_logprobs(config_dir: Path, windows: list[list[int]], make_out: Any 
         log(f"{what}: can't be evaluated block by block ({reason}); evaluating it in memory")
         return memory_logprobs(config_dir, windows, make_out=make_out, weights=weights, block_hook=block_hook, device=device,
                                trust_remote_code=trust_remote_code)
-    return stream_logprobs(model, windows, out=make_out(model.vocab_rows()) if make_out is not None else None)
+    try:
+        return stream_logprobs(model, windows, out=make_out(model.vocab_rows()) if make_out is not None else None)
+    except (InputError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        if not _config(config_dir).get("auto_map"):
+            raise  # transformers' own classes stream: a failure there is a bug to see, not to hide
+        del model  # custom code whose blocks can't run one at a time (e.g. its forward reads another block's weights)
+        log(f"{what}: its blocks can't be run one at a time ({type(exc).__name__}: {str(exc)[:200]}); evaluating it in memory")
+    return memory_logprobs(config_dir, windows, make_out=make_out, weights=weights, block_hook=block_hook, device=device,
+                           trust_remote_code=trust_remote_code)
