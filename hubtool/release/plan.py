@@ -246,7 +246,7 @@ def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | N
     if code:
         checks.append(f"custom code trusted (--trust-remote-code); ships in every repo: {', '.join(p.name for p in code)}")
     if code and cfg.verify and (cfg.gguf_types or cfg.gptq_presets):
-        from hubtool.evaluate.stream import streaming_check
+        from hubtool.quality.stream import streaming_check
 
         checks.append("verify: " + streaming_check(weights_dir, trust_remote_code=cfg.trust_remote_code))
     if adapter is not None:
