@@ -50,7 +50,7 @@ def _paths(work: Path, key: str) -> dict[str, Path]:
 def _heldout_ids(model_dir: Path, count: int) -> list[int]:
     from transformers import AutoTokenizer
 
-    from hubtool.quality import read_text_source
+    from hubtool.quality.texts import read_text_source
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     return tok(read_text_source("builtin:heldout"))["input_ids"][:count]

@@ -38,7 +38,7 @@ if mode == "memory":
     with torch.inference_mode():
         out = [torch.log_softmax(model(torch.tensor([w])).logits[0].double(), -1).float().numpy() for w in windows]
 else:
-    from hubtool.evaluate import StreamingModel, stream_logprobs
+    from hubtool.quality.stream import StreamingModel, stream_logprobs
     model = StreamingModel(model_dir)
     loaded = time.perf_counter()
     out = stream_logprobs(model, windows)
@@ -63,8 +63,8 @@ def main() -> None:
     import numpy as np
     from transformers import AutoTokenizer
 
-    from hubtool.evaluate.reference import gptq_windows
-    from hubtool.quality import builtin_text
+    from hubtool.quality.reference import gptq_windows
+    from hubtool.quality.texts import builtin_text
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="fp16 model folder (default: SmolLM2-135M export)")

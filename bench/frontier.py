@@ -46,9 +46,10 @@ def main() -> None:
     from hubtool.gguf import export_gguf, verify_gguf
     from hubtool.gguf.facts import file_name, recipe_name, tuned_variant
     from hubtool.gguf.imatrix import compute_imatrix, load_imatrix, save_imatrix
-    from hubtool.gguf.mix import describe_changes, file_types, output_fisher, plan_mix, write_tuned
+    from hubtool.gguf.mix import describe_changes, file_types, plan_mix, write_tuned
     from hubtool.gguf.quantize import quantize_gguf
-    from hubtool.quality import read_text_source
+    from hubtool.quality.sensitivity import output_fisher
+    from hubtool.quality.texts import read_text_source
     from hubtool.smollm2 import export_smollm2_fp16
 
     work = args.work

@@ -63,7 +63,7 @@ def _windows(args: argparse.Namespace) -> list[list[int]]:
     from transformers import AutoTokenizer
 
     from hubtool.gptq.verify import eval_windows
-    from hubtool.quality import read_text_source
+    from hubtool.quality.texts import read_text_source
 
     return eval_windows(AutoTokenizer.from_pretrained(args.model), read_text_source("builtin:heldout"), 512, args.tokens)
 
@@ -78,7 +78,7 @@ def step(args: argparse.Namespace) -> None:
 
         export_smollm2_fp16(Path(args.model))
     elif args.step == "reference":
-        from hubtool.evaluate.reference import compute_reference
+        from hubtool.quality.reference import compute_reference
 
         compute_reference(Path(args.model), _windows(args), work / "reference")
     elif args.step == "gptq":
@@ -88,7 +88,7 @@ def step(args: argparse.Namespace) -> None:
         preset = load_preset(preset_name, {**overrides, "samples": args.samples, "seq_len": args.seq_len})
         result = quantize_gptq(Path(args.model), work / f"gptq-{name}", preset, device=args.device, overwrite=True)
     elif args.step == "verify":
-        from hubtool.evaluate.reference import open_reference
+        from hubtool.quality.reference import open_reference
         from hubtool.gptq import verify_gptq
 
         name = parse_variant(args.variant[0])[0]

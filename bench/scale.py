@@ -61,7 +61,7 @@ def build_tokenizer(cache: Path) -> Path:
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    from hubtool.quality import builtin_text
+    from hubtool.quality.texts import builtin_text
 
     work = cache / "tok-train"
     work.mkdir(parents=True, exist_ok=True)

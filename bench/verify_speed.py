@@ -8,7 +8,7 @@ windows, side by side in one process:
 - hubtool's `verify_gguf` on the same file and windows, with the fp16 reference precomputed (as a
   release does), its time split with perf_counter into load, eval, logit copies, metrics, reference
   reads and the rest (structural checks, metadata);
-- the fp16 reference's own tokens/s (hubtool.evaluate, block by block);
+- the fp16 reference's own tokens/s (hubtool.quality.stream, block by block);
 - thread and batch settings of bare eval (n_threads_batch, n_ubatch), in this process (torch already
   loaded and run) and in a fresh process without torch;
 - with --gptq: verify:gptq's streamed dequantization vs an in-memory forward of the same GPTQ
@@ -139,8 +139,8 @@ def hubtool_verify(path: Path, model: Path, reference: Any, max_tokens: int, con
     import llama_cpp
 
     import hubtool.gguf.verify as gv
-    import hubtool.quality as quality
-    from hubtool.evaluate.reference import Reference
+    import hubtool.quality.metrics as metrics
+    from hubtool.quality.reference import Reference
 
     clock = Clock()
     with contextlib.ExitStack() as stack:
@@ -159,7 +159,7 @@ def hubtool_verify(path: Path, model: Path, reference: Any, max_tokens: int, con
         stack.enter_context(patched(gv, "open_llama", timed_open))
         stack.enter_context(patched(llama_cpp.Llama, "eval", clock.wrap("llama.cpp eval", llama_cpp.Llama.eval)))
         stack.enter_context(patched(gv, "llama_logits", clock.wrap("eval + row copies", gv.llama_logits)))
-        stack.enter_context(patched(quality, "compare_logits", clock.wrap("metrics", quality.compare_logits)))
+        stack.enter_context(patched(metrics, "compare_logits", clock.wrap("metrics", metrics.compare_logits)))
         stack.enter_context(patched(Reference, "logprobs", clock.wrap("reference lookup", Reference.logprobs)))
         with clock.part("total"):
             rows = gv.verify_gguf([path], model, max_tokens=max_tokens, context=context, reference=reference)
@@ -173,7 +173,7 @@ def verify_child(tree: Path, path: Path, model: Path, ref_dir: Path, max_tokens:
     """hubtool_verify with hubtool imported from TREE (e.g. an export of main: the "before" column), in a
     fresh process whose torch thread pool has run first, as it has after the fp16 reference in a release."""
     code = ("import json,sys; sys.path[:0]=[%r, %r]; import torch; torch.randn(256,256)@torch.randn(256,256); "
-            "from bench.verify_speed import hubtool_verify; from hubtool.evaluate.reference import open_reference; "
+            "from bench.verify_speed import hubtool_verify; from hubtool.quality.reference import open_reference; "
             "from pathlib import Path; row,parts=hubtool_verify(Path(%r), Path(%r), open_reference(Path(%r)), %d, %d); "
             "import hubtool; parts['hubtool from']=hubtool.__file__; print(json.dumps([row, parts]))") % (str(tree), str(ROOT), str(path), str(model), str(ref_dir), max_tokens, context)
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -205,8 +205,8 @@ def gptq_compare(quant: Path, model: Path, windows: list[list[int]], reference: 
     from transformers import AutoModelForCausalLM
 
     import hubtool.gptq.verify as gq
-    from hubtool.evaluate.stream import StreamingModel, gptq_weights, stream_logprobs
-    from hubtool.quality import compare_logits, merge_metrics
+    from hubtool.quality.stream import StreamingModel, gptq_weights, stream_logprobs
+    from hubtool.quality.metrics import compare_logits, merge_metrics
 
     tokens = sum(map(len, windows))
     # in memory: every GPTQ linear dequantized once into an fp32 model, then one batched forward
@@ -230,7 +230,7 @@ def gptq_compare(quant: Path, model: Path, windows: list[list[int]], reference: 
 
     clock = Clock()
     with contextlib.ExitStack() as stack:
-        import hubtool.evaluate.stream as st
+        import hubtool.quality.stream as st
         stack.enter_context(patched(st, "gptq_dequantize", clock.wrap("dequantize", st.gptq_dequantize)))
         stack.enter_context(patched(st.WeightIndex, "get", clock.wrap("read tensors", st.WeightIndex.get)))
         stack.enter_context(patched(gq, "compare_logits", clock.wrap("metrics", gq.compare_logits)))
@@ -261,8 +261,8 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from hubtool.evaluate.reference import compute_reference, gguf_windows
-    from hubtool.quality import read_text_source
+    from hubtool.quality.reference import compute_reference, gguf_windows
+    from hubtool.quality.texts import read_text_source
 
     model, files = prepare(args.work)
     files = {t: f for t, f in files.items() if t in args.types.split(",")}
@@ -314,7 +314,7 @@ def main() -> None:
             print(f"  {'fresh process, torch never imported':44} eval {r['eval_s']:6.2f}s = {tps(n_sweep, r['eval_s'])}  [{load()}]", flush=True)
 
         if args.gptq:
-            from hubtool.evaluate.reference import gptq_windows
+            from hubtool.quality.reference import gptq_windows
 
             quant = prepare_gptq(args.work, model)
             gw = gptq_windows(tok, read_text_source("builtin:heldout"), args.context, args.max_tokens)

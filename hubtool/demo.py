@@ -48,7 +48,7 @@ def train_lora(base_dir: Path, out_dir: Path, *, steps: int, seq_len: int = 128,
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from hubtool.atomic import staged_dir
-    from hubtool.quality import builtin_text
+    from hubtool.quality.texts import builtin_text
     from hubtool.merge.rope import parse_rope_arg
 
     if (out_dir / "adapter_config.json").is_file():
@@ -119,7 +119,7 @@ def heldout_perplexity(model_dir: Path) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hubtool.gptq.verify import eval_windows
-    from hubtool.quality import read_text_source
+    from hubtool.quality.texts import read_text_source
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -168,7 +168,7 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
     import yaml
 
     from hubtool.gguf.facts import file_name
-    from hubtool.quality_table import quality_table
+    from hubtool.quality.table import quality_table
     from hubtool.progress import stdout_to_stderr
     from hubtool.hub_server import serve_in_thread
     from hubtool.release import build_config, check_inputs, make_plan, run_release

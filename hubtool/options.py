@@ -91,7 +91,7 @@ def check_repo_name(value: Any, *, source: str, what: str = "name") -> str:
 def check_text_source(value: Any, *, source: str, allow_folder: bool = False) -> str:
     """'builtin', 'builtin:calibration', 'builtin:heldout', or a readable UTF-8 .txt/.jsonl file
     (or, for GPTQ calibration, a `datasets.save_to_disk` folder)."""
-    from hubtool.quality import read_text_source
+    from hubtool.quality.texts import read_text_source
 
     if not isinstance(value, str) or not value:
         raise InputError(f"{source}: {value!r} must be 'builtin', 'builtin:heldout' or a path to a .txt/.jsonl file")

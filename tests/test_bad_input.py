@@ -421,7 +421,7 @@ def test_quantize_gguf_calibration_not_utf8(tiny_llama, tmp_path):
 
 def test_text_source_jsonl_not_utf8_and_wrong_field(tmp_path):
     from hubtool.errors import InputError
-    from hubtool.quality import read_text_source
+    from hubtool.quality.texts import read_text_source
 
     bad = tmp_path / "t.jsonl"
     bad.write_bytes(BAD_TEXT["latin1"])
@@ -595,7 +595,7 @@ def test_release_dry_run_passes_when_valid(tiny_llama, adapter, tmp_path):
 
 
 def test_gates_config_parsing():
-    from hubtool.quality_gates import DEFAULT_GATES, gates_from_config
+    from hubtool.quality.gates import DEFAULT_GATES, gates_from_config
 
     g = gates_from_config({"min_top1": 0.9, "max_kl": None}, source="x")
     assert (g.min_top1, g.max_kl, g.max_ppl_ratio, g.enabled) == (0.9, None, DEFAULT_GATES.max_ppl_ratio, True)
@@ -621,7 +621,7 @@ def test_verify_bad_gate_flags(tiny_llama, tmp_path, flag, value):
 
 def test_gate_messages_carry_the_numbers():
     from hubtool.errors import QuantizeError
-    from hubtool.quality_gates import DEFAULT_GATES, check_rows
+    from hubtool.quality.gates import DEFAULT_GATES, check_rows
 
     good = {"kind": "gguf", "variant": "Q4_K_M", "top1": 0.93, "kl_div": 0.03, "perplexity": 12.0, "ref_perplexity": 11.8}
     rtn = {"kind": "rtn", "variant": "rtn-2bit", "top1": 0.01, "kl_div": 9.0, "perplexity": 900.0, "ref_perplexity": 11.8}
@@ -636,7 +636,7 @@ def test_gate_messages_carry_the_numbers():
 
 def test_low_bit_types_get_the_low_bit_floor_unless_the_user_sets_gates():
     from hubtool.errors import QuantizeError
-    from hubtool.quality_gates import DEFAULT_GATES, LOW_BIT_GATES, check_rows, gates_from_config
+    from hubtool.quality.gates import DEFAULT_GATES, LOW_BIT_GATES, check_rows, gates_from_config
 
     iq2 = {"kind": "gguf", "variant": "IQ2_XS", "top1": LOW_BIT_GATES.min_top1 + 0.05, "kl_div": LOW_BIT_GATES.max_kl - 0.1,
            "perplexity": 30.0, "ref_perplexity": 20.0}
@@ -1034,7 +1034,7 @@ def test_hub_serve_root_is_a_file(tmp_path):
 
 @pytest.mark.parametrize("context", ["100000000", "257"])
 def test_verify_gguf_context_bounded_by_trained_context(tiny_q8, tiny_llama, tmp_path, context, monkeypatch):
-    import hubtool.evaluate.reference as reference
+    import hubtool.quality.reference as reference
 
     monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
     trained = json.loads((tiny_llama / "config.json").read_text())["max_position_embeddings"]
@@ -1052,7 +1052,7 @@ def test_verify_gguf_force_context_goes_past_the_trained_context(tiny_q8, tiny_l
 
 
 def test_verify_gguf_max_tokens_bounded_by_the_text(tiny_q8, tiny_llama, tmp_path, monkeypatch):
-    import hubtool.evaluate.reference as reference
+    import hubtool.quality.reference as reference
 
     monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
     text = tmp_path / "short.txt"
@@ -1062,7 +1062,7 @@ def test_verify_gguf_max_tokens_bounded_by_the_text(tiny_q8, tiny_llama, tmp_pat
 
 
 def test_verify_gguf_results_not_writable_fails_before_work(tiny_q8, tiny_llama, tmp_path, monkeypatch):
-    import hubtool.evaluate.reference as reference
+    import hubtool.quality.reference as reference
 
     monkeypatch.setattr(reference, "compute_reference", lambda *a, **k: pytest.fail("evaluation started"))
     ro = tmp_path / "ro"
@@ -1078,7 +1078,7 @@ def test_verify_gguf_results_not_writable_fails_before_work(tiny_q8, tiny_llama,
 
 def test_write_results_disk_error_names_the_users_path(tmp_path, monkeypatch):
     from hubtool.errors import InputError
-    from hubtool.quality import write_results
+    from hubtool.quality.results import write_results
 
     def full(self, *a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hubtool.evaluate import StreamingModel, stream_logprobs
+from hubtool.quality.stream import StreamingModel, stream_logprobs
 
 
 def _save_random(cfg, out: Path, seed: int = 0) -> Path:
@@ -115,7 +115,7 @@ def _old_path_metrics(folder: Path, windows: list[list[int]], rtn: tuple[int, in
     from transformers import AutoModelForCausalLM
 
     from hubtool.gptq.rtn import apply_rtn
-    from hubtool.quality import compare_logits, merge_metrics
+    from hubtool.quality.metrics import compare_logits, merge_metrics
 
     def logits(model):
         with torch.inference_mode():
@@ -133,10 +133,10 @@ def _old_path_metrics(folder: Path, windows: list[list[int]], rtn: tuple[int, in
 def test_smollm2_reference_and_rtn_match_the_in_memory_path(smollm2, tmp_path):
     from transformers import AutoTokenizer
 
-    from hubtool.evaluate import compute_reference
-    from hubtool.evaluate.reference import gptq_windows
+    from hubtool.quality.reference import compute_reference, gptq_windows
     from hubtool.gptq.rtn import rtn_block_hook
-    from hubtool.quality import builtin_text, compare_logits, merge_metrics
+    from hubtool.quality.metrics import compare_logits, merge_metrics
+    from hubtool.quality.texts import builtin_text
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     windows = gptq_windows(tok, builtin_text("heldout"), 128, 256)
@@ -170,7 +170,7 @@ def _float64_metrics(ref_logits: np.ndarray, test_logits: np.ndarray, ids: np.nd
 def test_compare_logits_in_float32_chunks_matches_float64(noise):
     """verify's metrics run in float32 a few rows at a time; a 49k-wide vocabulary (SmolLM2's), a row
     count that is no multiple of the chunk, and KL from near zero (Q8_0-like) to large."""
-    from hubtool.quality import ROWS_PER_CHUNK, compare_logits
+    from hubtool.quality.metrics import ROWS_PER_CHUNK, compare_logits
 
     rng = np.random.default_rng(1)
     n, vocab = 3 * ROWS_PER_CHUNK + 7, 49152

@@ -17,7 +17,7 @@ from hubtool.errors import InputError, QuantizeError
 from hubtool.gguf import export_gguf, verify_gguf
 from hubtool.gguf.imatrix import load_imatrix
 from hubtool.gguf.verify import check_rope, gguf_metadata, hf_logits, llama_logits, open_llama
-from hubtool.quality import compare_logits
+from hubtool.quality.metrics import compare_logits
 from tests.tiny import CHAT_TEMPLATE, corpus_text, make_tiny_llama, train_tokenizer
 
 CARD = """Update README.md
@@ -160,8 +160,9 @@ def test_verify_rows_are_the_plain_float64_metrics_of_copied_logits(exported, sr
 
     from transformers import AutoTokenizer
 
-    from hubtool.evaluate.reference import compute_reference, gguf_windows
-    from hubtool.quality import builtin_text, merge_metrics
+    from hubtool.quality.reference import compute_reference, gguf_windows
+    from hubtool.quality.metrics import merge_metrics
+    from hubtool.quality.texts import builtin_text
 
     def log_softmax(x):
         x = x.astype(np.float64) - x.max(-1, keepdims=True)

@@ -15,9 +15,10 @@ from hubtool.errors import InputError, QuantizeError
 from hubtool.gguf import export_gguf
 from hubtool.gguf.facts import recipe_name, tuned_variant, type_from_name
 from hubtool.gguf.imatrix import compute_imatrix, imatrix_means
-from hubtool.gguf.mix import (Recipe, TensorCost, allocate, check_against_recipe, file_types, output_fisher, parse_recipe,
-                              plan_mix, predicted_kl, tensor_bytes, write_tuned)
+from hubtool.gguf.mix import (Recipe, TensorCost, allocate, check_against_recipe, file_types, parse_recipe, plan_mix,
+                              predicted_kl, tensor_bytes, write_tuned)
 from hubtool.gguf.quantize import planned_tensor_types, quantize_gguf
+from hubtool.quality.sensitivity import output_fisher
 from tests.tiny import corpus_text, make_tiny_llama
 
 

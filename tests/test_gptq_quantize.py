@@ -165,7 +165,8 @@ def test_no_temp_paths_or_machine_details(gptq_dir):
 def _assert_loads_with_sane_logits(out: Path, rope_llama: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubtool.quality import builtin_text, compare_logits
+    from hubtool.quality.metrics import compare_logits
+    from hubtool.quality.texts import builtin_text
 
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok(builtin_text("heldout")[:2000], return_tensors="pt")["input_ids"][:, :128]
@@ -268,7 +269,7 @@ def test_block_by_block_gptq_matches_gptqmodel_kernels(gptq_dir):
     import numpy as np
     from transformers import AutoModelForCausalLM
 
-    from hubtool.evaluate import StreamingModel, gptq_weights, stream_logprobs
+    from hubtool.quality.stream import StreamingModel, gptq_weights, stream_logprobs
 
     out, _ = gptq_dir
     windows = [list(range(1, 60)), list(range(100, 140))]
@@ -301,7 +302,7 @@ def test_refuses_to_overwrite_and_requantize(gptq_dir, rope_llama, tmp_path, cap
 def test_cli_without_act_order_and_verify_json(rope_llama, tmp_path, capsys):
     out = tmp_path / "noact"
     cal = tmp_path / "cal.jsonl"
-    from hubtool.quality import builtin_text
+    from hubtool.quality.texts import builtin_text
 
     paras = [p for p in builtin_text("calibration").split("\n\n") if len(p) > 200][:80]
     cal.write_text("\n".join(json.dumps({"text": p}) for p in paras))

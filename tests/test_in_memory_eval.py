@@ -40,7 +40,7 @@ def _hf_logprobs(model_dir: Path, windows: list[list[int]]) -> list[np.ndarray]:
 
 
 def test_flat_code_is_not_streamable(flat_model):
-    from hubtool.evaluate.stream import NotStreamable, StreamingModel
+    from hubtool.quality.stream import NotStreamable, StreamingModel
 
     with pytest.raises(NotStreamable, match="no decoder block list"):
         StreamingModel(flat_model, device="cpu", trust_remote_code=True)
@@ -49,7 +49,7 @@ def test_flat_code_is_not_streamable(flat_model):
 def test_in_memory_logprobs_match_transformers_forward(flat_model, tiny_llama, tmp_path):
     """The fp16 reference of the unstreamable model (computed in memory) equals transformers' plain forward with
     its own code, and the streamed reference of the same weights under the stock Llama classes."""
-    from hubtool.evaluate.reference import compute_reference
+    from hubtool.quality.reference import compute_reference
 
     ref = compute_reference(flat_model, WINDOWS, tmp_path / "ref", device="cpu", trust_remote_code=True)
     streamed = compute_reference(tiny_llama, WINDOWS, tmp_path / "streamed", device="cpu")
@@ -64,7 +64,7 @@ def test_in_memory_logprobs_match_transformers_forward(flat_model, tiny_llama, t
 
 def test_plan_names_the_fallback_and_its_memory(flat_model, capsys):
     from hubtool.cli import main
-    from hubtool.evaluate.in_memory import memory_estimate
+    from hubtool.quality.in_memory import memory_estimate
 
     rc = main(["release", str(flat_model), "--quants", "gguf", "--trust-remote-code", "--namespace", "me", "--dry-run", "--json"])
     out = json.loads(capsys.readouterr().out)
@@ -127,8 +127,8 @@ def _fake_gptq(src: Path, dst: Path, bits: int = 4, group: int = 32) -> Path:
 def test_gptq_weights_dequantized_in_memory_match_streaming(flat_model, tiny_llama, tmp_path):
     """verify:gptq of an unstreamable model: the GPTQ checkpoint's dequantized linears in the whole fp32 model give
     the log-probs the streamed path gives for the same checkpoint under the stock classes; the rows are written."""
-    from hubtool.evaluate.in_memory import memory_logprobs
-    from hubtool.evaluate.stream import StreamingModel, gptq_weights, stream_logprobs
+    from hubtool.quality.in_memory import memory_logprobs
+    from hubtool.quality.stream import StreamingModel, gptq_weights, stream_logprobs
     from hubtool.gptq.verify import verify_gptq
 
     plain = _fake_gptq(tiny_llama, tmp_path / "plain-gptq")
@@ -160,7 +160,7 @@ def test_verify_gguf_of_unstreamable_model(flat_model, tmp_path, capsys):
 
 def test_in_memory_estimate_reaches_the_stages_and_the_scheduler(flat_model, capsys):
     from hubtool.cli import main
-    from hubtool.evaluate.in_memory import memory_estimate
+    from hubtool.quality.in_memory import memory_estimate
     from hubtool.release.graph import Stage
     from hubtool.release.schedule import memory_estimate as scheduled
 
@@ -188,7 +188,7 @@ card:
 def test_release_of_unstreamable_model_verifies_in_memory(flat_model, tmp_path, monkeypatch):
     """`release --trust-remote-code --quants gguf` with verification on, on the local Hub: the fp16 reference is
     computed in memory and the GGUF row is in the quality table."""
-    from hubtool.evaluate import in_memory
+    from hubtool.quality import in_memory
     from tests.test_release import hub_env, run_cli
 
     calls = []
@@ -221,7 +221,7 @@ def test_code_failing_on_meta_device_is_evaluated_in_memory(flat_model, tiny_lla
     """Code that can't even be built on the meta device (so neither streaming nor from_pretrained can build it):
     the plan says so and the reference is computed from a CPU-built model, equal to the same weights streamed."""
     from hubtool.cli import main
-    from hubtool.evaluate.reference import compute_reference
+    from hubtool.quality.reference import compute_reference
 
     model = _flat_copy(tiny_llama, tmp_path / "meta")
     (model / FLAT_CODE.name).write_text(FLAT_CODE.read_text() + META_FAILING)
@@ -263,8 +263,8 @@ class TinyPeekForCausalLM(LlamaForCausalLM):
 
 def test_blocks_that_cant_run_one_at_a_time_fall_back_in_memory(tiny_llama, tmp_path, monkeypatch):
     """Custom code the streamed evaluator builds but whose forward fails block by block: evaluated in memory."""
-    from hubtool.evaluate import in_memory
-    from hubtool.evaluate.reference import compute_reference
+    from hubtool.quality import in_memory
+    from hubtool.quality.reference import compute_reference
 
     model = _flat_copy(tiny_llama, tmp_path / "peek")
     (model / FLAT_CODE.name).write_text(FLAT_CODE.read_text() + PEEKING)

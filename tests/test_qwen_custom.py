@@ -44,7 +44,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def _text_ids(tokenizer, n: int = 64) -> list[int]:
     from hubtool.text_windows import encode
-    from hubtool.quality import read_text_source
+    from hubtool.quality.texts import read_text_source
 
     return encode(tokenizer, read_text_source("builtin:heldout"), max_tokens=n)
 
@@ -159,8 +159,7 @@ def test_streamed_evaluation_matches_in_memory(qwen_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hubtool.errors import InputError
-    from hubtool.evaluate import StreamingModel, stream_logprobs
-    from hubtool.evaluate.stream import streaming_check
+    from hubtool.quality.stream import StreamingModel, stream_logprobs, streaming_check
 
     with pytest.raises(InputError, match="--trust-remote-code"):
         StreamingModel(qwen_model)

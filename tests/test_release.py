@@ -56,7 +56,7 @@ def inputs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     text = RELEASE_YAML.replace("presets: [gptq-4bit-32g-actorder]", f"presets: [gptq-4bit-32g-actorder, {preset}]")
     heldout = root / "eval" / "heldout.txt"  # a verify text given as a path: cards must name the file, not the path
     heldout.parent.mkdir()
-    from hubtool.quality import builtin_text
+    from hubtool.quality.texts import builtin_text
 
     heldout.write_text(builtin_text("heldout"), encoding="utf-8")
     text = text.replace("verify: {max_tokens: 256, context: 64}", f"verify: {{text: {heldout}, max_tokens: 256, context: 64}}")
@@ -105,7 +105,7 @@ def all_state(url: str, summary: dict) -> dict[str, dict[str, str]]:
 def released(inputs, tmp_path_factory):
     """The release, run once (Xet uploads); yields what it printed and the Hub it pushed to."""
     root = tmp_path_factory.mktemp("release-xet")
-    from hubtool.evaluate import reference
+    from hubtool.quality import reference
 
     with hub_env(root, "xet") as hub:
         before = reference.COMPUTE_CALLS[0]
@@ -240,7 +240,8 @@ def test_downloaded_artifacts_load_and_match_reference(released, inputs):
     import llama_cpp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubtool.quality import builtin_text, compare_logits
+    from hubtool.quality.metrics import compare_logits
+    from hubtool.quality.texts import builtin_text
 
     hub = released["hub"]
     dl = {k: Path(snapshot_download(repo, endpoint=hub.url, cache_dir=released["root"] / "dl")) for k, repo in REPOS.items()}

@@ -420,7 +420,7 @@ def _quality(results: dict | None, kind: str) -> dict[str, Any] | None:
             row["ppl_delta_pct"] = (float(row["perplexity"]) / float(ref) - 1.0) * 100.0
         for key in ("variant", "kind", "perplexity", "ppl_delta_pct", "kl_div", "top1", "size_bytes"):
             row.setdefault(key, None)
-    from hubtool.quality import text_label
+    from hubtool.quality.texts import text_label
 
     return {
         "reference": results.get("reference", "fp16"),

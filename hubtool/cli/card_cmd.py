@@ -45,7 +45,7 @@ def load_release_config(path: Path) -> dict[str, Any]:
 def run_render(args: argparse.Namespace) -> int:
     from hubtool.atomic import check_output_free, staged_file
     from hubtool.card import compose_card, parse_overrides, split_release_config
-    from hubtool.quality import read_results
+    from hubtool.quality.results import read_results
 
     check_output_free(args.output, overwrite=args.overwrite, inputs=card_inputs(args))
     meta, release = split_release_config(load_release_config(args.meta)) if args.meta else ({}, {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hubtool.quality_gates import DEFAULT_GATES, Gates, check_rows, gates_from_flags
+from hubtool.quality.gates import DEFAULT_GATES, Gates, check_rows, gates_from_flags
 
 GATE_FLAGS_HINT = "--min-top1 / --max-kl / --max-ppl-ratio, or --no-gates"
 

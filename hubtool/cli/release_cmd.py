@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from hubtool.errors import HubtoolError
 from hubtool.progress import stdout_to_stderr
-from hubtool.quality_table import quality_table
+from hubtool.quality.table import quality_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

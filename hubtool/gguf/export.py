@@ -207,7 +207,7 @@ def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: s
     """Load --imatrix, or compute one from --calibration text and keep it beside the outputs for reuse."""
     from hubtool.atomic import staged_file
     from hubtool.gguf.imatrix import compute_imatrix, imatrix_means, load_imatrix, save_imatrix
-    from hubtool.quality import read_text_source
+    from hubtool.quality.texts import read_text_source
 
     if imatrix is not None:
         return load_imatrix(Path(imatrix))

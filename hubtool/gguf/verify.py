@@ -308,12 +308,14 @@ def verify_gguf(
 ) -> list[dict[str, Any]]:
     """Check every GGUF (tokenizer, chat template, RoPE) and measure it against REFERENCE_DIR; rows in quality.json format.
 
-    REFERENCE: a hubtool.evaluate.Reference holding the fp16 log-probs of these windows (a release
+    REFERENCE: a hubtool.quality.reference.Reference holding the fp16 log-probs of these windows (a release
     computes it once for every row); without it it is computed here, block by block.
     """
-    from hubtool.evaluate.reference import compute_reference, gguf_windows
+    from hubtool.quality.reference import compute_reference, gguf_windows
     from hubtool.gguf.quantize import require_llama_cpp
-    from hubtool.quality import compare_logits, merge_metrics, read_text_source, text_label, write_results
+    from hubtool.quality.metrics import compare_logits, merge_metrics
+    from hubtool.quality.results import write_results
+    from hubtool.quality.texts import read_text_source, text_label
 
     from hubtool.atomic import check_writable_file
     from hubtool.options import check_context, check_tokens_in_text

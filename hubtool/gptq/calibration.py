@@ -13,7 +13,7 @@ from typing import Any
 
 from hubtool.errors import InputError
 from hubtool.progress import log
-from hubtool.quality import builtin_text, read_text_source
+from hubtool.quality.texts import builtin_text, read_text_source
 from hubtool.text_windows import bos_id, encode, windows
 
 BUILTIN_DESCRIPTION = "hubtool built-in calibration text (Python documentation prose, PSF-2.0)"

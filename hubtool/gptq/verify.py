@@ -1,7 +1,7 @@
 """Check a GPTQ folder against its fp16 source on held-out text — perplexity, KL and top-1 agreement —
 and the same for plain round-to-nearest at the same bits/group, so GPTQ's gain is visible.
 
-Everything streams block by block (hubtool.evaluate): the fp16 reference log-probs come from a
+Everything streams block by block (hubtool.quality.stream): the fp16 reference log-probs come from a
 cached reference folder (computed here when none is given), the GPTQ checkpoint's linears are
 dequantized one block at a time, and RTN quantizes each fp16 block as it loads. Host memory holds
 about one decoder block plus the activations, whatever the model's depth.
@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from hubtool.errors import InputError, QuantizeError
-from hubtool.evaluate.reference import Reference, compute_reference, gptq_windows
+from hubtool.quality.reference import Reference, compute_reference, gptq_windows
 from hubtool.gptq.quantize import read_gptq_info
 from hubtool.model_dir import load_model_dir
 from hubtool.progress import log
-from hubtool.quality import RESULTS_FILE, compare_logits, merge_metrics, read_text_source, text_label, write_results
+from hubtool.quality.metrics import compare_logits, merge_metrics
+from hubtool.quality.results import RESULTS_FILE, write_results
+from hubtool.quality.texts import read_text_source, text_label
 
 eval_windows = gptq_windows  # the window rule GPTQ rows have always used
 
@@ -54,7 +56,7 @@ def _param_count(folder: Path) -> int:
 
 
 def _stream(config_dir: Path, windows: list[list[int]], scratch: Path, **kw: Any) -> list[np.ndarray]:
-    from hubtool.evaluate.in_memory import evaluate_logprobs
+    from hubtool.quality.in_memory import evaluate_logprobs
 
     def make_out(vocab: int) -> np.ndarray:
         return np.lib.format.open_memmap(scratch / "test.npy", mode="w+", dtype=np.float32, shape=(len(windows), max(map(len, windows)), vocab))
@@ -80,11 +82,11 @@ def verify_gptq(
 
     REFERENCE: precomputed fp16 log-probs covering these windows (a release computes them once for
     every row); without it they are computed here. Written into `results_path` (default:
-    quant_dir/quality.json) with hubtool.quality.write_results.
+    quant_dir/quality.json) with hubtool.quality.results.write_results.
     """
     from transformers import AutoTokenizer
 
-    from hubtool.evaluate.stream import gptq_weights
+    from hubtool.quality.stream import gptq_weights
     from hubtool.gptq.rtn import rtn_block_hook
 
     from hubtool.atomic import check_writable_file

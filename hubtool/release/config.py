@@ -13,7 +13,7 @@ Layout (every key optional; flags win over the file):
                                    # chosen by measured sensitivity, with its recipe (hubtool/gguf/mix.py)
     repos: {fp16: "{name}", adapter: "{name}-peft", gptq: "{name}-GPTQ", gguf: "{name}-GGUF"}
     verify: {enabled: true, text: "builtin:heldout", dataset: org/name, max_tokens: 2048, context: 512,
-             gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality_gates.py
+             gates: {min_top1: 0.45, max_kl: 1.0, max_ppl_ratio: 2.0}}   # see hubtool/quality/gates.py
     card: {license: apache-2.0, base_model: org/original, datasets: [...], ...}
     collection: {title: "My model", description: "..."}   # one Hub collection of the repos; `collection: false` for none
     jobs: 2                        # stages at once on this machine (default: min(cores, 2), 1 under 50M params; 1 = in order)
@@ -63,7 +63,7 @@ class ReleaseConfig:
     verify_max_tokens: int = 2048
     verify_context: int = 512
     verify_rtn: bool = True
-    verify_gates: Any = None  # hubtool.quality_gates.Gates; None = the defaults
+    verify_gates: Any = None  # hubtool.quality.gates.Gates; None = the defaults
     card: dict[str, Any] = field(default_factory=dict)
     rope: str | None = None
     max_position_embeddings: int | None = None
@@ -215,7 +215,7 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
 
         if not isinstance(verify_dataset, str) or not is_repo_id(verify_dataset) or "/" not in verify_dataset:
             raise InputError(f"{where('verify_dataset', 'verify.dataset')} {verify_dataset!r}: use the Hub dataset id the verify text comes from (org/name)")
-    from hubtool.quality_gates import gates_from_config
+    from hubtool.quality.gates import gates_from_config
 
     gates = gates_from_config(verify.get("gates"), source=f"{source}: verify.gates")
     jobs = pick("jobs", file_data.get("jobs"))

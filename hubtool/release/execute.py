@@ -71,7 +71,7 @@ def gguf(stage: Stage, ctx: StageContext, out: Path) -> GGUFFiles:
     base = ctx.need(GGUFFiles)[0]
     if stage.options.get("tuned"):
         from hubtool.gguf.mix import export_tuned
-        from hubtool.quality import read_text_source
+        from hubtool.quality.texts import read_text_source
 
         rows = export_tuned(ctx.fp16_dir, base.folder / base.files[0].file, out, stage.options["type"], name=ctx.cfg.name,
                             calibration=read_text_source(stage.options["calibration"]), calibration_name=stage.options["calibration"])
@@ -102,8 +102,8 @@ def reference(stage: Stage, ctx: StageContext, out: Path) -> ReferenceLogits:
     """The fp16 log-probs every quality row is measured against: computed once per release."""
     from transformers import AutoTokenizer
 
-    from hubtool.evaluate.reference import compute_reference, reference_windows
-    from hubtool.quality import read_text_source
+    from hubtool.quality.reference import compute_reference, reference_windows
+    from hubtool.quality.texts import read_text_source
 
     cfg = ctx.cfg
     tok = AutoTokenizer.from_pretrained(ctx.fp16_dir, trust_remote_code=cfg.trust_remote_code)
@@ -113,9 +113,9 @@ def reference(stage: Stage, ctx: StageContext, out: Path) -> ReferenceLogits:
 
 
 def verify_gptq(stage: Stage, ctx: StageContext, out: Path) -> QualityResult:
-    from hubtool.evaluate.reference import open_reference
+    from hubtool.quality.reference import open_reference
     from hubtool.gptq import verify_gptq as run
-    from hubtool.quality import read_results
+    from hubtool.quality.results import read_results
 
     cfg = ctx.cfg
     out.mkdir(parents=True, exist_ok=True)
@@ -127,9 +127,9 @@ def verify_gptq(stage: Stage, ctx: StageContext, out: Path) -> QualityResult:
 
 
 def verify_gguf(stage: Stage, ctx: StageContext, out: Path) -> QualityResult:
-    from hubtool.evaluate.reference import open_reference
+    from hubtool.quality.reference import open_reference
     from hubtool.gguf import verify_gguf as run
-    from hubtool.quality import read_results
+    from hubtool.quality.results import read_results
 
     cfg = ctx.cfg
     out.mkdir(parents=True, exist_ok=True)

@@ -238,7 +238,7 @@ def _in_memory_hints(cfg: ReleaseConfig, weights_dir: Path, stages: tuple[Stage,
 
     if not (cfg.verify and remote_code_files(weights_dir, read_json(weights_dir / "config.json"))):
         return stages
-    from hubtool.evaluate.in_memory import evaluation_mode
+    from hubtool.quality.in_memory import evaluation_mode
 
     mode = evaluation_mode(weights_dir, context=cfg.verify_context, trust_remote_code=cfg.trust_remote_code)
     if not mode.memory_bytes:
@@ -265,7 +265,7 @@ def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | N
     if code:
         checks.append(f"custom code trusted (--trust-remote-code); ships in every repo: {', '.join(p.name for p in code)}")
     if code and cfg.verify and (cfg.gguf_types or cfg.gptq_presets):
-        from hubtool.evaluate.in_memory import evaluation_mode
+        from hubtool.quality.in_memory import evaluation_mode
 
         checks.append("verify: " + evaluation_mode(weights_dir, context=cfg.verify_context, trust_remote_code=cfg.trust_remote_code).line)
     if adapter is not None:

@@ -180,7 +180,7 @@ class Session:
     def _quality(self, records: dict[str, Record]) -> QualityResult | None:
         """Every verification stage's rows in plan order, checked against the gates before any card or push
         (after the cached measurements, so relaxing a gate re-measures nothing)."""
-        from hubtool.quality_gates import DEFAULT_GATES, check_rows
+        from hubtool.quality.gates import DEFAULT_GATES, check_rows
 
         results = [records[s.name] for s in self.plan.stages if s.kind in (StageKind.VERIFY_GPTQ, StageKind.VERIFY_GGUF)]
         if not results:

@@ -1,11 +1,11 @@
 """Whole-model evaluation for custom-code models whose code can't be streamed block by block.
 
 Some models' own code keeps its decoder blocks outside a ModuleList, or fails on the meta device;
-hubtool.evaluate.stream can't hook such blocks one at a time. Here the whole model is loaded with its
+hubtool.quality.stream can't hook such blocks one at a time. Here the whole model is loaded with its
 own code in fp32 and each window runs through its plain forward, giving the same log-prob arrays as
 the streamed path (same windows, shapes and vocabulary rows), at the memory cost `memory_estimate`
 states in the plan. A GPTQ checkpoint is evaluated the same way, its linears dequantized into the
-fp32 model (hubtool.evaluate.stream.gptq_dequantize owns the packing).
+fp32 model (hubtool.quality.stream.gptq_dequantize owns the packing).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hubtool.errors import InputError
-from hubtool.evaluate.stream import BlockHook, NotStreamable, StreamingModel, Weights, WeightIndex, gptq_dequantize, stream_logprobs
+from hubtool.quality.stream import BlockHook, NotStreamable, StreamingModel, Weights, WeightIndex, gptq_dequantize, stream_logprobs
 from hubtool.progress import log
 
 GB = 10**9
@@ -36,7 +36,7 @@ class EvaluationMode:
 
 @lru_cache(maxsize=8)
 def _mode(model_dir: str, context: int, trust_remote_code: bool, stamp: int) -> EvaluationMode:
-    from hubtool.evaluate.stream import streaming_check
+    from hubtool.quality.stream import streaming_check
 
     try:
         return EvaluationMode(streaming_check(Path(model_dir), trust_remote_code=trust_remote_code))

@@ -25,7 +25,7 @@ BlockHook = Callable[[str, torch.nn.Module], None]
 
 
 class NotStreamable(InputError):
-    """This model's code can't be evaluated block by block (hubtool.evaluate.in_memory evaluates it whole)."""
+    """This model's code can't be evaluated block by block (hubtool.quality.in_memory evaluates it whole)."""
 
 
 class WeightIndex:

@@ -101,7 +101,7 @@ COMPUTE_CALLS = [0]
 def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, *, device: str | None = None,
                       trust_remote_code: bool = False) -> Reference:
     """Run the fp16 model over WINDOWS (block by block, else in memory) and store its log-probs in OUT_DIR (written whole, then renamed)."""
-    from hubtool.evaluate.in_memory import evaluate_logprobs
+    from hubtool.quality.in_memory import evaluate_logprobs
 
     COMPUTE_CALLS[0] += 1
     out_dir = Path(out_dir)
