@@ -107,7 +107,13 @@ def _load(config_dir: Path, weights: Weights, *, device: torch.device, trust_rem
     config = AutoConfig.from_pretrained(config_dir, trust_remote_code=trust_remote_code)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    try:  # on the meta device, so the weights read below are the only copy in RAM
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except Exception:  # code that fails on the meta device: built for real (about twice the weights' RAM while loading)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
     index = WeightIndex(weights.folder)
     state: dict[str, torch.Tensor] = {}
     for name in model.state_dict():
@@ -125,9 +131,12 @@ def _load(config_dir: Path, weights: Weights, *, device: torch.device, trust_rem
     if missing:
         raise InputError(f"{weights.folder}: tensor {missing[0]} missing from the safetensors; "
                          f"the checkpoint's names don't match {type(model).__name__} (re-save it with save_pretrained)")
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.tie_weights()
+    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise InputError(f"{weights.folder}: tensor {left[0]} missing from the safetensors; re-save the model with save_pretrained")
     return model.to(device).eval()
 
 

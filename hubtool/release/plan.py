@@ -236,14 +236,14 @@ def _in_memory_hints(cfg: ReleaseConfig, weights_dir: Path, stages: tuple[Stage,
 
     from hubtool.model_dir import read_json, remote_code_files
 
-    if not (cfg.verify and remote_code_files(weights_dir, read_json(weights_dir / "config.json"))):
+    heavy = (StageKind.REFERENCE, StageKind.VERIFY_GPTQ)
+    if not (cfg.verify and any(st.kind in heavy for st in stages) and remote_code_files(weights_dir, read_json(weights_dir / "config.json"))):
         return stages
     from hubtool.quality.in_memory import evaluation_mode
 
     mode = evaluation_mode(weights_dir, context=cfg.verify_context, trust_remote_code=cfg.trust_remote_code)
     if not mode.memory_bytes:
         return stages
-    heavy = (StageKind.REFERENCE, StageKind.VERIFY_GPTQ)
     return tuple(replace(st, memory_bytes=mode.memory_bytes) if st.kind in heavy else st for st in stages)
 
 
