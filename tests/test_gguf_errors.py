@@ -59,7 +59,7 @@ def test_missing_tokenizer(tiny_llama, tmp_path):
     model = _copy(tiny_llama, tmp_path / "m")
     for f in ("tokenizer.json", "tokenizer.model"):
         (model / f).unlink()
-    with pytest.raises(InputError, match="no tokenizer.json, tokenizer.model or \*.tiktoken"):
+    with pytest.raises(InputError, match=r"no tokenizer.json, tokenizer.model or \*.tiktoken"):
         export_gguf(model, tmp_path / "out", ["f16"])
 
 

@@ -39,11 +39,13 @@ def gguf_windows(tokenizer: Any, text: str, *, max_tokens: int, context: int) ->
     """The windows GGUF rows are measured on: GPTQ's full windows (so every row of a quality table has
     the same fp16 baseline, on the same tokens), or, for a text shorter than one window, the first
     max_tokens as windows of CONTEXT tokens each starting with BOS like llama.cpp's perplexity (the
-    last may be short: at least two text tokens, one prediction)."""
-    try:
-        return gptq_windows(tokenizer, text, context, max_tokens)
-    except InputError:
-        pass
+    last may be short: at least two text tokens, one prediction). Never more than max_tokens: a budget
+    under one window takes the short windows too."""
+    if max_tokens >= context:
+        try:
+            return gptq_windows(tokenizer, text, context, max_tokens)
+        except InputError:
+            pass
     found = windows(encode(tokenizer, text, max_tokens=max_tokens), context, bos_id(tokenizer), min_text=2)
     if not found:
         raise InputError("--text: the held-out text is empty after tokenization; pass more text")

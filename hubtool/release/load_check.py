@@ -62,22 +62,25 @@ def _torch_dtype(dtype: str) -> Any:
     return "auto" if dtype == "auto" else getattr(torch, dtype)
 
 
-def load_transformers(folder: Path, dtype: str, *, adapter: Path | None = None, tokenizer_dir: Path | None = None) -> tuple[Any, Any]:
-    """The model and tokenizer as the card loads them (an adapter on top of its base with PEFT), on CPU."""
+def load_transformers(folder: Path, dtype: str, *, adapter: Path | None = None, tokenizer_dir: Path | None = None,
+                      trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """The model and tokenizer as the card loads them (an adapter on top of its base with PEFT), on CPU;
+    custom code (auto_map) runs only with the user's --trust-remote-code, as the card's snippet says."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype), device_map="cpu").eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype), device_map="cpu",
+                                                 trust_remote_code=trust_remote_code).eval()
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter).eval()
-    return model, AutoTokenizer.from_pretrained(tokenizer_dir or folder)
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir or folder, trust_remote_code=trust_remote_code)
 
 
-def choose_load_dtype(fp16_dir: Path, source_dir: Path) -> DtypeChoice:
+def choose_load_dtype(fp16_dir: Path, source_dir: Path, *, trust_remote_code: bool = False) -> DtypeChoice:
     """'auto' when the published weights run finite in their config's dtype on CPU; otherwise the
     dtype that does (bfloat16 when the source was bf16, else float32), with a warning."""
-    model, tok = load_transformers(fp16_dir, "auto")
+    model, tok = load_transformers(fp16_dir, "auto", trust_remote_code=trust_remote_code)
     finite, _ = run_transformers(model, tok)
     del model
     if finite:
@@ -85,7 +88,7 @@ def choose_load_dtype(fp16_dir: Path, source_dir: Path) -> DtypeChoice:
     saved = _config_dtype(fp16_dir)
     source = _config_dtype(source_dir)
     for candidate in (["bfloat16"] if "bfloat16" in source else []) + ["float32"]:
-        model, tok = load_transformers(fp16_dir, candidate)
+        model, tok = load_transformers(fp16_dir, candidate, trust_remote_code=trust_remote_code)
         finite, _ = run_transformers(model, tok)
         del model
         if finite:
@@ -96,12 +99,14 @@ def choose_load_dtype(fp16_dir: Path, source_dir: Path) -> DtypeChoice:
                         "the weights are broken: check the adapter and the merge")
 
 
-def check_transformers_repo(folder: Path, dtype: str, *, what: str, adapter_base: Path | None = None, tokenizer_dir: Path | None = None) -> str:
+def check_transformers_repo(folder: Path, dtype: str, *, what: str, adapter_base: Path | None = None, tokenizer_dir: Path | None = None,
+                            trust_remote_code: bool = False) -> str:
     """Load FOLDER as its card does and generate; the generated text, or a QuantizeError naming WHAT."""
     if adapter_base is not None:
-        model, tok = load_transformers(adapter_base, dtype, adapter=folder, tokenizer_dir=tokenizer_dir or adapter_base)
+        model, tok = load_transformers(adapter_base, dtype, adapter=folder, tokenizer_dir=tokenizer_dir or adapter_base,
+                                       trust_remote_code=trust_remote_code)
     else:
-        model, tok = load_transformers(folder, "auto" if dtype == "auto" else dtype)
+        model, tok = load_transformers(folder, "auto" if dtype == "auto" else dtype, trust_remote_code=trust_remote_code)
     finite, text = run_transformers(model, tok)
     if not finite:
         raise QuantizeError(f"load check: {what} gives NaN/inf logits when loaded as its card says (dtype={dtype!r}); not pushed")

@@ -149,7 +149,7 @@ def fp16_folder(inputs: Inputs, records: Mapping[str, Record]) -> Path:
     return merged.folder if merged is not None else Path(inputs.source)  # type: ignore[arg-type]
 
 
-def check_published(folders: list[PublishFolder], inputs: Inputs, load_dtype: str) -> None:
+def check_published(folders: list[PublishFolder], inputs: Inputs, load_dtype: str, *, trust_remote_code: bool = False) -> None:
     """Load every publish folder the way its card's snippet does and generate (release/load_check.py)."""
     from hubtool.gguf.facts import parse_shard
     from hubtool.release.load_check import check_gguf_file, check_transformers_repo
@@ -163,9 +163,9 @@ def check_published(folders: list[PublishFolder], inputs: Inputs, load_dtype: st
         elif t.key is ArtifactKind.ADAPTER:
             own_tokenizer = any((f.folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
             texts = [check_transformers_repo(f.folder, load_dtype, what=what, adapter_base=inputs.base,
-                                             tokenizer_dir=f.folder if own_tokenizer else inputs.base)]
+                                             tokenizer_dir=f.folder if own_tokenizer else inputs.base, trust_remote_code=trust_remote_code)]
         else:
-            texts = [check_transformers_repo(f.folder, load_dtype, what=what)]
+            texts = [check_transformers_repo(f.folder, load_dtype, what=what, trust_remote_code=trust_remote_code)]
         log(f"load check: {what}: loads and generates ({', '.join(repr(x[:20]) for x in texts)})")
 
 

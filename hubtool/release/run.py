@@ -133,12 +133,12 @@ class Session:
         """Quality gates, cards, pushes; the release summary."""
         quality = self._quality(records)
         log(f"{self._index()}cards")
-        choice = choose_load_dtype(fp16_folder(self.inputs, records), self.inputs.weights)
+        choice = choose_load_dtype(fp16_folder(self.inputs, records), self.inputs.weights, trust_remote_code=self.cfg.trust_remote_code)
         if choice.warning:
             log(f"warning: {choice.warning}")
         folders = build_publish_folders(self.cfg, self.plan, self.inputs, records, quality, self.work_dir, self.hasher,
                                         hub_url=card_hub_url(self.endpoint), load_dtype=choice.dtype)
-        check_published(folders, self.inputs, choice.dtype)  # every repo loads as its card says, before any push
+        check_published(folders, self.inputs, choice.dtype, trust_remote_code=self.cfg.trust_remote_code)  # every repo loads as its card says, before any push
         log(f"{self._index()}push")
         pushes = push_all(self.cfg, self.plan, folders, endpoint=self.endpoint, token=self.token, create_pr=create_pr)
         collection = self._collection()
