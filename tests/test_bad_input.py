@@ -1076,6 +1076,47 @@ def test_verify_gguf_results_not_writable_fails_before_work(tiny_q8, tiny_llama,
     assert_one_error(run_cli(["verify", "gguf", tiny_q8, "--reference", tiny_llama, "--results", missing]), 2, str(missing), "does not exist")
 
 
+@pytest.fixture
+def gptq_settings_only(tmp_path) -> Path:
+    """A folder with only a GPTQ quantize_config.json: every bound below must refuse before the weights are read."""
+    q = tmp_path / "gptq"
+    q.mkdir()
+    (q / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 32, "desc_act": True, "sym": True}))
+    return q
+
+
+@pytest.mark.parametrize("context", ["100000000", "257"])
+def test_verify_gptq_context_bounded_by_trained_context(gptq_settings_only, tiny_llama, context):
+    trained = json.loads((tiny_llama / "config.json").read_text())["max_position_embeddings"]
+    assert int(context) > trained
+    res = run_cli(["verify", "gptq", gptq_settings_only, "--reference", tiny_llama, "--context", context, "--max-tokens", "64"])
+    assert_one_error(res, 2, f"--context {context}", str(trained), "--force-context")
+
+
+def test_verify_gptq_max_tokens_bounded_by_the_text(gptq_settings_only, tiny_llama, tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("A short held-out text of a few words.\n")
+    res = run_cli(["verify", "gptq", gptq_settings_only, "--reference", tiny_llama, "--text", text, "--max-tokens", "100000",
+                   "--context", "32"])
+    assert_one_error(res, 2, "--max-tokens 100000", "holds only", str(text))
+    old = run_cli(["verify", "gptq", gptq_settings_only, "--reference", tiny_llama, "--text", text, "--tokens", "100000",
+                   "--context", "32"])  # the old spelling is the same option
+    assert_one_error(old, 2, "--max-tokens 100000", "holds only", str(text))
+
+
+def test_verify_gptq_results_not_writable_fails_before_work(gptq_settings_only, tiny_llama, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    with read_only(ro):
+        res = run_cli(["verify", "gptq", gptq_settings_only, "--reference", tiny_llama, "--results", ro / "q.json",
+                       "--max-tokens", "64", "--context", "32"])
+    line = assert_one_error(res, 2, str(ro / "q.json"), "read-only")
+    assert ".tmp" not in line and ".probe" not in line and list(ro.iterdir()) == []
+    missing = tmp_path / "nope" / "q.json"
+    assert_one_error(run_cli(["verify", "gptq", gptq_settings_only, "--reference", tiny_llama, "--results", missing]), 2,
+                     str(missing), "does not exist")
+
+
 def test_write_results_disk_error_names_the_users_path(tmp_path, monkeypatch):
     from hubtool.errors import InputError
     from hubtool.quality.results import write_results
