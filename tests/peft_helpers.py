@@ -50,3 +50,14 @@ def peft_reference(base_dir: Path, adapter_dir: Path, *, vocab: int | None = Non
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).logits.float()
+
+
+def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder's safetensors shards, as float32, to compare a merge tensor by tensor."""
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            out.update({k: f.get_tensor(k).float() for k in f.keys()})
+    return out

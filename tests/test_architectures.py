@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from hubtool.errors import InputError, MergeError
 from hubtool.merge import merge_adapter
-from tests.peft_helpers import logits, make_adapter, peft_reference
+from tests.peft_helpers import folder_tensors, logits, make_adapter, peft_reference
 from tests.tiny import (
     ARCHITECTURES, BPE_ARCHITECTURES, GEMMA_TOKENIZER_ARCHITECTURES, GGUF_UNTESTED, MOE_ARCHITECTURES, bpe_tokenizer, gemma_tokenizer,
     make_tiny_model,
@@ -62,14 +62,6 @@ def _lora_kwargs(arch: str) -> dict:
     return kw
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as f:
-            out.update({k: f.get_tensor(k).float() for k in f.keys()})
-    return out
-
-
 def _assert_merge_matches_peft(base: Path, adapter: Path, merged: Path, tmp: Path) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -79,7 +71,7 @@ def _assert_merge_matches_peft(base: Path, adapter: Path, merged: Path, tmp: Pat
     assert torch.allclose(got, want, rtol=0, atol=2e-3 * float(want.abs().max())), float((got - want).abs().max())
     # tensor by tensor, in the checkpoint layout transformers itself saves (per-expert for MoE)
     ref.save_pretrained(tmp / "peft-merged")
-    want_t, got_t = _tensors(tmp / "peft-merged"), _tensors(merged)
+    want_t, got_t = folder_tensors(tmp / "peft-merged"), folder_tensors(merged)
     assert set(got_t) == set(want_t)
     for name, w in want_t.items():
         assert torch.allclose(got_t[name], w, rtol=1e-3, atol=1e-5), name  # fp16 rounding of the fp32 reference
@@ -146,11 +138,11 @@ def test_merge_per_expert_linear_adapter(arch, tiny_models, tmp_path):
     """Older adapters hold one LoRA per expert Linear; merged, they equal PEFT's fused-parameter result."""
     base = tiny_models(arch)
     fused = make_adapter(base, tmp_path / "fused", target_modules=["q_proj"], target_parameters=EXPERT_PARAMS)
-    names = set(_tensors(base))
+    names = set(folder_tensors(base))
     experts = len({n.split(".experts.")[1].split(".")[0] for n in names if ".experts." in n})
     legacy = _legacy_expert_adapter(fused, tmp_path / "legacy", names, experts)
     merge_adapter(base, legacy, tmp_path / "merged")
-    got, want = _tensors(tmp_path / "merged"), _tensors(_merged(base, fused, tmp_path / "merged-fused"))
+    got, want = folder_tensors(tmp_path / "merged"), folder_tensors(_merged(base, fused, tmp_path / "merged-fused"))
     assert any(".experts.3." in n for n in got)
     for name, w in want.items():
         assert torch.allclose(got[name], w, rtol=1e-3, atol=1e-5), name
@@ -184,13 +176,13 @@ def test_tied_embeddings_follow_peft(arch, how, tiny_models, tmp_path):
     summary = merge_adapter(base, adapter, tmp_path / "merged")
     merged = tmp_path / "merged"
     cfg = json.loads((merged / "config.json").read_text())
-    names = set(_tensors(merged))
+    names = set(folder_tensors(merged))
     if how == "lora":
         assert cfg["tie_word_embeddings"] is True and "lm_head.weight" not in names  # no untied copy for loaders to trip on
     else:
         assert cfg["tie_word_embeddings"] is False and summary.config_changes["tie_word_embeddings"] is False
-        t = _tensors(merged)
-        base_embed = _tensors(base)["model.embed_tokens.weight"]
+        t = folder_tensors(merged)
+        base_embed = folder_tensors(base)["model.embed_tokens.weight"]
         assert torch.equal(t["lm_head.weight"], base_embed) and not torch.equal(t["model.embed_tokens.weight"], base_embed)
     from transformers import AutoModelForCausalLM
 
@@ -390,7 +382,7 @@ def test_gptq_every_layer_and_expert(arch, tiny_models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     preset = load_preset("gptq-4bit-32g-actorder", {"samples": 16, "seq_len": 64})
     quantize_gptq(model_dir, tmp_path / "gptq", preset, device="cpu")
-    base, quant = _tensors(model_dir), _tensors(tmp_path / "gptq")
+    base, quant = folder_tensors(model_dir), folder_tensors(tmp_path / "gptq")
     # gptqmodel may split fused projections (Phi-3 gate_up_proj) or rename experts (Mixtral w1 -> gate_proj):
     # count quantized weights, not names. qweight is int32 [in·bits/32, out].
     linear = sum(t.numel() for n, t in base.items() if ".layers." in n and t.dim() == 2 and (n.endswith("proj.weight") or ".experts." in n))

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
-from tests.peft_helpers import logits, make_adapter, peft_reference
+from tests.peft_helpers import folder_tensors, logits, make_adapter, peft_reference
 
 QWEN_TARGETS = ["c_attn", "c_proj", "w1", "w2"]  # c_proj: attention and MLP output both
 
@@ -34,14 +33,6 @@ def qwen_adapter(qwen_model, tmp_path_factory) -> Path:
     return make_adapter(qwen_model, tmp_path_factory.mktemp("qwen-adapter") / "adapter", target_modules=QWEN_TARGETS, trust_remote_code=True)
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as f:
-            out.update({k: f.get_tensor(k).float() for k in f.keys()})
-    return out
-
-
 def _text_ids(tokenizer, n: int = 64) -> list[int]:
     from hubtool.text_windows import encode
     from hubtool.quality.texts import read_text_source
@@ -56,12 +47,12 @@ def test_layout_is_original_qwen(qwen_model):
     assert cfg["model_type"] == "qwen" and cfg["architectures"] == ["QWenLMHeadModel"]
     assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_qwen.QWenLMHeadModel"
     assert {"kv_channels", "rotary_emb_base", "seq_length", "layer_norm_epsilon", "intermediate_size", "rotary_pct"} <= set(cfg)
-    names = set(_tensors(qwen_model))
+    names = set(folder_tensors(qwen_model))
     per_layer = {"ln_1.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "ln_2.weight",
                  "mlp.w1.weight", "mlp.w2.weight", "mlp.c_proj.weight"}
     want = {f"transformer.h.{i}.{p}" for i in range(2) for p in per_layer} | {"transformer.wte.weight", "transformer.ln_f.weight", "lm_head.weight"}
     assert names == want
-    t = _tensors(qwen_model)
+    t = folder_tensors(qwen_model)
     assert t["transformer.h.0.mlp.w1.weight"].shape == (cfg["intermediate_size"] // 2, cfg["hidden_size"])
     tok = AutoTokenizer.from_pretrained(qwen_model, trust_remote_code=True)
     assert type(tok).__name__ == "QWenTokenizer" and len(tok.mergeable_ranks) > 1000 and "<|endoftext|>" in tok.special_tokens
@@ -88,7 +79,7 @@ def test_merge_matches_peft(qwen_model, qwen_adapter, tmp_path):
     ref.half().float()
     want, got = logits(ref, ids), logits(ours, ids)
     assert torch.allclose(got, want, rtol=0, atol=2e-3 * float(want.abs().max())), float((got - want).abs().max())
-    base, merged = _tensors(qwen_model), _tensors(tmp_path / "merged")
+    base, merged = folder_tensors(qwen_model), folder_tensors(tmp_path / "merged")
     assert set(merged) == set(base)
     for name, w in merged.items():
         assert torch.allclose(w, ref_sd[name], rtol=1e-3, atol=1e-5), name  # fp16 rounding of the fp32 reference
@@ -139,7 +130,7 @@ def test_gptq_every_linear(qwen_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     preset = load_preset("gptq-4bit-32g-actorder", {"samples": 16, "seq_len": 64})
     quantize_gptq(qwen_model, tmp_path / "gptq", preset, device="cpu", trust_remote_code=True)
-    quant = _tensors(tmp_path / "gptq")
+    quant = folder_tensors(tmp_path / "gptq")
     want = {f"transformer.h.{i}.{m}.qweight" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj")}
     assert {n for n in quant if n.endswith(".qweight")} == want
     assert "unquantized" not in json.loads((tmp_path / "gptq" / "quantize_config.json").read_text())["meta"]
