@@ -38,6 +38,7 @@ from hubtool.quality.sensitivity import output_fisher
 # not a multiple of 256 (SmolLM2's 576), where llama.cpp itself falls back to them.
 K_FAMILY = ("Q2_K", "Q3_K", "Q4_0", "Q4_1", "IQ4_NL", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
 IQ_FAMILY = ("IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS") + K_FAMILY
+FILL_TO = 0.99  # a tuned file "the size of" stock spends at least this share of stock's bytes
 SAMPLE_ROWS = 256  # rows per tensor measured at each type: the cost stays per-tensor, not per-weight
 
 
@@ -199,9 +200,20 @@ def _hull(options: dict[str, tuple[int, float]]) -> list[tuple[int, float, str]]
     return hull
 
 
-def allocate(costs: list[TensorCost], budget_bytes: int) -> dict[str, str]:
-    """Tensor -> type minimising the summed predicted KL with the tensors' bytes <= BUDGET_BYTES
-    (greedy on each tensor's convex hull: near-optimal for this separable knapsack)."""
+def allocate(costs: list[TensorCost], budget_bytes: int, *, fill_to: float = 0.0) -> dict[str, str]:
+    """Tensor -> type minimising the summed predicted KL with the tensors' bytes <= BUDGET_BYTES.
+
+    1. greedy walk up each tensor's convex (bytes, KL) hull, best KL saved per byte first
+       (near-optimal for this separable knapsack);
+    2. the walk stops short when the next hull step of every tensor no longer fits: spend the rest
+       on any single-tensor change that fits and still lowers the predicted KL (a hull point can be
+       skipped), best saving per byte first;
+    3. FILL_TO (e.g. 0.99 for a file the size of a stock type): when the predicted KL cannot buy
+       more, keep changing the tensors whose change costs the least predicted KL per byte until
+       FILL_TO x BUDGET_BYTES is spent, so that sizes compare equal. Only weights that already sit
+       on a quantization grid (a model dequantized from a GGUF) get here: more bits on another grid
+       predict more error there, which a real fp16 model's tensors do not.
+    Never more than BUDGET_BYTES."""
     hulls = {c.name: _hull(c.options) for c in costs}
     pick = {name: 0 for name in hulls}
     used = sum(h[0][0] for h in hulls.values())
@@ -226,7 +238,30 @@ def allocate(costs: list[TensorCost], budget_bytes: int) -> dict[str, str]:
             pick[name] = i + 1
             used += step
             push(name)
-    return {name: hulls[name][i][2] for name, i in pick.items()}
+    chosen = {name: hulls[name][i][2] for name, i in pick.items()}
+    return _spend_rest(costs, chosen, budget_bytes - used, fill_bytes=int(fill_to * budget_bytes) - used)
+
+
+def _spend_rest(costs: list[TensorCost], chosen: dict[str, str], left: int, *, fill_bytes: int) -> dict[str, str]:
+    """Steps 2 and 3 of allocate: single-tensor upgrades within LEFT bytes, by predicted KL per byte;
+    ones that raise the predicted KL only while FILL_BYTES (the bytes still wanted) is positive."""
+    chosen = dict(chosen)
+    while True:
+        best: tuple[float, int, str, str] | None = None
+        for c in costs:
+            b0, k0 = c.options[chosen[c.name]]
+            for t, (b, k) in c.options.items():
+                step = b - b0
+                if 0 < step <= left:
+                    gain = (k0 - k) / step
+                    if best is None or gain > best[0]:
+                        best = (gain, step, c.name, t)
+        if best is None or (best[0] <= 0 and fill_bytes <= 0):
+            return chosen
+        gain, step, name, t = best
+        chosen[name] = t
+        left -= step
+        fill_bytes -= step
 
 
 def predicted_kl(costs: list[TensorCost], types: dict[str, str]) -> float:
@@ -315,10 +350,15 @@ def tensor_bytes(base_gguf: Path, types: dict[str, str]) -> dict[str, int]:
 
 def plan_mix(base_gguf: Path, stock_type: str, *, imatrix: dict[str, np.ndarray] | None, fisher: dict[str, np.ndarray],
              target_bpw: float | None = None, budget_bytes: int | None = None, sample_rows: int = SAMPLE_ROWS,
-             costs: list[TensorCost] | None = None) -> TunedMix:
+             costs: list[TensorCost] | None = None, fill_to: float | None = None) -> TunedMix:
     """Choose per-tensor types for a file the size of STOCK_TYPE (or TARGET_BPW bits per weight over
     all tensors, or BUDGET_BYTES of the tensors stock would quantize). COSTS: from an earlier call on
-    the same file and family, to try several budgets for the price of one measurement."""
+    the same file and family, to try several budgets for the price of one measurement.
+
+    FILL_TO: the share of the budget the mix must spend (allocate's step 3); default 0.99 when the
+    budget is a file's size (stock's, or BUDGET_BYTES: an equal-size comparison, within 1 %), none
+    for a --target-bpw (the best mix up to that size). The recipe is checked with llama.cpp's own
+    dry run: the types it would write and their bytes must be the ones planned."""
     import gguf
 
     from hubtool.gguf.quantize import planned_tensor_types
@@ -341,11 +381,17 @@ def plan_mix(base_gguf: Path, stock_type: str, *, imatrix: dict[str, np.ndarray]
         budget = int(target_bpw * n_el / 8) - fixed
     if costs is None or {c.name for c in costs} != set(tunable):
         costs = measure_costs(base_gguf, tunable, candidate_types(stock_type), imatrix=imatrix, fisher=fisher, sample_rows=sample_rows)
-    chosen = allocate(costs, budget)
+    if fill_to is None:
+        fill_to = 0.0 if target_bpw is not None else FILL_TO
+    chosen = allocate(costs, budget, fill_to=fill_to)
     order = [n for n in stock if n in chosen]
     recipe = Recipe(stock_type, tuple((n, chosen[n]) for n in order))
     chosen_sizes = tensor_bytes(base_gguf, chosen)  # one read of the file, not one per tensor
     mix_bytes = sum(chosen_sizes[n] for n in tunable)
+    dry = planned_tensor_types(base_gguf, stock_type, imatrix=imatrix, tensor_types=recipe.overrides())
+    off = [f"{n}: {dry.get(n)} (planned {t})" for n, t in recipe.types if dry.get(n) != t]
+    if off:
+        raise QuantizeError(f"{base_gguf}: llama.cpp's dry run would not write the planned types — {'; '.join(off[:3])}")
     stock_known = {n: t for n, t in stock.items() if n in tunable}
     log(f"{stock_type} mix: {mix_bytes / 1e6:.2f} MB of tensors (budget {budget / 1e6:.2f}, stock {stock_bytes / 1e6:.2f}); "
         f"predicted KL {predicted_kl(costs, chosen):.4f} vs stock {predicted_kl(costs, stock_known):.4f}")
