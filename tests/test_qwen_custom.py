@@ -225,3 +225,29 @@ def test_release_trust_remote_code_end_to_end(qwen_model, qwen_adapter, tmp_path
                 assert type(model).__name__ == "QWenLMHeadModel" and torch.isfinite(logits(model, torch.tensor([ids]))).all()
             if kind == "gguf":
                 assert any(p.name.endswith(".Q8_0.gguf") for p in local.iterdir())
+
+
+def test_tuned_gguf_mix_runs_the_models_own_code(qwen_model, tmp_path):
+    """The importance matrix and the sensitivity pass share one loader that passes trust_remote_code:
+    a custom-code model gets both (every linear, by its GGUF name) and a tuned mix that follows its recipe."""
+    from hubtool.gguf import export_gguf
+    from hubtool.gguf.calibration_pass import open_calibration_pass
+    from hubtool.gguf.imatrix import compute_imatrix
+    from hubtool.gguf.mix import check_against_recipe, export_tuned, parse_recipe
+    from hubtool.quality.sensitivity import output_fisher
+    from hubtool.quality.texts import read_text_source
+
+    text = read_text_source("builtin")
+    run = open_calibration_pass(qwen_model, text, arch_name="qwen", context=64, max_tokens=128, what="test", trust_remote_code=True)
+    linears = {name for name, _ in run.linears}
+    assert {f"blk.{i}.{t}.weight" for i in range(2) for t in ("attn_qkv", "attn_output", "ffn_up", "ffn_gate", "ffn_down")} | {"output.weight"} <= linears
+    sums, counts = compute_imatrix(qwen_model, text, arch_name="qwen", context=64, max_tokens=128, trust_remote_code=True)
+    fisher = output_fisher(qwen_model, text, arch_name="qwen", context=64, max_tokens=128, trust_remote_code=True)
+    assert set(sums) == linears and set(counts) == linears and linears <= set(fisher)
+    assert all(np.all(np.isfinite(v)) and v.sum() > 0 for v in list(sums.values()) + list(fisher.values()))
+    with pytest.raises(Exception, match="trust_remote_code"):  # without it, transformers refuses to run the folder's code
+        compute_imatrix(qwen_model, text, arch_name="qwen", context=64, max_tokens=128)
+    base = Path(export_gguf(qwen_model, tmp_path / "base", ["f16"], name="tiny", split_max_size="0", trust_remote_code=True)[0]["file"])
+    rows = export_tuned(qwen_model, base, tmp_path / "out", "Q4_K_M", name="tiny", calibration=text, trust_remote_code=True)
+    tuned = Path(rows[0]["file"])
+    check_against_recipe(tuned, parse_recipe((tmp_path / "out" / "tiny.Q4_K_M-tuned.tensor-types.txt").read_text(), stock_type="Q4_K_M", source="r"))

@@ -157,7 +157,7 @@ def export_gguf(
     rows: list[dict[str, Any]] = []
     try:
         # the importance matrix first: a bad --imatrix file fails before the long conversion
-        matrix = _importance(model_dir, arch, imatrix, calibration, out_dir, name, overwrite) if iq or imatrix or calibration else None
+        matrix = _importance(model_dir, arch, imatrix, calibration, out_dir, name, overwrite, trust_remote_code) if iq or imatrix or calibration else None
         if base_gguf is None:
             base_file = convert_to_gguf(model_dir, work / gguf_facts.file_name(name, base), base, work=work, front_matter=front_matter, name=name)
             if card is not None:
@@ -203,7 +203,8 @@ def _bytes_needed(model: Any, types: list[str], base: str, *, keep_base: bool) -
     return int(params * 2 + sum(params * gguf_facts.NOMINAL_BPW.get(t, 16.0) / 8 for t in types if t != base or keep_base))
 
 
-def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: str | None, out_dir: Path, name: str, overwrite: bool) -> dict[str, Any]:
+def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: str | None, out_dir: Path, name: str, overwrite: bool,
+                trust_remote_code: bool = False) -> dict[str, Any]:
     """Load --imatrix, or compute one from --calibration text and keep it beside the outputs for reuse."""
     from hubtool.atomic import staged_file
     from hubtool.gguf.imatrix import compute_imatrix, imatrix_means, load_imatrix, save_imatrix
@@ -214,7 +215,7 @@ def _importance(model_dir: Path, arch: str, imatrix: Path | None, calibration: s
     assert calibration is not None
     text = read_text_source(calibration)
     log(f"computing importance matrix from {calibration}")
-    sums, counts = compute_imatrix(model_dir, text, arch_name=arch)
+    sums, counts = compute_imatrix(model_dir, text, arch_name=arch, trust_remote_code=trust_remote_code)
     with staged_file(out_dir / gguf_facts.imatrix_name(name), overwrite=overwrite) as tmp:
         save_imatrix(tmp, sums, counts, dataset=calibration, context=512)
     return imatrix_means(sums, counts)

@@ -17,38 +17,24 @@ from pathlib import Path
 import numpy as np
 
 from hubtool.errors import InputError
+from hubtool.gguf.calibration_pass import open_calibration_pass
 from hubtool.progress import track
-from hubtool.text_windows import bos_id, encode, windows
 
 
-def _gguf_arch(arch_name: str):
-    import gguf
-
-    by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
-    if arch_name not in by_name:
-        raise InputError(f"{arch_name}: unknown llama.cpp architecture for the imatrix")
-    return by_name[arch_name]
-
-
-def compute_imatrix(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 8192) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def compute_imatrix(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 8192,
+                    trust_remote_code: bool = False) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """(sum of squared inputs per column, token counts) keyed by GGUF tensor name, from calibration TEXT."""
-    import gguf
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import json
 
-    config_archs = []
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config_archs = model.config.architectures or []
-    if any("Mixtral" in a or "Moe" in a for a in config_archs):
+    import torch
+
+    archs = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    if any("Mixtral" in a or "Moe" in a for a in archs):
         raise InputError(f"{model_dir}: computing an importance matrix for MoE models is not supported; pass a llama-imatrix file with --imatrix")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = encode(tok, text, max_tokens=max_tokens)
-    if len(ids) < 16:
-        raise InputError("--calibration: the text is too short for an importance matrix; give at least a few paragraphs")
-    tmap = gguf.get_tensor_name_map(_gguf_arch(arch_name), model.config.num_hidden_layers)
+    run = open_calibration_pass(Path(model_dir), text, arch_name=arch_name, context=context, max_tokens=max_tokens,
+                                what="importance matrix", trust_remote_code=trust_remote_code)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    hooks = []
 
     def hook_for(gguf_name: str):
         def hook(_module, inputs):
@@ -57,15 +43,11 @@ def compute_imatrix(model_dir: Path, text: str, *, arch_name: str, context: int 
             counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
         return hook
 
-    for mod_name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            gguf_name = tmap.get_name(mod_name + ".weight", try_suffixes=(".weight",))
-            if gguf_name:
-                hooks.append(module.register_forward_pre_hook(hook_for(gguf_name)))
+    hooks = [module.register_forward_pre_hook(hook_for(name)) for name, module in run.linears]
     try:
         with torch.inference_mode():
-            for window in track(windows(ids, context, bos_id(tok)), description="imatrix"):
-                model(torch.tensor([window]))
+            for window in track(run.windows, description="imatrix"):
+                run.model(torch.tensor([window]))
     finally:
         for h in hooks:
             h.remove()

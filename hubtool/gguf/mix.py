@@ -422,7 +422,7 @@ def describe_changes(mix: TunedMix) -> list[str]:
 
 
 def export_tuned(model_dir: Path, base_gguf: Path, out_dir: Path, stock_type: str, *, name: str, calibration: str,
-                 calibration_name: str = "builtin", target_bpw: float | None = None) -> list[dict[str, Any]]:
+                 calibration_name: str = "builtin", target_bpw: float | None = None, trust_remote_code: bool = False) -> list[dict[str, Any]]:
     """A release's tuned file: `NAME.TYPE-tuned.gguf` (or `NAME.4.50bpw-tuned.gguf`) in OUT_DIR with its
     recipe (`.tensor-types.txt`), a summary (`.mix.json`) and the imatrix it used, all from CALIBRATION text.
 
@@ -439,16 +439,16 @@ def export_tuned(model_dir: Path, base_gguf: Path, out_dir: Path, stock_type: st
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = load_model_dir(Path(model_dir))
+    model = load_model_dir(Path(model_dir), trust_remote_code=trust_remote_code)
     arch = check_architecture(model.config, source=model_dir)
     model.close()
     variant = gguf_facts.tuned_variant(stock_type, target_bpw=target_bpw)
     log(f"{variant}: importance matrix and sensitivity from {calibration_name}")
-    sums, counts = compute_imatrix(Path(model_dir), calibration, arch_name=arch)
+    sums, counts = compute_imatrix(Path(model_dir), calibration, arch_name=arch, trust_remote_code=trust_remote_code)
     with staged_file(out_dir / gguf_facts.imatrix_name(name), overwrite=True) as tmp:
         save_imatrix(tmp, sums, counts, dataset=calibration_name, context=512)
     imatrix = imatrix_means(sums, counts)
-    fisher = output_fisher(Path(model_dir), calibration, arch_name=arch)
+    fisher = output_fisher(Path(model_dir), calibration, arch_name=arch, trust_remote_code=trust_remote_code)
     mix = plan_mix(Path(base_gguf), stock_type, imatrix=imatrix, fisher=fisher, target_bpw=target_bpw)
     target = out_dir / gguf_facts.file_name(name, variant)
     tmp_file = out_dir / f".{target.name}.partial"

@@ -11,30 +11,24 @@ from pathlib import Path
 
 import numpy as np
 
-from hubtool.errors import InputError
 from hubtool.progress import track
 
 
-def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 2048) -> dict[str, np.ndarray]:
+def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 2048,
+                  trust_remote_code: bool = False) -> dict[str, np.ndarray]:
     """Diagonal Fisher of every linear layer's outputs (GGUF tensor name -> per-output-channel
     E[(dL/dy)^2] per token), plus 'token_embd.weight:input' for the embedding output, from CALIBRATION text.
 
     Labels are drawn from the model's own next-token distribution (the true Fisher, whose
     quadratic form is the KL of a small perturbation)."""
-    import gguf
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hubtool.gguf.imatrix import _gguf_arch
-    from hubtool.text_windows import bos_id, encode, windows
+    from hubtool.gguf.calibration_pass import open_calibration_pass
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    run = open_calibration_pass(Path(model_dir), text, arch_name=arch_name, context=context, max_tokens=max_tokens,
+                                what="sensitivity pass", trust_remote_code=trust_remote_code)
+    model = run.model
     model.requires_grad_(False)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = encode(tok, text, max_tokens=max_tokens)
-    if len(ids) < 16:
-        raise InputError("calibration text too short for the sensitivity pass; give at least a few paragraphs")
-    tmap = gguf.get_tensor_name_map(_gguf_arch(arch_name), model.config.num_hidden_layers)
     sums: dict[str, torch.Tensor] = {}
     tokens = [0]
 
@@ -50,12 +44,7 @@ def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 
                 out.register_hook(collect(name))
         return hook
 
-    hooks = []
-    for mod_name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            gguf_name = tmap.get_name(mod_name + ".weight", try_suffixes=(".weight",))
-            if gguf_name:
-                hooks.append(module.register_forward_hook(on_output(gguf_name)))
+    hooks = [module.register_forward_hook(on_output(name)) for name, module in run.linears]
     emb = model.get_input_embeddings()
     emb_scale = float(getattr(emb, "embed_scale", 1.0) or 1.0)  # Gemma scales the looked-up rows
 
@@ -67,7 +56,7 @@ def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 
     hooks.append(emb.register_forward_hook(emb_hook))
     gen = torch.Generator().manual_seed(0)
     try:
-        for window in track(windows(ids, context, bos_id(tok)), description="sensitivity (Fisher)"):
+        for window in track(run.windows, description="sensitivity (Fisher)"):
             logits = model(torch.tensor([window])).logits[0].float()
             with torch.no_grad():
                 labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]

@@ -74,7 +74,8 @@ def gguf(stage: Stage, ctx: StageContext, out: Path) -> GGUFFiles:
         from hubtool.quality.texts import read_text_source
 
         rows = export_tuned(ctx.fp16_dir, base.folder / base.files[0].file, out, stage.options["type"], name=ctx.cfg.name,
-                            calibration=read_text_source(stage.options["calibration"]), calibration_name=stage.options["calibration"])
+                            calibration=read_text_source(stage.options["calibration"]), calibration_name=stage.options["calibration"],
+                            trust_remote_code=ctx.cfg.trust_remote_code)
         return GGUFFiles(out, files=tuple(_gguf_file(r) for r in rows))
     rows = export_gguf(ctx.fp16_dir, out, [stage.options["type"]], name=ctx.cfg.name, split_max_size=ctx.cfg.gguf_split_max_size,
                        overwrite=True, trust_remote_code=ctx.cfg.trust_remote_code, base_gguf=base.folder / base.files[0].file,
