@@ -194,3 +194,37 @@ def test_export_tuned_writes_file_recipe_summary_and_the_card_explains_them(tiny
     summary = json.loads((out / "tiny.Q4_K_M-tuned.mix.json").read_text())
     for line in summary["changes"]:
         assert line in card
+
+
+def test_release_publishes_the_frontier_plot_and_the_card_embeds_it(tiny, tmp_path):
+    """A GGUF release with two measured files (stock and tuned Q4_K_M) ships frontier.png, drawn from exactly
+    its quality rows, and the card embeds it and says what a tuned file is; a re-run re-uploads nothing."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    from hubtool.gguf.frontier_plot import read_points
+    from tests.test_release import hub_env, remote_state, run_cli
+
+    src = tiny[0]
+    cfg = tmp_path / "release.yaml"
+    cfg.write_text("name: tiny\nnamespace: me\nquants: [gguf]\ngguf: {types: [q4_k_m], tuned: [q4_k_m]}\n"
+                   "verify: {max_tokens: 256, context: 64}\ncard: {license: apache-2.0, base_model: acme/base}\n")
+    args = ["release", str(src), "--config", str(cfg), "--work-dir", str(tmp_path / "work"), "--json"]
+    with hub_env(tmp_path, "lfs") as hub:
+        rc, out, err = run_cli(args + ["--endpoint", hub.url])
+        assert rc == 0, err[-2000:]
+        summary = json.loads(out)
+        repo = next(r for r in summary["repos"] if r["repo_id"] == "me/tiny-GGUF")
+        assert "frontier.png" in repo["files"]
+        png = Path(hf_hub_download("me/tiny-GGUF", "frontier.png", endpoint=hub.url, cache_dir=tmp_path / "dl"))
+        readme = Path(hf_hub_download("me/tiny-GGUF", "README.md", endpoint=hub.url, cache_dir=tmp_path / "dl")).read_text()
+        before = remote_state(hub.url, "me/tiny-GGUF")
+        rc, out, err = run_cli(args + ["--endpoint", hub.url])
+        assert rc == 0 and remote_state(hub.url, "me/tiny-GGUF") == before  # the same rows draw the same bytes
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [r for r in summary["quality"] if r["kind"] == "gguf"]
+    assert sorted((v, b, k) for v, b, k in read_points(png)) == sorted((r["variant"], r["size_bytes"], r["kl_div"]) for r in rows)
+    assert {r["variant"] for r in rows} == {"Q4_K_M", "Q4_K_M-tuned"}
+    assert "](frontier.png)" in readme and "![" in readme
+    assert "### Tuned mixes" in readme and "red stars are\nthe `-tuned` mixes" in readme

@@ -529,6 +529,7 @@ def test_source_mode_release_gguf_only(inputs, tmp_path):
         s = json.loads(out)
         assert [(r["repo_id"], r["branch"]) for r in s["repos"]] == [("me/tiny-chat", "main"), ("me/tiny-chat-GGUF", "main")]
         assert [st["name"] for st in s["stages"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:reference", "verify:gguf"]
+        assert "frontier.png" not in s["repos"][1]["files"]  # one GGUF file: no size-vs-KL picture to draw
         base_files = {p.name for p in inputs["base"].iterdir() if p.is_file()}
         assert set(s["repos"][0]["files"]) == base_files  # the source as is, with our card as README.md
         assert s["repos"][0]["files"]["config.json"] == sha256(inputs["base"] / "config.json")

@@ -146,6 +146,7 @@ def compose_card(
         "gptq_unquantized": ((facts.get("gptq") or {}).get("unquantized") or []) if kind == "gptq" else [],
         "gguf_files": gguf_files,
         "gguf_tuned": gguf_tuned,
+        "gguf_plot": _gguf_plot(model_dir) if kind == "gguf" and quality else None,
         "gguf_pick": gguf_pick["file"] if gguf_pick else None,
         "gguf_pick_sh": shlex.quote(gguf_pick["file"]) if gguf_pick else "",
         "gguf_download_sh": shlex.quote(gguf_pick["download"]) if gguf_pick else "",
@@ -364,6 +365,13 @@ def _gguf_files(release: dict, facts: dict, rope: dict | None) -> list[dict[str,
         for key in ("type", "bits_per_weight", "size_bytes", "max_ram_bytes", "use_case"):
             row.setdefault(key, None)
     return rows
+
+
+def _gguf_plot(model_dir: Path) -> str | None:
+    """The release's size-vs-KL picture (hubtool/gguf/frontier_plot.py), when the folder holds one."""
+    from hubtool.gguf.frontier_plot import PLOT_NAME
+
+    return PLOT_NAME if (Path(model_dir) / PLOT_NAME).is_file() else None
 
 
 def _gguf_tuned(model_dir: Path, gguf_files: list[dict[str, Any]]) -> list[dict[str, Any]]:

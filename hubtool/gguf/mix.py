@@ -379,7 +379,9 @@ def plan_mix(base_gguf: Path, stock_type: str, *, imatrix: dict[str, np.ndarray]
         n_el = sum(int(t.n_elements) for t in gguf.GGUFReader(str(base_gguf)).tensors)
         fixed = sum(b for n, b in sizes.items() if n not in tunable)
         budget = int(target_bpw * n_el / 8) - fixed
-    if costs is None or {c.name for c in costs} != set(tunable):
+    if costs is not None and set(tunable) <= {c.name for c in costs}:
+        costs = [c for c in costs if c.name in set(tunable)]  # a measurement over more tensors serves this type too
+    else:
         costs = measure_costs(base_gguf, tunable, candidate_types(stock_type), imatrix=imatrix, fisher=fisher, sample_rows=sample_rows)
     if fill_to is None:
         fill_to = 0.0 if target_bpw is not None else FILL_TO

@@ -167,6 +167,7 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
     """The stages and the targets for every repo/branch the release writes, from the inputs' headers and
     content hashes (memoised in the work dir, so a re-run does not read the weights again)."""
     from hubtool.gguf.facts import file_name, imatrix_name, mix_summary_name, recipe_name, tuned_variant
+    from hubtool.gguf.frontier_plot import PLOT_NAME
     from hubtool.gguf.convert import base_type
     from hubtool.gptq import DEFAULT_PRESET, load_preset
     from hubtool.model_dir import read_json
@@ -212,6 +213,8 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
                       PlannedFile(recipe_name(cfg.name, v), 0, True), PlannedFile(mix_summary_name(cfg.name, v), 0, True)]
         if cfg.gguf_tuned:
             files.append(PlannedFile(imatrix_name(cfg.name), 0, True))
+        if cfg.verify and len(cfg.gguf_types) + len(cfg.gguf_tuned) >= 2:  # measured files drawn as size vs KL
+            files.append(PlannedFile(PLOT_NAME, 0, True))
         targets.append(Target(ArtifactKind.GGUF, cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme],
                               stages=[f"gguf:{t}" for t in cfg.gguf_types] + [f"gguf:{t}-tuned" for t in cfg.gguf_tuned]))
     # GGUF: convert once to the source's own 16-bit type (exact), quantize each type from it

@@ -131,6 +131,8 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, record
             if t.key is ArtifactKind.GGUF:
                 for code in remote_code_files(fp16_dir, read_json(fp16_dir / "config.json")):  # custom code ships in every repo
                     _link_into_file(code, folder, files)
+        if t.key is ArtifactKind.GGUF and results is not None:
+            _frontier_plot(folder, files, results, title=f"{cfg.name} GGUF: file size vs KL divergence")
         _portable_tokenizer(folder, files, notes)
         rewrite_base_configs(folder, files, base_id)
         text = render_card(t.key.value, folder, meta=cfg.card, results=results, release=release)
@@ -141,6 +143,17 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, record
         out.append(PublishFolder(t, folder, dict(sorted(hashes.items()))))
         log(f"card: {t.repo_id}@{t.branch} README.md ({t.key.value})")
     return out
+
+
+def _frontier_plot(folder: Path, files: dict[str, Path], results: Mapping, *, title: str) -> None:
+    """frontier.png (size vs KL of the repo's files, hubtool/gguf/frontier_plot.py) when the repo holds
+    two or more measured GGUF files; the card embeds it when it is there."""
+    from hubtool.gguf.frontier_plot import PLOT_NAME, frontier_points, plot_frontier
+
+    rows = [r for r in results.get("rows") or [] if r.get("kind") == "gguf" and (r.get("file") is None or r.get("file") in files)]
+    points = frontier_points(rows)
+    if len(points) >= 2:
+        files[PLOT_NAME] = plot_frontier(points, folder / PLOT_NAME, title=title)
 
 
 def fp16_folder(inputs: Inputs, records: Mapping[str, Record]) -> Path:
