@@ -228,3 +228,38 @@ def test_release_publishes_the_frontier_plot_and_the_card_embeds_it(tiny, tmp_pa
     assert {r["variant"] for r in rows} == {"Q4_K_M", "Q4_K_M-tuned"}
     assert "](frontier.png)" in readme and "![" in readme
     assert "### Tuned mixes" in readme and "red stars are\nthe `-tuned` mixes" in readme
+
+
+def test_quantize_gguf_cli_writes_tuned_and_target_bpw_mixes(tiny, tmp_path):
+    """`hubtool quantize gguf --tuned TYPE --target-bpw B --calibration TEXT`: stock files, a tuned file the size of
+    stock TYPE, the best mix under B bits per weight, their recipes; the 16-bit base is not left behind."""
+    import contextlib
+    import io
+
+    from hubtool.cli import main
+    from hubtool.gguf.verify import size_info
+
+    src, base, imatrix, fisher = tiny
+    text = tmp_path / "calib.txt"
+    text.write_text(corpus_text(), encoding="utf-8")
+    out = tmp_path / "out"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["quantize", "gguf", str(src), "-o", str(out), "--types", "q4_k_m", "--tuned", "q3_k_m", "--target-bpw", "5",
+                     "--calibration", str(text), "--name", "tiny", "--json"]) == 0, err.getvalue()[-2000:]
+    names = {p.name for p in out.iterdir()}
+    assert {"tiny.Q4_K_M.gguf", "tiny.Q3_K_M-tuned.gguf", "tiny.5.00bpw-tuned.gguf", "tiny.Q3_K_M-tuned.tensor-types.txt",
+            "tiny.5.00bpw-tuned.tensor-types.txt", "tiny.imatrix.gguf"} <= names
+    assert "tiny.F16.gguf" not in names
+    _, bpw = size_info(out / "tiny.5.00bpw-tuned.gguf")
+    assert 5.0 * 0.97 <= bpw <= 5.0 * 1.001, bpw
+    stock_q3 = sum(tensor_bytes(base, planned_tensor_types(base, "Q3_K_M", imatrix=imatrix)).values())
+    tuned_q3 = sum(t.n_bytes for t in __import__("gguf").GGUFReader(str(out / "tiny.Q3_K_M-tuned.gguf")).tensors)
+    assert abs(tuned_q3 / stock_q3 - 1) <= 0.01
+    for bad, why in ((["--tuned", "q4_k_m"], "need --calibration"), (["--tuned", "f16", "--calibration", "builtin"], "16-bit types"),
+                     (["--target-bpw", "12", "--calibration", "builtin"], "between 1.5 and 8.5"), (["--tuned", "q9"], "unknown GGUF type")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["quantize", "gguf", str(src), "-o", str(tmp_path / "bad"), *bad])
+        assert rc == 2 and why in err.getvalue(), (bad, err.getvalue())
+        assert not (tmp_path / "bad").exists()  # refused before any conversion

@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = q.add_mutually_exclusive_group()
     m.add_argument("--imatrix", type=Path, metavar="FILE", help="importance matrix (llama-imatrix GGUF format)")
     m.add_argument("--calibration", metavar="TEXT", help="compute an importance matrix from this text: 'builtin' or a .txt/.jsonl file")
+    q.add_argument("--tuned", default="", metavar="TYPES",
+                   help="also write TYPE-tuned files: stock TYPE's size (within 1 %%), per-tensor types chosen by measured sensitivity (needs --calibration)")
+    q.add_argument("--target-bpw", type=float, default=None, metavar="B",
+                   help="also write the best tuned mix of at most B bits per weight, NAME.{B:.2f}bpw-tuned.gguf (needs --calibration)")
     q.add_argument("--split-max-size", default=None, metavar="SIZE", help="split files larger than this (default 48G, Hub limit is 50G; 0 = never)")
     q.add_argument("--name", help="file name stem (default: card model_name or the folder name)")
     q.add_argument("--keep-f16", action="store_true", help="keep the 16-bit base GGUF even if not in --types")
@@ -54,15 +58,51 @@ def _quantize(args: argparse.Namespace) -> int:
     from hubtool.progress import set_quiet
 
     set_quiet(args.json)
+    tuned = _tuned_variants(args)
     rows = export_gguf(args.model_dir, args.output, args.types.split(","), name=args.name, imatrix=args.imatrix,
                        calibration=args.calibration, split_max_size=args.split_max_size,
-                       keep_f16=args.keep_f16, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+                       keep_f16=args.keep_f16 or bool(tuned), overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    if tuned:
+        rows += _write_tuned(args, rows, tuned)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             print(f"{r['type']:8} {r['size_bytes'] / 1e6:10.1f} MB  {r['bits_per_weight']:5.2f} bpw  {r['file']}")
     return 0
+
+
+def _tuned_variants(args: argparse.Namespace) -> list[tuple[str, float | None]]:
+    """(stock type, target bpw) for --tuned and --target-bpw; refused before any conversion when they cannot be built."""
+    from hubtool.errors import InputError
+    from hubtool.gguf.types import parse_types
+
+    stock = parse_types(args.tuned, source="--tuned") if args.tuned.strip() else []
+    variants: list[tuple[str, float | None]] = [(t, None) for t in stock]
+    if args.target_bpw is not None:
+        if not 1.5 <= args.target_bpw <= 8.5:
+            raise InputError(f"--target-bpw {args.target_bpw}: give bits per weight between 1.5 and 8.5 (e.g. 4.5)")
+        variants.append(("Q4_K_M", args.target_bpw))  # the K-quant family: the same kernels as stock files
+    if variants and not args.calibration:
+        raise InputError("--tuned/--target-bpw need --calibration TEXT ('builtin' or a .txt/.jsonl file): the sensitivity pass reads it")
+    if any(t in ("F16", "BF16", "F32") for t in stock):
+        raise InputError(f"--tuned {args.tuned}: 16-bit types are not quantized; name a quantized type such as q4_k_m")
+    return variants
+
+
+def _write_tuned(args: argparse.Namespace, rows: list[dict], variants: list[tuple[str, float | None]]) -> list[dict]:
+    from hubtool.gguf.mix import export_tuned_variants
+    from hubtool.quality.texts import read_text_source
+
+    base = next(r for r in rows if r["type"] in ("F16", "BF16"))
+    base_file = Path(base["file"])
+    name = base_file.name.removesuffix(f".{base['type']}.gguf")
+    out = export_tuned_variants(args.model_dir, base_file, args.output, variants, name=name, calibration=read_text_source(args.calibration),
+                                calibration_name=args.calibration, trust_remote_code=args.trust_remote_code)
+    if not args.keep_f16 and base["type"].lower() not in [t.strip().lower() for t in args.types.split(",")]:
+        base_file.unlink()
+        rows.remove(base)
+    return out
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -429,6 +429,14 @@ def export_tuned(model_dir: Path, base_gguf: Path, out_dir: Path, stock_type: st
     recipe (`.tensor-types.txt`), a summary (`.mix.json`) and the imatrix it used, all from CALIBRATION text.
 
     Rows in export_gguf's format. Not split: a tuned file is checked tensor by tensor as written."""
+    return export_tuned_variants(model_dir, base_gguf, out_dir, [(stock_type, target_bpw)], name=name, calibration=calibration,
+                                 calibration_name=calibration_name, trust_remote_code=trust_remote_code)
+
+
+def export_tuned_variants(model_dir: Path, base_gguf: Path, out_dir: Path, variants: list[tuple[str, float | None]], *, name: str,
+                          calibration: str, calibration_name: str = "builtin", trust_remote_code: bool = False) -> list[dict[str, Any]]:
+    """export_tuned for several (stock type, target bpw or None) at once: one importance matrix, one
+    Fisher pass and one measurement per candidate family serve them all."""
     import json
     import os
 
@@ -444,25 +452,32 @@ def export_tuned(model_dir: Path, base_gguf: Path, out_dir: Path, stock_type: st
     model = load_model_dir(Path(model_dir), trust_remote_code=trust_remote_code)
     arch = check_architecture(model.config, source=model_dir)
     model.close()
-    variant = gguf_facts.tuned_variant(stock_type, target_bpw=target_bpw)
-    log(f"{variant}: importance matrix and sensitivity from {calibration_name}")
+    log(f"{', '.join(gguf_facts.tuned_variant(t, target_bpw=b) for t, b in variants)}: importance matrix and sensitivity from {calibration_name}")
     sums, counts = compute_imatrix(Path(model_dir), calibration, arch_name=arch, trust_remote_code=trust_remote_code)
     with staged_file(out_dir / gguf_facts.imatrix_name(name), overwrite=True) as tmp:
         save_imatrix(tmp, sums, counts, dataset=calibration_name, context=512)
     imatrix = imatrix_means(sums, counts)
     fisher = output_fisher(Path(model_dir), calibration, arch_name=arch, trust_remote_code=trust_remote_code)
-    mix = plan_mix(Path(base_gguf), stock_type, imatrix=imatrix, fisher=fisher, target_bpw=target_bpw)
-    target = out_dir / gguf_facts.file_name(name, variant)
-    tmp_file = out_dir / f".{target.name}.partial"
-    write_tuned(Path(base_gguf), tmp_file, mix.recipe, imatrix=imatrix)
-    os.replace(tmp_file, target)
-    (out_dir / gguf_facts.recipe_name(name, variant)).write_text(mix.recipe.to_text(), encoding="utf-8")
-    summary = {"variant": variant, "stock_type": mix.recipe.stock_type, "target_bpw": target_bpw, "calibration": calibration_name,
-               "stock_tensor_bytes": mix.stock_bytes, "tuned_tensor_bytes": mix.mix_bytes,
-               "predicted_kl": round(mix.predicted_kl, 6), "stock_predicted_kl": round(mix.stock_predicted_kl, 6),
-               "changes": describe_changes(mix), "changed": [{"tensor": n, "stock": a, "tuned": b} for n, a, b in mix.changed]}
-    (out_dir / gguf_facts.mix_summary_name(name, variant)).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    _, bpw = gguf_size_info(target)
-    log(f"wrote {target.name} ({bpw:.2f} bits/weight; {len(mix.changed)} tensors differ from stock {mix.recipe.stock_type})")
-    return [{"file": str(target), "type": variant, "size_bytes": target.stat().st_size, "bits_per_weight": round(bpw, 4),
-             "shard": 1, "shards": 1}]
+    measured: dict[tuple[str, ...], list[TensorCost]] = {}  # candidate family -> the costs measured so far
+    rows = []
+    for stock_type, target_bpw in variants:
+        family = candidate_types(stock_type)
+        mix = plan_mix(Path(base_gguf), stock_type, imatrix=imatrix, fisher=fisher, target_bpw=target_bpw, costs=measured.get(family))
+        if family not in measured or len(mix.costs) > len(measured[family]):
+            measured[family] = list(mix.costs)
+        variant = gguf_facts.tuned_variant(stock_type, target_bpw=target_bpw)
+        target = out_dir / gguf_facts.file_name(name, variant)
+        tmp_file = out_dir / f".{target.name}.partial"
+        write_tuned(Path(base_gguf), tmp_file, mix.recipe, imatrix=imatrix)
+        os.replace(tmp_file, target)
+        (out_dir / gguf_facts.recipe_name(name, variant)).write_text(mix.recipe.to_text(), encoding="utf-8")
+        summary = {"variant": variant, "stock_type": mix.recipe.stock_type, "target_bpw": target_bpw, "calibration": calibration_name,
+                   "stock_tensor_bytes": mix.stock_bytes, "tuned_tensor_bytes": mix.mix_bytes,
+                   "predicted_kl": round(mix.predicted_kl, 6), "stock_predicted_kl": round(mix.stock_predicted_kl, 6),
+                   "changes": describe_changes(mix), "changed": [{"tensor": n, "stock": a, "tuned": b} for n, a, b in mix.changed]}
+        (out_dir / gguf_facts.mix_summary_name(name, variant)).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        _, bpw = gguf_size_info(target)
+        log(f"wrote {target.name} ({bpw:.2f} bits/weight; {len(mix.changed)} tensors differ from stock {mix.recipe.stock_type})")
+        rows.append({"file": str(target), "type": variant, "size_bytes": target.stat().st_size, "bits_per_weight": round(bpw, 4),
+                     "shard": 1, "shards": 1})
+    return rows
