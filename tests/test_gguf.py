@@ -96,6 +96,31 @@ def test_outputs_named_sized_and_no_leftovers(exported):
         assert Path(r["file"]).stat().st_size == r["size_bytes"]
 
 
+def test_header_reads_what_gguf_py_reads(exported, tmp_path):
+    """verify's header reader (llama.cpp's C parser) gives gguf-py's values, types and tensor sizes exactly."""
+    import gguf
+
+    from hubtool.gguf.header import read_header
+
+    out, _ = exported
+    for f in sorted(out.glob("*.gguf")):
+        reader = gguf.GGUFReader(str(f))
+        want = {n: fld.contents() for n, fld in reader.fields.items() if not n.startswith("GGUF.")}
+        full = read_header(f, strings=True)
+        assert dict(full.metadata) == want
+        assert [type(full.metadata[k]) for k in want] == [type(v) for v in want.values()]  # 4.0 stays float, True bool
+        assert [(t.name, t.ggml_type, t.n_elements, t.n_bytes) for t in full.tensors] == \
+            [(t.name, int(t.tensor_type), int(t.n_elements), int(t.n_bytes)) for t in reader.tensors]
+        quick = read_header(f)  # verify's read: no string arrays (vocabulary, merges)
+        skipped = {k for k, v in want.items() if isinstance(v, list) and v and isinstance(v[0], str)}
+        assert "tokenizer.ggml.tokens" in skipped and set(quick.metadata) == set(want) - skipped
+        assert all(quick.metadata[k] == want[k] for k in quick.metadata)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\xff" * 60)
+    with pytest.raises(InputError, match=r"junk\.gguf: not a valid GGUF file"):
+        read_header(junk)
+
+
 def test_quantize_from_existing_base_does_not_convert_again(exported, src, tmp_path, monkeypatch):
     import hubtool.gguf.export as export_mod
 
