@@ -255,6 +255,49 @@ def test_tokenizer_mismatch_fails(exported, src, tmp_path):
         verify_gguf([exported[0] / "Tiny-Test.Q8_0.gguf"], ref, max_tokens=64, context=64)
 
 
+def test_recorded_tokenizer_probe_replaces_the_tokenizer_and_gives_the_same_rows(exported, src, tmp_path, monkeypatch):
+    """A release's reference records the tokenizer's answers and the GGUF windows: verify then loads no
+    tokenizer and writes the same row; a reference taken from other tokenizer files, or for another
+    token budget, is not trusted (the tokenizer is loaded), and a recorded mismatch still fails."""
+    from transformers import AutoTokenizer
+
+    import hubtool.gguf.verify as gv
+    from hubtool.quality.reference import PROBE_FILE, compute_reference, probe_record, reference_windows
+    from hubtool.quality.texts import read_text_source
+
+    gguf_file = exported[0] / "Tiny-Test.Q8_0.gguf"
+    tok = AutoTokenizer.from_pretrained(src)
+    text = read_text_source("builtin:heldout")
+    windows = reference_windows(tok, text, context=64, max_tokens=256)
+    probe = probe_record(tok, src, text, windows, context=64, max_tokens=256)
+    ref = compute_reference(src, windows, tmp_path / "ref", probe=probe)
+    assert (ref.folder / PROBE_FILE).is_file()
+    want = verify_gguf([gguf_file], src, max_tokens=256, context=64)  # its own reference, its own tokenizer
+
+    loads = []
+    real_load = gv.load_tokenizer
+    monkeypatch.setattr(gv, "load_tokenizer", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    assert verify_gguf([gguf_file], src, max_tokens=256, context=64, reference=ref) == want
+    assert loads == []
+    # another budget than the one recorded: the tokenizer decides the windows again
+    assert verify_gguf([gguf_file], src, max_tokens=128, context=64, reference=ref)[0]["tokens"] < want[0]["tokens"]
+    assert len(loads) == 1
+
+    other = tmp_path / "other"  # the same model, other tokenizer files: the record's hash no longer matches
+    shutil.copytree(src, other)
+    other_tok = train_tokenizer(tmp_path / "tok", vocab_size=448)
+    for f in other_tok.iterdir():
+        shutil.copy(f, other / f.name)
+    with pytest.raises(QuantizeError, match="tokenizer mismatch"):
+        verify_gguf([gguf_file], other, max_tokens=256, context=64, reference=ref)
+    assert len(loads) == 2
+    bad = probe["probe"] | {"test_ids": [1, 2, 3]}  # a record saying the HF tokenizer splits differently
+    (ref.folder / PROBE_FILE).write_text(json.dumps(probe | {"probe": bad}))
+    with pytest.raises(QuantizeError, match="tokenizer mismatch"):
+        verify_gguf([gguf_file], src, max_tokens=256, context=64, reference=ref)
+    assert len(loads) == 2
+
+
 def test_rope_linear_x4_applied_in_llama_cpp(tmp_path, tokenizer_dir):
     import torch
     from transformers import AutoModelForCausalLM
