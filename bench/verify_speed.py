@@ -6,15 +6,20 @@ windows, side by side in one process:
 
 - bare llama.cpp: `llama_cpp.Llama(..., logits_all=True)`, `eval` of each window, its `scores` read;
 - hubtool's `verify_gguf` on the same file and windows, with the fp16 reference precomputed (as a
-  release does), its time split with perf_counter into load, eval, logit copies, metrics, reference
-  reads and the rest (structural checks, metadata);
+  release does), the whole call timed, split with perf_counter into load, eval, logit copies, metrics,
+  reference reads and the rest (structural checks, tokenizer, metadata); in a fresh process with torch
+  imported ("after", and "before" for another tree given with --before: the rows must be identical),
+  and "warm" with transformers' tokenizer modules already imported (a `--jobs 1` release, or a stage
+  worker that ran another stage). Bare and hubtool runs alternate (--repeat N: best of N each);
 - the fp16 reference's own tokens/s (hubtool.quality.stream, block by block);
 - thread and batch settings of bare eval (n_threads_batch, n_ubatch), in this process (torch already
   loaded and run) and in a fresh process without torch;
-- with --gptq: verify:gptq's streamed dequantization vs an in-memory forward of the same GPTQ
-  checkpoint dequantized once (hubtool's own dequantizer, transformers' forward).
+- with --gptq: verify:gptq (the whole `verify_gptq` call, streamed dequantization, RTN off) vs its
+  anchor, transformers + gptqmodel loading the same GPTQ checkpoint and running the forward on the
+  same windows.
 
-    nice -n 10 .venv/bin/python bench/verify_speed.py [--work .bench-cache] [--max-tokens 2048] [--context 512] [--gptq]
+    nice -n 10 .venv/bin/python -P bench/verify_speed.py [--work .bench-cache] [--max-tokens 2048] [--context 512] \
+        [--gptq] [--before TREE] [--repeat N] [--json bench/results/verify-speed.json]
 
 Every number is printed with the machine's load average (os.getloadavg) beside it.
 """
@@ -169,13 +174,19 @@ def hubtool_verify(path: Path, model: Path, reference: Any, max_tokens: int, con
     return rows[0], t
 
 
-def verify_child(tree: Path, path: Path, model: Path, ref_dir: Path, max_tokens: int, context: int) -> tuple[dict[str, Any], dict[str, float]]:
+def verify_child(tree: Path, path: Path, model: Path, ref_dir: Path, max_tokens: int, context: int, *,
+                 warm: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     """hubtool_verify with hubtool imported from TREE (e.g. an export of main: the "before" column), in a
-    fresh process whose torch thread pool has run first, as it has after the fp16 reference in a release."""
-    code = ("import json,sys; sys.path[:0]=[%r, %r]; import torch; torch.randn(256,256)@torch.randn(256,256); "
+    fresh process whose torch thread pool has run first, as it has after the fp16 reference in a release.
+
+    WARM: transformers' tokenizer and config modules are imported first (an AutoTokenizer loaded and
+    dropped), as in a `--jobs 1` release or a stage worker that ran another stage: the "cold" call pays
+    that import (~1 s) inside verify."""
+    pre = "from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(%r); " % str(model) if warm else ""
+    code = ("import json,sys; sys.path[:0]=[%r, %r]; import torch; torch.randn(256,256)@torch.randn(256,256); %s"
             "from bench.verify_speed import hubtool_verify; from hubtool.quality.reference import open_reference; "
             "from pathlib import Path; row,parts=hubtool_verify(Path(%r), Path(%r), open_reference(Path(%r)), %d, %d); "
-            "import hubtool; parts['hubtool from']=hubtool.__file__; print(json.dumps([row, parts]))") % (str(tree), str(ROOT), str(path), str(model), str(ref_dir), max_tokens, context)
+            "import hubtool; parts['hubtool from']=hubtool.__file__; print(json.dumps([row, parts]))") % (str(tree), str(ROOT), pre, str(path), str(model), str(ref_dir), max_tokens, context)
     env = dict(os.environ, PYTHONPATH=str(tree))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
     row, parts = json.loads(out.strip().splitlines()[-1])
@@ -198,53 +209,55 @@ def tps(tokens: int, seconds: float) -> str:
 
 # ---- GPTQ -----------------------------------------------------------------------------------
 
-def gptq_compare(quant: Path, model: Path, windows: list[list[int]], reference: Any) -> None:
-    """verify:gptq's streamed path vs an in-memory forward of the same checkpoint dequantized once."""
-    import numpy as np
+def gptq_anchor(quant: Path, windows: list[list[int]]) -> tuple[list[Any], dict[str, float]]:
+    """The engine run bare: transformers (+ optimum/gptqmodel's CPU kernel) loads the GPTQ checkpoint and
+    runs the forward on WINDOWS, one batch; (log-probs per window, seconds)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    import hubtool.gptq.verify as gq
-    from hubtool.quality.stream import StreamingModel, gptq_weights, stream_logprobs
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(quant, device_map="cpu", dtype=torch.float32).eval()
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        logits = model(torch.tensor(windows)).logits.float()
+    t2 = time.perf_counter()
+    out = [torch.log_softmax(logits[i], -1).numpy() for i in range(len(windows))]
+    del model, logits
+    return out, {"load_s": t1 - t0, "forward_s": t2 - t1}
+
+
+def gptq_compare(quant: Path, model: Path, windows: list[list[int]], reference: Any, text: str, context: int, max_tokens: int) -> dict[str, Any]:
+    """verify:gptq (hubtool's streamed, block-by-block dequantization, the whole call, RTN off) vs its anchor:
+    transformers + gptqmodel loading the checkpoint and running the forward on the same windows."""
+    import numpy as np
+
+    import hubtool.quality.stream as st
+    from hubtool.gptq.verify import verify_gptq
     from hubtool.quality.metrics import compare_logits, merge_metrics
 
     tokens = sum(map(len, windows))
-    # in memory: every GPTQ linear dequantized once into an fp32 model, then one batched forward
-    t0 = time.perf_counter()
-    streaming = StreamingModel(quant, weights=gptq_weights(quant))
-    model_fp = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    state = {}
-    for name, _ in model_fp.named_parameters():
-        owner, _, leaf = name.rpartition(".")
-        state[name] = streaming._tensor(owner, leaf)
-    model_fp.load_state_dict(state, strict=False)
-    t1 = time.perf_counter()
-    with torch.inference_mode():
-        logits = model_fp(torch.tensor(windows)).logits.float()
-        mem = [torch.log_softmax(logits[i].double(), -1).float().numpy() for i in range(len(windows))]
-    t2 = time.perf_counter()
-    mem_metrics = merge_metrics(compare_logits(reference.logprobs(w), m, np.asarray(w)) for w, m in zip(windows, mem))
-    del model_fp, logits, mem
-    print(f"gptq in-memory: dequantize+load {t1 - t0:6.2f}s, forward {t2 - t1:6.2f}s = {tps(tokens, t2 - t0)} "
-          f"(forward only {tps(tokens, t2 - t1)})  [{load()}]")
+    anchor_lp, a = gptq_anchor(quant, windows)
+    anchor = merge_metrics(compare_logits(reference.logprobs(w), lp, np.asarray(w)) for w, lp in zip(windows, anchor_lp))
+    del anchor_lp
+    a_total = a["load_s"] + a["forward_s"]
+    print(f"gptq anchor (transformers + gptqmodel, load + forward): {a['load_s']:6.2f}s + {a['forward_s']:6.2f}s = {a_total:6.2f}s "
+          f"= {tps(tokens, a_total)}  [{load()}]")
 
     clock = Clock()
     with contextlib.ExitStack() as stack:
-        import hubtool.quality.stream as st
         stack.enter_context(patched(st, "gptq_dequantize", clock.wrap("dequantize", st.gptq_dequantize)))
         stack.enter_context(patched(st.WeightIndex, "get", clock.wrap("read tensors", st.WeightIndex.get)))
-        stack.enter_context(patched(gq, "compare_logits", clock.wrap("metrics", gq.compare_logits)))
         with tempfile.TemporaryDirectory() as tmp, clock.part("total"):
-            streamed = stream_logprobs(StreamingModel(quant, weights=gptq_weights(quant)),
-                                       windows, out=np.lib.format.open_memmap(Path(tmp) / "t.npy", mode="w+", dtype=np.float32,
-                                                                              shape=(len(windows), max(map(len, windows)), streaming.vocab_rows())))
-            with clock.part("metrics"):
-                got = merge_metrics(compare_logits(reference.logprobs(w), s, np.asarray(w)) for w, s in zip(windows, streamed))
+            rows = verify_gptq(quant, model, text=text, rtn=False, results_path=Path(tmp) / "quality.json", context=context,
+                               max_tokens=max_tokens, reference=reference)
     t = dict(clock.totals)
-    print(f"gptq streamed (verify:gptq's path): total {t['total']:6.2f}s = {tps(tokens, t['total'])}; "
-          + ", ".join(f"{k} {v:.2f}s" for k, v in t.items() if k != "total") + f"  [{load()}]")
+    print(f"gptq hubtool verify_gptq (streamed, whole call, no RTN): {t['total']:6.2f}s = {tps(tokens, t['total'])}, "
+          f"ratio {t['total'] / a_total:.2f}x of the anchor; " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items() if k != "total") + f"  [{load()}]")
+    got = rows[0]
     for k in ("kl_div", "top1", "perplexity"):
-        print(f"   {k}: streamed {got[k]:.6g} vs in-memory {mem_metrics[k]:.6g}")
+        print(f"   {k}: hubtool {got[k]:.6g} vs anchor (gptqmodel kernel) {anchor[k]:.6g}")
+    return {"anchor": a, "anchor_total_s": a_total, "hubtool_total_s": t["total"], "ratio": t["total"] / a_total, "parts": t,
+            "tokens": tokens, "row": got, "anchor_metrics": anchor}
 
 
 def main() -> None:
@@ -256,12 +269,14 @@ def main() -> None:
     ap.add_argument("--before", type=Path, help="another hubtool tree (e.g. `git archive main` unpacked) measured beside this one")
     ap.add_argument("--types", default=",".join(TYPES), help="GGUF types to measure (default: %(default)s)")
     ap.add_argument("--no-settings", action="store_true", help="skip the thread/batch sweep")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each (bare and hubtool interleaved); the best is reported")
+    ap.add_argument("--json", type=Path, help="also write the verify:gguf numbers here")
     args = ap.parse_args()
 
     import torch
     from transformers import AutoTokenizer
 
-    from hubtool.quality.reference import compute_reference, gguf_windows
+    from hubtool.quality.reference import compute_reference, gguf_windows, probe_record
     from hubtool.quality.texts import read_text_source
 
     model, files = prepare(args.work)
@@ -274,27 +289,44 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        reference = compute_reference(model, windows, Path(tmp) / "reference")
+        # as the release's reference stage makes it: with the tokenizer's answers for verify:gguf (hubtool.tokenizer_probe)
+        probe = probe_record(tok, model, read_text_source("builtin:heldout"), windows, context=args.context, max_tokens=args.max_tokens)
+        reference = compute_reference(model, windows, Path(tmp) / "reference", probe=probe)
         ref_s = time.perf_counter() - t0
         print(f"fp16 reference (torch fp32, block by block, incl. load): {ref_s:6.2f}s = {tps(tokens, ref_s)}  [{load()}]")
 
-        trees = {"before": args.before, "after": ROOT} if args.before else {"after": ROOT}
+        # (label, tree, warm): "before" is the other tree, cold; "after" is this tree cold and warm
+        trees = ([("before", args.before, False)] if args.before else []) + [("after", ROOT, False), ("warm", ROOT, True)]
+        results: dict[str, Any] = {"load": os.getloadavg(), "tokens": tokens, "files": {}}
         print(f"\nverify:gguf vs bare llama.cpp, same file and windows; ratio = hubtool total / bare (load + eval); "
               f"loop = hubtool's per-window loop (eval, copies, metrics, reference reads) / bare eval")
         print(f"{'file':7} {'tree':6} {'bare load':>9} {'bare eval':>9} {'bare':>14} {'hubtool':>8} {'hubtool':>14} {'ratio':>6} {'loop':>6}")
         for t, path in files.items():
-            bare = [bare_eval(path, windows, args.context)]
-            for label, tree in trees.items():
-                row, parts = verify_child(tree, path, model, reference.folder, args.max_tokens, args.context)
-                if label == list(trees)[-1]:
-                    bare.append(bare_eval(path, windows, args.context))  # bare before the first and after the last
-                b_load = min(b["load_s"] for b in bare)
-                b_eval = min(b["eval_s"] for b in bare)
+            bare: list[dict[str, float]] = []
+            rows: dict[str, Any] = {}
+            for _ in range(args.repeat):  # bare and hubtool interleaved, so both see the same load; best of each
+                for label, tree, warm in trees:
+                    bare.append(bare_eval(path, windows, args.context))
+                    row, parts = verify_child(tree, path, model, reference.folder, args.max_tokens, args.context, warm=warm)
+                    rows.setdefault(label, []).append((row, parts))
+            bare.append(bare_eval(path, windows, args.context))
+            b_load = min(b["load_s"] for b in bare)
+            b_eval = min(b["eval_s"] for b in bare)
+            results["files"][t] = {"bare_load_s": b_load, "bare_eval_s": b_eval, "runs": {}}
+            for label, _, _ in trees:
+                row, parts = min(rows[label], key=lambda rp: rp[1]["total"])
                 loop = parts["total"] - parts["other (checks, metadata)"] - parts["load (incl. vocab-only)"]
                 print(f"{t:7} {label:6} {b_load:8.2f}s {b_eval:8.2f}s {tps(tokens, b_load + b_eval)} {parts['total']:7.2f}s "
                       f"{tps(tokens, parts['total'])} {parts['total'] / (b_load + b_eval):5.2f}x {loop / b_eval:5.2f}x  [{load()}]")
                 print(f"        {label} parts: " + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items() if k not in ("total", "hubtool from"))
                       + f"; KL {row['kl_div']:.6f} top-1 {row['top1']:.4f} ppl {row['perplexity']:.4f}", flush=True)
+                results["files"][t]["runs"][label] = {"total_s": parts["total"], "ratio": parts["total"] / (b_load + b_eval), "parts": parts, "row": row}
+            every = [r for label in rows for r, _ in rows[label]]
+            same = all(r == every[0] for r in every)
+            print(f"        rows identical across {len(every)} hubtool runs ({', '.join(rows)}): {same}", flush=True)
+            results["files"][t]["rows_identical"] = same
+            if not same:
+                raise SystemExit(f"{t}: quality rows differ between runs/trees: {every}")
 
         if not args.no_settings:
             path = files["Q4_K_M"]
@@ -319,7 +351,11 @@ def main() -> None:
             quant = prepare_gptq(args.work, model)
             gw = gptq_windows(tok, read_text_source("builtin:heldout"), args.context, args.max_tokens)
             print(f"\nverify:gptq, {len(gw)} windows of {args.context}  [{load()}]")
-            gptq_compare(quant, model, gw, reference if reference.covers(gw) else compute_reference(model, gw, Path(tmp) / "ref2"))
+            ref = reference if reference.covers(gw) else compute_reference(model, gw, Path(tmp) / "ref2")
+            results["gptq"] = gptq_compare(quant, model, gw, ref, "builtin:heldout", args.context, args.max_tokens)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

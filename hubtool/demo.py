@@ -163,8 +163,11 @@ def gguf_answer(gguf_path: Path, prompt: str, max_tokens: int = 48) -> str:
         llm.close()
 
 
-def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_samples: int = 16, gptq_seq_len: int = 256) -> dict[str, Any]:
-    """Export SmolLM2, train the LoRA, release to an in-process local Hub, download back; prints the results."""
+def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_samples: int = 16, gptq_seq_len: int = 256,
+             jobs: int | None = None) -> dict[str, Any]:
+    """Export SmolLM2, train the LoRA, release to an in-process local Hub, download back; prints the results.
+
+    JOBS: stages at once in the release (None: the release's default; 1: one after another)."""
     import yaml
 
     from hubtool.gguf.facts import file_name
@@ -194,7 +197,7 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
     with serve_in_thread(work_dir / "hub", port=port) as hub:
         log(f"demo: local Hub at {hub.url} (repos stored in {work_dir / 'hub'})")
         with stdout_to_stderr():  # library chatter to stderr; stdout gets the results below
-            summary = run_release(cfg, plan, inputs, work_dir=work_dir / "release-work", endpoint=hub.url, token=None, hasher=hasher)
+            summary = run_release(cfg, plan, inputs, work_dir=work_dir / "release-work", endpoint=hub.url, token=None, hasher=hasher, jobs=jobs)
             log("demo: downloading every repo back with huggingface_hub")
             downloads = download_and_check(summary, hub.url, work_dir / "downloads")
             log("demo: held-out perplexity of the base model, for comparison")

@@ -18,3 +18,12 @@ def test_demo_releases_every_repo_and_checks_them(tmp_path, capsys):
     assert "Quality of each quant vs the fp16 merge:" in out and "Q4_K_M GGUF (downloaded, llama.cpp) answers" in out
     answer = out.split("answers", 1)[1].split("\n", 2)[1].strip()
     assert len(answer) > 10  # the downloaded GGUF produced text
+
+
+def test_demo_jobs_is_checked_before_any_work(tmp_path, capsys):
+    from hubtool.cli import main
+
+    rc = main(["demo", "--work-dir", str(tmp_path / "demo"), "--jobs", "0"])
+    assert rc == 2
+    assert "--jobs: 0 must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # refused before the export

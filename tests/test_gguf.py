@@ -96,6 +96,31 @@ def test_outputs_named_sized_and_no_leftovers(exported):
         assert Path(r["file"]).stat().st_size == r["size_bytes"]
 
 
+def test_header_reads_what_gguf_py_reads(exported, tmp_path):
+    """verify's header reader (llama.cpp's C parser) gives gguf-py's values, types and tensor sizes exactly."""
+    import gguf
+
+    from hubtool.gguf.header import read_header
+
+    out, _ = exported
+    for f in sorted(out.glob("*.gguf")):
+        reader = gguf.GGUFReader(str(f))
+        want = {n: fld.contents() for n, fld in reader.fields.items() if not n.startswith("GGUF.")}
+        full = read_header(f, strings=True)
+        assert dict(full.metadata) == want
+        assert [type(full.metadata[k]) for k in want] == [type(v) for v in want.values()]  # 4.0 stays float, True bool
+        assert [(t.name, t.ggml_type, t.n_elements, t.n_bytes) for t in full.tensors] == \
+            [(t.name, int(t.tensor_type), int(t.n_elements), int(t.n_bytes)) for t in reader.tensors]
+        quick = read_header(f)  # verify's read: no string arrays (vocabulary, merges)
+        skipped = {k for k, v in want.items() if isinstance(v, list) and v and isinstance(v[0], str)}
+        assert "tokenizer.ggml.tokens" in skipped and set(quick.metadata) == set(want) - skipped
+        assert all(quick.metadata[k] == want[k] for k in quick.metadata)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\xff" * 60)
+    with pytest.raises(InputError, match=r"junk\.gguf: not a valid GGUF file"):
+        read_header(junk)
+
+
 def test_quantize_from_existing_base_does_not_convert_again(exported, src, tmp_path, monkeypatch):
     import hubtool.gguf.export as export_mod
 
@@ -228,6 +253,49 @@ def test_tokenizer_mismatch_fails(exported, src, tmp_path):
         shutil.copy(f, ref / f.name)
     with pytest.raises(QuantizeError, match="tokenizer mismatch"):
         verify_gguf([exported[0] / "Tiny-Test.Q8_0.gguf"], ref, max_tokens=64, context=64)
+
+
+def test_recorded_tokenizer_probe_replaces_the_tokenizer_and_gives_the_same_rows(exported, src, tmp_path, monkeypatch):
+    """A release's reference records the tokenizer's answers and the GGUF windows: verify then loads no
+    tokenizer and writes the same row; a reference taken from other tokenizer files, or for another
+    token budget, is not trusted (the tokenizer is loaded), and a recorded mismatch still fails."""
+    from transformers import AutoTokenizer
+
+    import hubtool.gguf.verify as gv
+    from hubtool.quality.reference import PROBE_FILE, compute_reference, probe_record, reference_windows
+    from hubtool.quality.texts import read_text_source
+
+    gguf_file = exported[0] / "Tiny-Test.Q8_0.gguf"
+    tok = AutoTokenizer.from_pretrained(src)
+    text = read_text_source("builtin:heldout")
+    windows = reference_windows(tok, text, context=64, max_tokens=256)
+    probe = probe_record(tok, src, text, windows, context=64, max_tokens=256)
+    ref = compute_reference(src, windows, tmp_path / "ref", probe=probe)
+    assert (ref.folder / PROBE_FILE).is_file()
+    want = verify_gguf([gguf_file], src, max_tokens=256, context=64)  # its own reference, its own tokenizer
+
+    loads = []
+    real_load = gv.load_tokenizer
+    monkeypatch.setattr(gv, "load_tokenizer", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    assert verify_gguf([gguf_file], src, max_tokens=256, context=64, reference=ref) == want
+    assert loads == []
+    # another budget than the one recorded: the tokenizer decides the windows again
+    assert verify_gguf([gguf_file], src, max_tokens=128, context=64, reference=ref)[0]["tokens"] < want[0]["tokens"]
+    assert len(loads) == 1
+
+    other = tmp_path / "other"  # the same model, other tokenizer files: the record's hash no longer matches
+    shutil.copytree(src, other)
+    other_tok = train_tokenizer(tmp_path / "tok", vocab_size=448)
+    for f in other_tok.iterdir():
+        shutil.copy(f, other / f.name)
+    with pytest.raises(QuantizeError, match="tokenizer mismatch"):
+        verify_gguf([gguf_file], other, max_tokens=256, context=64, reference=ref)
+    assert len(loads) == 2
+    bad = probe["probe"] | {"test_ids": [1, 2, 3]}  # a record saying the HF tokenizer splits differently
+    (ref.folder / PROBE_FILE).write_text(json.dumps(probe | {"probe": bad}))
+    with pytest.raises(QuantizeError, match="tokenizer mismatch"):
+        verify_gguf([gguf_file], src, max_tokens=256, context=64, reference=ref)
+    assert len(loads) == 2
 
 
 def test_rope_linear_x4_applied_in_llama_cpp(tmp_path, tokenizer_dir):

@@ -13,11 +13,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-steps", type=int, default=30, help="LoRA training steps on built-in text (default 30)")
     p.add_argument("--gptq-samples", type=int, default=16, help="GPTQ calibration samples (default 16, kept small for CPUs)")
     p.add_argument("--gptq-seq-len", type=int, default=256, help="tokens per GPTQ calibration sample (default 256)")
+    p.add_argument("--jobs", type=int, metavar="N", help="release stages at once (default: the release's, min(cores, 2)); 1 = one after another")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hubtool.demo import run_demo  # main() keeps library chatter behind --verbose
 
-    run_demo(args.work_dir, port=args.port, train_steps=args.train_steps, gptq_samples=args.gptq_samples, gptq_seq_len=args.gptq_seq_len)
+    if args.jobs is not None:
+        from hubtool.options import check_int
+
+        check_int(args.jobs, source="--jobs")
+    run_demo(args.work_dir, port=args.port, train_steps=args.train_steps, gptq_samples=args.gptq_samples, gptq_seq_len=args.gptq_seq_len,
+             jobs=args.jobs)
     return 0

@@ -20,13 +20,11 @@ import numpy as np
 
 from hubtool.errors import InputError, QuantizeError
 from hubtool.gguf import facts as gguf_facts
+from hubtool.gguf.header import GgufHeader, read_header
 from hubtool.gguf.types import ALL_TYPES
 from hubtool.progress import log, track
+from hubtool.tokenizer_probe import TEST_STRING, TokenizerProbe, probe_tokenizer  # noqa: F401  (TEST_STRING: its old home)
 
-TEST_STRING = (
-    "Hello world! GGUF tokenizers must agree: 3.14159, naïve café, Straße, 日本語 — tabs\tand  spaces.\n"
-    "def f(x):\n    return x ** 2  # comment"
-)
 
 
 # ---- files and metadata ---------------------------------------------------------------------
@@ -73,11 +71,10 @@ def read_gguf(path: Path):
         raise InputError(f"{path}: not a valid GGUF file ({exc}); re-export it with `hubtool quantize gguf`") from None
 
 
-def gguf_metadata(path: Path, reader: Any = None) -> tuple[dict[str, Any], list[str]]:
-    """(key -> value for every KV field, tensor names) of one GGUF file (READER: its GGUFReader, if already open)."""
-    reader = reader if reader is not None else read_gguf(path)
-    meta = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-    return meta, [t.name for t in reader.tensors]
+def gguf_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """(key -> value for every KV field, string arrays included, tensor names) of one GGUF file."""
+    header = read_header(path, strings=True)
+    return dict(header.metadata), header.tensor_names
 
 
 def variant_of(path: Path, meta: dict[str, Any]) -> str:
@@ -96,18 +93,14 @@ def variant_of(path: Path, meta: dict[str, Any]) -> str:
     return path.stem
 
 
-def size_info(first: Path, reader: Any = None) -> tuple[int, float]:
-    """(bytes on disk over all shards, bits per weight over tensor data); READER: FIRST's GGUFReader, if already open.
-
-    gguf-py parses every element of the tokenizer arrays (150k for a 49k vocabulary) in Python, seconds
-    per file: verify reads shard 1 once for metadata and sizes.
-    """
+def size_info(first: Path, header: GgufHeader | None = None) -> tuple[int, float]:
+    """(bytes on disk over all shards, bits per weight over tensor data); HEADER: FIRST's, if already read."""
     paths = shard_paths(first)
     n_el = n_bytes = 0
     for p in paths:
-        for t in (reader if reader is not None and p == first else read_gguf(p)).tensors:
-            n_el += int(t.n_elements)
-            n_bytes += int(t.n_bytes)
+        for t in (header if header is not None and p == first else read_header(p)).tensors:
+            n_el += t.n_elements
+            n_bytes += t.n_bytes
     return sum(p.stat().st_size for p in paths), (8.0 * n_bytes / n_el if n_el else 0.0)
 
 
@@ -193,20 +186,22 @@ def check_rope(path: Path, meta: dict[str, Any], tensors: list[str], config: dic
             fail(f"config.json uses {src['type']!r} scaling, which llama.cpp does not implement")
 
 
-def check_tokenizer(path: Path, llm: Any, hf_tok: Any, meta: dict[str, Any]) -> None:
-    """Token ids of a test string (and of a rendered chat turn) must be identical; the chat template must survive."""
+def check_tokenizer(path: Path, llm: Any, hf: Any, meta: dict[str, Any]) -> None:
+    """Token ids of a test string (and of a rendered chat turn) must be identical; the chat template must survive.
+
+    HF: the HF tokenizer, or its TokenizerProbe (its answers recorded by the release's reference stage)."""
     import gguf
 
-    want = hf_tok(TEST_STRING, add_special_tokens=True)["input_ids"]
+    probe = hf if isinstance(hf, TokenizerProbe) else probe_tokenizer(hf)
+    want = list(probe.test_ids)
     got = llm.tokenize(TEST_STRING.encode("utf-8"), add_bos=True, special=False)
     if list(got) != list(want):
         raise QuantizeError(f"{path}: tokenizer mismatch — llama.cpp ids {list(got)[:12]}… vs HF {list(want)[:12]}…; re-export with the model's own tokenizer files")
-    template = getattr(hf_tok, "chat_template", None)
+    template = probe.chat_template
     if template:
         if meta.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE) != template:
             raise QuantizeError(f"{path}: chat template missing or changed in GGUF; re-export with chat_template.jinja / tokenizer_config.json present")
-        chat = hf_tok.apply_chat_template([{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True)
-        want = hf_tok(chat, add_special_tokens=False)["input_ids"]
+        chat, want = probe.chat_text or "", list(probe.chat_ids or ())
         got = llm.tokenize(chat.encode("utf-8"), add_bos=False, special=True)
         if list(got) != list(want):
             raise QuantizeError(f"{path}: special tokens of the chat template tokenize differently in llama.cpp ({list(got)[:8]}… vs {list(want)[:8]}…)")
@@ -281,16 +276,20 @@ def hf_logits(model: Any, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
-def load_reference(reference_dir: Path, *, trust_remote_code: bool = False) -> tuple[Any, dict[str, Any]]:
-    """(tokenizer, config) of the source folder, validated; the model itself loads later, only if needed."""
-    from transformers import AutoTokenizer
-
+def reference_config(reference_dir: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """config.json of the source folder, the folder validated; the model itself loads later, only if needed."""
     from hubtool.model_dir import load_model_dir
 
     ref = load_model_dir(reference_dir, kind="reference model", trust_remote_code=trust_remote_code)
     config = ref.config
     ref.close()
-    return AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=trust_remote_code), config
+    return config
+
+
+def load_tokenizer(reference_dir: Path, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(reference_dir, trust_remote_code=trust_remote_code)
 
 
 def verify_gguf(
@@ -309,7 +308,9 @@ def verify_gguf(
     """Check every GGUF (tokenizer, chat template, RoPE) and measure it against REFERENCE_DIR; rows in quality.json format.
 
     REFERENCE: a hubtool.quality.reference.Reference holding the fp16 log-probs of these windows (a release
-    computes it once for every row); without it it is computed here, block by block.
+    computes it once for every row); without it it is computed here, block by block. A release's reference
+    also records the tokenizer's answers and the windows (hubtool.tokenizer_probe): with them, neither
+    transformers nor the tokenizer is loaded here.
     """
     from hubtool.quality.reference import compute_reference, gguf_windows
     from hubtool.gguf.quantize import require_llama_cpp
@@ -326,22 +327,29 @@ def verify_gguf(
         check_writable_file(Path(results_path), flag="--results")  # before minutes of logits, not after
     paths = find_gguf_files(list(files))
     body = read_text_source(text)
-    tok, config = load_reference(Path(reference_dir), trust_remote_code=trust_remote_code)
+    config = reference_config(Path(reference_dir), trust_remote_code=trust_remote_code)
     check_context(context, source="--context", trained=config.get("max_position_embeddings"),
                   config=Path(reference_dir) / "config.json", force=force_context)
-    if exact_tokens:  # --max-tokens given: bounded by what the text holds
-        check_tokens_in_text(max_tokens, available=len(encode(tok, body, max_tokens=max_tokens)), source="--max-tokens", text=text)
+    recorded = None
+    if reference is not None and not trust_remote_code and not exact_tokens:
+        recorded = reference.tokenizer_probe(Path(reference_dir), body, context=context, max_tokens=max_tokens)
+    if recorded is not None:
+        probe, windows = recorded
+    else:
+        tok = load_tokenizer(Path(reference_dir), trust_remote_code=trust_remote_code)
+        if exact_tokens:  # --max-tokens given: bounded by what the text holds
+            check_tokens_in_text(max_tokens, available=len(encode(tok, body, max_tokens=max_tokens)), source="--max-tokens", text=text)
+        probe = probe_tokenizer(tok)
+        windows = gguf_windows(tok, body, max_tokens=max_tokens, context=context)
     variants, sizes = {}, {}
     for path in paths:  # cheap structural checks first: fail before minutes of logits
-        reader = read_gguf(path)
-        meta, tensor_names = gguf_metadata(path, reader)
-        check_rope(path, meta, tensor_names, config)
+        header = read_header(path)  # llama.cpp's parser: milliseconds, where gguf-py took seconds per file
+        meta = dict(header.metadata)
+        check_rope(path, meta, header.tensor_names, config)
         with open_llama(path, context=context, vocab_only=True) as llm:
-            check_tokenizer(path, llm, tok, meta)
+            check_tokenizer(path, llm, probe, meta)
         variants[path] = variant_of(path, meta)
-        sizes[path] = size_info(path, reader)
-        del reader
-    windows = gguf_windows(tok, body, max_tokens=max_tokens, context=context)
+        sizes[path] = size_info(path, header)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hubtool-verify-") as tmp:
         if reference is None or not reference.covers(windows):

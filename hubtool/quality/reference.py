@@ -8,6 +8,7 @@ Folder layout: `reference.json` (what it was computed from), `windows.json` (tok
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,11 @@ from hubtool.text_windows import bos_id, encode, windows
 REFERENCE_FILE = "reference.json"
 WINDOWS_FILE = "windows.json"
 LOGPROBS_FILE = "logprobs.npy"
+PROBE_FILE = "tokenizer_probe.json"  # optional: the tokenizer's answers for verify:gguf (hubtool.tokenizer_probe)
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def gptq_windows(tokenizer: Any, text: str, context: int, max_tokens: int) -> list[list[int]]:
@@ -85,6 +91,22 @@ class Reference:
     def covers(self, windows: list[list[int]]) -> bool:
         return all(any(w[: len(x)] == tuple(x) for w in self.windows) for x in windows)
 
+    def tokenizer_probe(self, model_dir: Path, text: str, *, context: int, max_tokens: int) -> tuple[Any, list[list[int]]] | None:
+        """(TokenizerProbe, GGUF windows) recorded with this reference, when they were taken from MODEL_DIR's
+        tokenizer files (same hash) on TEXT with the same CONTEXT and MAX_TOKENS; else None (load the tokenizer)."""
+        from hubtool.tokenizer_probe import TokenizerProbe, tokenizer_files_hash
+
+        path = self.folder / PROBE_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if (data.get("text_sha256"), data.get("context"), data.get("max_tokens")) != (text_sha256(text), context, max_tokens):
+            return None
+        probe = TokenizerProbe.from_json(data["probe"])
+        if probe.files_sha256 != tokenizer_files_hash(model_dir):
+            return None
+        return probe, [list(self.windows[i]) for i in data["gguf_windows"]]
+
 
 def open_reference(folder: Path) -> Reference:
     folder = Path(folder)
@@ -100,9 +122,22 @@ def open_reference(folder: Path) -> Reference:
 COMPUTE_CALLS = [0]
 
 
+def probe_record(tokenizer: Any, model_dir: Path, text: str, windows: list[list[int]], *, context: int, max_tokens: int) -> dict[str, Any]:
+    """What compute_reference(probe=...) stores for verify:gguf: the tokenizer's probe, and which of WINDOWS
+    (the reference's, in order) are the GGUF windows of TEXT at CONTEXT / MAX_TOKENS."""
+    from hubtool.tokenizer_probe import probe_tokenizer
+
+    index = {tuple(w): i for i, w in enumerate(windows)}
+    wanted = gguf_windows(tokenizer, text, max_tokens=max_tokens, context=context)
+    return {"probe": probe_tokenizer(tokenizer, model_dir).to_json(), "text_sha256": text_sha256(text), "context": context,
+            "max_tokens": max_tokens, "gguf_windows": [index[tuple(w)] for w in wanted]}
+
+
 def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, *, device: str | None = None,
-                      trust_remote_code: bool = False) -> Reference:
-    """Run the fp16 model over WINDOWS (block by block, else in memory) and store its log-probs in OUT_DIR (written whole, then renamed)."""
+                      trust_remote_code: bool = False, probe: dict[str, Any] | None = None) -> Reference:
+    """Run the fp16 model over WINDOWS (block by block, else in memory) and store its log-probs in OUT_DIR (written whole, then renamed).
+
+    PROBE: a probe_record to keep beside them (the release's reference stage), so verify:gguf needn't load the tokenizer."""
     from hubtool.quality.in_memory import evaluate_logprobs
 
     COMPUTE_CALLS[0] += 1
@@ -124,6 +159,8 @@ def compute_reference(model_dir: Path, windows: list[list[int]], out_dir: Path, 
     made["arr"].flush()
     made.clear()
     (tmp / WINDOWS_FILE).write_text(json.dumps(windows), encoding="utf-8")
+    if probe is not None:
+        (tmp / PROBE_FILE).write_text(json.dumps(probe), encoding="utf-8")
     info = {"model": str(model_dir), "windows": len(windows), "tokens": sum(map(len, windows)), "vocab": vocab, "dtype": "float32"}
     (tmp / REFERENCE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():

@@ -103,13 +103,17 @@ def reference(stage: Stage, ctx: StageContext, out: Path) -> ReferenceLogits:
     """The fp16 log-probs every quality row is measured against: computed once per release."""
     from transformers import AutoTokenizer
 
-    from hubtool.quality.reference import compute_reference, reference_windows
+    from hubtool.quality.reference import compute_reference, probe_record, reference_windows
     from hubtool.quality.texts import read_text_source
 
     cfg = ctx.cfg
     tok = AutoTokenizer.from_pretrained(ctx.fp16_dir, trust_remote_code=cfg.trust_remote_code)
-    windows = reference_windows(tok, read_text_source(cfg.verify_text), context=cfg.verify_context, max_tokens=cfg.verify_max_tokens)
-    ref = compute_reference(ctx.fp16_dir, windows, out, trust_remote_code=cfg.trust_remote_code)
+    text = read_text_source(cfg.verify_text)
+    windows = reference_windows(tok, text, context=cfg.verify_context, max_tokens=cfg.verify_max_tokens)
+    # custom tokenizer code may read files the probe's hash does not cover: verify:gguf loads that tokenizer itself
+    probe = None if cfg.trust_remote_code else probe_record(tok, ctx.fp16_dir, text, windows, context=cfg.verify_context,
+                                                             max_tokens=cfg.verify_max_tokens)
+    ref = compute_reference(ctx.fp16_dir, windows, out, trust_remote_code=cfg.trust_remote_code, probe=probe)
     return ReferenceLogits(out, windows=len(windows), tokens=int(ref.info["tokens"]), vocab=int(ref.info["vocab"]))
 
 
