@@ -207,8 +207,8 @@ class ServeSample:
     finish: str  # "stop" (an end-of-turn/EOS token within the limit), "length" (max_tokens reached) or "error"
     tokens: int = 0  # tokens generated
     template_tokens: tuple[str, ...] = ()  # chat-template markers found in the raw generated text
-    decisive_words: int = 0  # leading words generated with top-1 probability >= 0.5 (the fp16 reference only)
-    stop_decisive: bool = False  # the end-of-turn token itself had top-1 probability >= 0.5 (the fp16 reference only)
+    decisive_words: int = 0  # leading words whose tokens were each >= 2x as likely as the runner-up (the fp16 reference only)
+    stop_decisive: bool = False  # the end-of-turn token itself was (the fp16 reference only)
     error: str = ""  # what the server or generate said when there is no answer (finish "error")
 
 

@@ -13,11 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-steps", type=int, default=30, help="LoRA training steps on built-in text (default 30)")
     p.add_argument("--gptq-samples", type=int, default=16, help="GPTQ calibration samples (default 16, kept small for CPUs)")
     p.add_argument("--gptq-seq-len", type=int, default=256, help="tokens per GPTQ calibration sample (default 256)")
+    p.add_argument("--no-serve-check", dest="serve", action="store_false",
+                   help="skip the release's serve check (every artifact answering prompts before the push), e.g. to time it")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hubtool.demo import run_demo  # main() keeps library chatter behind --verbose
 
-    run_demo(args.work_dir, port=args.port, train_steps=args.train_steps, gptq_samples=args.gptq_samples, gptq_seq_len=args.gptq_seq_len)
+    run_demo(args.work_dir, port=args.port, train_steps=args.train_steps, gptq_samples=args.gptq_samples, gptq_seq_len=args.gptq_seq_len,
+             serve=args.serve)
     return 0

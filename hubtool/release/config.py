@@ -40,7 +40,7 @@ VERIFY_KEYS = {"enabled", "text", "dataset", "max_tokens", "context", "rtn", "ga
 COLLECTION_KEYS = {"title", "description"}
 SERVE_KEYS = {"prompts", "max_tokens"}
 # Short questions with short answers: the serve check stays cheap, and a sound model ends its turn well within the limit.
-DEFAULT_SERVE_PROMPTS = ("What is the capital of France?", "Name three primary colors.")
+DEFAULT_SERVE_PROMPTS = ("What is the capital of France? Answer with one word.", "What is a Python list? Answer in one sentence.")
 DEFAULT_SERVE_MAX_TOKENS = 48
 MAX_COLLECTION_TITLE = 60  # the Hub's limit
 

@@ -3,9 +3,10 @@ greedy answer (within a tolerance by bits per weight), and ending its turn withi
 model's did. One failure is one line naming the artifact, the prompt and the answer.
 
 "Begins like fp16" counts leading words. The fp16 reference says how many of its leading words it
-produced decisively (every token's top-1 probability >= 0.5): a quant is held to at most that many, so a
-random or unsure model (whose greedy path any rounding may flip) is not held to words it picked by a
-hair, and a real model's confident opening is. The tolerance per precision was chosen from answers of
+produced decisively (each token at least twice as likely as the runner-up): a quant is held to at most
+that many, so where the fp16 model itself hesitated (or a random test model, whose greedy path any
+rounding flips) nothing is demanded, and a real model's confident opening is. The end of the turn is
+demanded where the fp16 model ended decisively. The tolerance per precision was chosen from answers of
 SmolLM2-135M-Instruct's demo release (README, "Serve check").
 """
 
@@ -24,7 +25,7 @@ COMMON_MARKERS = ("<|im_start|>", "<|im_end|>", "[INST]", "[/INST]", "<|eot_id|>
 # Tokens that end an assistant turn in those formats (besides the tokenizer's EOS): generation stops at them.
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
-DECISIVE_P = 0.5  # a token the fp16 model gave at least this probability counts as its decisive choice
+DECISIVE_RATIO = 2.0  # a token the fp16 model found this many times as likely as the runner-up is its decisive choice
 # Leading words of fp16's answer a quant must reproduce (at most fp16's decisive words), by precision;
 # measured on SmolLM2-135M-Instruct (README "Serve check"): looser for 4-bit, loosest at 3 bits and below.
 MATCH_WORDS = {"16-bit": 12, "8-bit": 6, "4-bit": 2, "low-bit": 1}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from hubtool.artifacts import ServeSample
-from hubtool.serve.checks import DECISIVE_P, END_OF_TURN, decisive_words, find_markers, template_markers
+from hubtool.serve.checks import DECISIVE_RATIO, END_OF_TURN, decisive_words, find_markers, template_markers
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -21,6 +21,14 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     vocab = tokenizer.get_vocab()
     ids.update(int(vocab[m]) for m in END_OF_TURN if m in vocab)
     return sorted(int(i) for i in ids)
+
+
+def _decisive(logits: Any, token: int) -> bool:
+    """The model chose TOKEN decisively: it is the top-1, at least DECISIVE_RATIO times as likely as the runner-up."""
+    import torch
+
+    top = torch.softmax(logits.float(), dim=-1).topk(2)
+    return int(top.indices[0]) == token and float(top.values[0]) >= DECISIVE_RATIO * float(top.values[1])
 
 
 def prompt_inputs(tokenizer: Any, prompt: str) -> Any:
@@ -53,10 +61,10 @@ def answers(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens: int, 
         raw = tokenizer.decode(body, skip_special_tokens=False)
         decisive, stop_decisive = 0, False
         if reference:
-            probs = [float(torch.softmax(step[0].float(), dim=-1)[tok]) for step, tok in zip(gen.logits, ids)]
-            n = next((i for i, p in enumerate(probs) if p < DECISIVE_P), len(probs))
+            sure = [_decisive(step[0], tok) for step, tok in zip(gen.logits, ids)]
+            n = next((i for i, ok in enumerate(sure) if not ok), len(sure))
             decisive = decisive_words(tokenizer.decode(body[:n], skip_special_tokens=True), answer)
-            stop_decisive = stopped and probs[-1] >= DECISIVE_P
+            stop_decisive = stopped and sure[-1]
         out.append(ServeSample(prompt, answer, "stop" if stopped else "length", len(ids), find_markers(raw, markers),
                                decisive_words=decisive, stop_decisive=stop_decisive))
     return tuple(out)
