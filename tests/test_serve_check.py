@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.extras import require_extra
+
+require_extra("llama_cpp.server.app", "gguf")  # llama-cpp-python[server]: skipped locally without it, a failure in CI
+
 from hubtool.artifacts import Record, ServeAnswers, ServeSample
 from hubtool.cli import main
 from hubtool.errors import QuantizeError
@@ -71,6 +75,7 @@ def test_serve_stages_are_in_the_plan_and_plan_json(tiny_llama, tmp_path, capsys
     rc = main(["release", str(tiny_llama), "--config", str(config), "--work-dir", str(tmp_path / "work"), "--dry-run"])
     printed = "".join(capsys.readouterr())
     assert rc == 0 and "stage    serve:gguf:Q8_0" in printed and "serve:fp16" in printed
+    assert "check    serve: llama-cpp-python's server installed" in printed
 
 
 def test_serve_key_follows_prompts_and_can_be_turned_off(tiny_llama, tmp_path, capsys):
@@ -101,6 +106,18 @@ def test_bad_serve_config_is_one_line(tiny_llama, tmp_path, serve, message):
 
 
 # ---- the release --------------------------------------------------------------------------------
+
+def test_a_missing_server_extra_is_refused_before_any_work(tiny_llama, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sse_starlette" else real(name, *a))
+    config = tmp_path / "release.yaml"
+    config.write_text(CONFIG)
+    rc, _, err = run_cli(release_args(tiny_llama, config, tmp_path / "work", "--dry-run"))
+    assert rc == 2 and err.strip() == ("error: serve check: llama.cpp's server needs sse_starlette; pip install 'llama-cpp-python[server]' "
+                                       "(part of hubtool[gguf]), or set `serve: false` in release.yaml")
+
 
 def test_every_artifact_is_served_and_its_answers_recorded(released):
     s = released["summary"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from hubtool.errors import QuantizeError
+from hubtool.errors import InputError, QuantizeError
 
 START_TIMEOUT_S = 180.0  # a big GGUF on a loaded machine maps slowly
 REQUEST_TIMEOUT_S = 600.0
@@ -35,6 +35,20 @@ class Reply:
     error: str = ""
 
 
+SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")  # llama-cpp-python[server]
+
+
+def check_server_installed() -> str:
+    """Refuse, before any work, a release whose GGUF serve check could not start llama.cpp's server."""
+    import importlib.util
+
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"serve check: llama.cpp's server needs {', '.join(missing)}; pip install 'llama-cpp-python[server]' "
+                         "(part of hubtool[gguf]), or set `serve: false` in release.yaml")
+    return "llama-cpp-python's server installed"
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 nothing listens on now (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -43,9 +57,11 @@ def free_port() -> int:
 
 
 def _threads() -> int:
-    from hubtool.release.schedule import cores
-
-    return cores()
+    """The cores this process may use (a container's or taskset's limit), as llama.cpp's thread count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
