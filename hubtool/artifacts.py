@@ -198,7 +198,46 @@ class QualityResult(Record):
         return {**json.loads(json.dumps(dict(self.context), default=_plain)), "rows": [r.as_row() for r in self.rows]}
 
 
-RECORD_TYPES: dict[str, type[Record]] = {t.kind: t for t in (MergedModel, GPTQVariant, GGUFFiles, ReferenceLogits, QualityResult)}
+@dataclass(frozen=True)
+class ServeSample:
+    """One prompt served to one artifact: the greedy answer, why it ended, and what the checks need of it."""
+
+    prompt: str
+    answer: str  # the text a user sees (special tokens removed), stripped
+    finish: str  # "stop" (an end-of-turn/EOS token within the limit), "length" (max_tokens reached) or "error"
+    tokens: int = 0  # tokens generated
+    template_tokens: tuple[str, ...] = ()  # chat-template markers found in the raw generated text
+    decisive_words: int = 0  # leading words whose tokens were each >= 2x as likely as the runner-up (the fp16 reference only)
+    stop_decisive: bool = False  # the end-of-turn token itself was (the fp16 reference only)
+    error: str = ""  # what the server or generate said when there is no answer (finish "error")
+
+
+@dataclass(frozen=True)
+class ServeAnswers(Record):
+    """A serve-check stage: one artifact's greedy answers to the release's prompts (`hubtool/serve/`)."""
+
+    artifact: str = ""  # fp16 | adapter | gptq | gguf
+    variant: str = ""  # fp16, adapter, the GPTQ preset or the GGUF type
+    what: str = ""  # what a person finds it by: a repo id, or a GGUF file name
+    bits: float = 16.0  # bits per weight, for the answer-prefix tolerance
+    how: str = ""  # the engine that answered (transformers generate, llama.cpp server /v1/chat/completions, ...)
+    samples: tuple[ServeSample, ...] = ()
+
+    kind: ClassVar[str] = "serve"
+
+    @classmethod
+    def from_json(cls, folder: Path, data: Mapping[str, Any]) -> "ServeAnswers":
+        samples = tuple(ServeSample(**{**s, "template_tokens": tuple(s.get("template_tokens") or ())}) for s in data.get("samples") or ())
+        names = {f.name for f in fields(cls)} - {"folder", "samples"}
+        return cls(folder=folder, samples=samples, **{k: v for k, v in data.items() if k in names})
+
+    def rows(self) -> list[dict[str, Any]]:
+        """quality.json's `samples` rows: artifact, variant, what, prompt, answer, finish, tokens."""
+        return [{"artifact": self.artifact, "variant": self.variant, "what": self.what, "prompt": s.prompt, "answer": s.answer,
+                 "finish": s.finish, "tokens": s.tokens} for s in self.samples]
+
+
+RECORD_TYPES: dict[str, type[Record]] = {t.kind: t for t in (MergedModel, GPTQVariant, GGUFFiles, ReferenceLogits, QualityResult, ServeAnswers)}
 
 
 def _plain(value: Any) -> Any:

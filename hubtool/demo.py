@@ -90,7 +90,7 @@ def train_lora(base_dir: Path, out_dir: Path, *, steps: int, seq_len: int = 128,
     return out_dir
 
 
-def release_config(gptq_samples: int, gptq_seq_len: int) -> dict[str, Any]:
+def release_config(gptq_samples: int, gptq_seq_len: int, *, serve: bool = True) -> dict[str, Any]:
     """The demo's release.yaml (also written into the work dir, as an example to edit)."""
     return {
         "name": NAME,
@@ -100,6 +100,7 @@ def release_config(gptq_samples: int, gptq_seq_len: int) -> dict[str, Any]:
         "gptq": {"presets": ["gptq-4bit-32g-actorder"], "samples": gptq_samples, "seq_len": gptq_seq_len},
         "gguf": {"types": ["q4_k_m", "q8_0"]},
         "verify": {"max_tokens": HELDOUT["max_tokens"], "context": HELDOUT["context"]},
+        **({} if serve else {"serve": False}),  # on: the release's default prompts (hubtool/release/config.py)
         "card": {
             "license": "apache-2.0",
             "base_model": BASE_REPO,
@@ -164,10 +165,10 @@ def gguf_answer(gguf_path: Path, prompt: str, max_tokens: int = 48) -> str:
 
 
 def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_samples: int = 16, gptq_seq_len: int = 256,
-             jobs: int | None = None) -> dict[str, Any]:
+             jobs: int | None = None, serve: bool = True) -> dict[str, Any]:
     """Export SmolLM2, train the LoRA, release to an in-process local Hub, download back; prints the results.
 
-    JOBS: stages at once in the release (None: the release's default; 1: one after another)."""
+    JOBS: stages at once in the release (None: the release's default; 1: one after another); SERVE: run the serve check."""
     import yaml
 
     from hubtool.gguf.facts import file_name
@@ -186,7 +187,7 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
         base = export_smollm2_fp16(work_dir / "SmolLM2-135M-Instruct")
         adapter = train_lora(base, work_dir / "lora-rope4x", steps=train_steps)
 
-    data = release_config(gptq_samples, gptq_seq_len)
+    data = release_config(gptq_samples, gptq_seq_len, serve=serve)
     (work_dir / "release.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     cfg = build_config(data, {}, default_name=NAME, source=str(work_dir / "release.yaml"))
     inputs = check_inputs(None, base, adapter)
@@ -220,6 +221,10 @@ def run_demo(work_dir: Path, *, port: int = 0, train_steps: int = 30, gptq_sampl
         state = f"{r['files_uploaded']} file(s) uploaded" if r["changed"] else "unchanged (nothing uploaded)"
         where = "" if r["branch"] == "main" else f"/tree/{r['branch']}"
         print(f"  http://127.0.0.1:{browse_port}/{r['repo_id']}{where}  [{r['what']}]  {n} files, {state}")
+    if summary.get("samples"):
+        print("\nServe check (before the push, greedy; one answer per artifact, as each card's \"Sample output\" shows):")
+        for row in summary["samples"]:
+            print(f"  {row['what']}: {row['prompt']!r} -> {' '.join(row['answer'].split())!r} ({row['finish']}, {row['tokens']} tokens)")
     print(f"\nQ4_K_M GGUF (downloaded, llama.cpp) answers {PROMPT!r}:\n  {answer}")
     print(f"\nDone in {elapsed:.0f} s. Re-run `hubtool demo --work-dir {work_dir}` to see a no-op release.")
     summary["seconds"] = round(elapsed, 1)

@@ -50,6 +50,20 @@ RESULTS: dict[str, Any] = {
     ],
 }
 
+# the release's serve check answers (quality.json `samples`): one per artifact, the GGUF card picks Q4_K_M's
+SAMPLES: list[dict[str, Any]] = [
+    {"artifact": "fp16", "variant": "fp16", "what": "acme/bagel-8k", "prompt": "What is a Python list?",
+     "answer": "A mutable sequence, written `[1, 2]`.", "finish": "stop", "tokens": 12},
+    {"artifact": "adapter", "variant": "adapter", "what": "acme/bagel-8k-peft", "prompt": "What is a Python list?",
+     "answer": "A mutable sequence, written `[1, 2]`.", "finish": "stop", "tokens": 12},
+    {"artifact": "gptq", "variant": "gptq-4bit-32g-actorder", "what": "acme/bagel-8k-GPTQ (gptq-4bit-32g-actorder)",
+     "prompt": "What is a Python list?", "answer": "A mutable sequence:\n```\n[1, 2]\n```", "finish": "stop", "tokens": 14},
+    {"artifact": "gguf", "variant": "Q8_0", "what": "bagel-8k.Q8_0.gguf", "prompt": "What is a Python list?",
+     "answer": "A mutable sequence, written `[1, 2]`.", "finish": "stop", "tokens": 12},
+    {"artifact": "gguf", "variant": "Q4_K_M", "what": "bagel-8k.Q4_K_M.gguf", "prompt": "What is a Python list?",
+     "answer": "A mutable sequence of items | values", "finish": "length", "tokens": 8},
+]
+
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")

@@ -12,26 +12,27 @@ import yaml
 
 from hubtool.card import check_card, render_card
 from hubtool.frontmatter import split_front_matter
-from tests.cardkit import GOLDEN, RELEASE, RESULTS, adapter_dir, gguf_dir, gptq_dir, merged_dir
+from tests.cardkit import GOLDEN, RELEASE, RESULTS, SAMPLES, adapter_dir, gguf_dir, gptq_dir, merged_dir
 
 META = {"base_model": "huggyllama/llama-65b", "license": "other", "license_name": "llama-license",
         "license_link": "https://huggingface.co/huggyllama/llama-65b/blob/main/LICENSE", "quantized_by": "acme",
         "language": ["en"], "description": "A RoPE-scaled (linear x4, 8k context) fine-tune."}
 
 CASES = {"merged": merged_dir, "adapter": adapter_dir, "gptq": gptq_dir, "gguf": gguf_dir}
+SERVED = {**RESULTS, "samples": SAMPLES}  # a release's quality.json: rows and the serve check's answers
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_golden(kind, tmp_path):
     model_dir = CASES[kind](tmp_path)
-    text = render_card(kind, model_dir, meta=META, results=RESULTS, release=RELEASE)
+    text = render_card(kind, model_dir, meta=META, results=SERVED, release=RELEASE)
     golden = GOLDEN / f"card_{kind}.md"
     if os.environ.get("HUBTOOL_UPDATE_GOLDEN") == "1":
         golden.write_text(text, encoding="utf-8")
     assert golden.is_file(), f"{golden} missing; run with HUBTOOL_UPDATE_GOLDEN=1 to create it"
     assert text == golden.read_text(encoding="utf-8")
     # rendering is a pure function of its inputs
-    assert render_card(kind, model_dir, meta=META, results=RESULTS, release=RELEASE) == text
+    assert render_card(kind, model_dir, meta=META, results=SERVED, release=RELEASE) == text
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))
@@ -89,6 +90,20 @@ def test_quality_table_only_shows_own_kind(tmp_path):
     assert "| Q8_0 | gguf | 9.81 | +0.10% |" in gguf and "| main | gptq" not in gguf
     assert "| main | gptq | 10.21 | +4.18% | 0.0412 | 91.2% |" in gptq and "Q4_K_M | gguf" not in gptq
     assert "Measured quality" not in render_card("gguf", gguf_dir(tmp_path), release=RELEASE)
+
+
+def test_sample_output_is_the_cards_own_answer_fenced(tmp_path):
+    def section(text: str) -> str:
+        return text.split("## Sample output", 1)[1].split("\n## ", 1)[0]
+
+    gguf = section(render_card("gguf", gguf_dir(tmp_path), results=SERVED, release=RELEASE))
+    assert "bagel-8k.Q4_K_M.gguf" in gguf and "of items | values" in gguf and "cut at 8 tokens" in gguf  # the recommended file's
+    assert "written `[1, 2]`" not in gguf
+    gptq = section(render_card("gptq", gptq_dir(tmp_path), results=SERVED, release=RELEASE))
+    assert "````text\nUser: What is a Python list?\n\nAssistant: A mutable sequence:\n```\n[1, 2]\n```\n````" in gptq  # longer fence
+    merged = section(render_card("merged", merged_dir(tmp_path), results=SERVED, release=RELEASE))
+    assert "```text\nUser: What is a Python list?\n\nAssistant: A mutable sequence, written `[1, 2]`.\n```" in merged
+    assert "## Sample output" not in render_card("merged", merged_dir(tmp_path / "x"), results=RESULTS, release=RELEASE)
 
 
 def test_rope_note_and_context(tmp_path):

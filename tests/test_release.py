@@ -38,6 +38,7 @@ quants: [gptq, gguf]
 gptq: {presets: [gptq-4bit-32g-actorder], samples: 8, seq_len: 64}
 gguf: {types: [q8_0]}
 verify: {max_tokens: 256, context: 64}
+serve: {prompts: ["Say hi."], max_tokens: 8}
 card:
   license: apache-2.0
   base_model: acme/tiny-base
@@ -147,6 +148,27 @@ def test_release_layout_and_summary(released, inputs):
     assert col["created"] and col["slug"].startswith("acme/tiny-chat-")
     items = HfApi(endpoint=released["hub"].url).get_collection(col["slug"]).items
     assert [i.item_id for i in items] == [REPOS[k] for k in ("fp16", "adapter", "gptq", "gguf")] and all(i.note for i in items)
+
+
+def test_every_artifact_is_served_before_publishing_and_its_card_shows_an_answer(released):
+    """fp16 and base + adapter (PEFT) and both GPTQ variants through transformers' generate, the GGUF through
+    llama.cpp's server: one answer each (in quality.json's samples), and each card shows its own artifact's."""
+    s = released["summary"]
+    served = [(r["artifact"], r["variant"], r["what"]) for r in s["samples"]]
+    assert served == [("fp16", "fp16", REPOS["fp16"]), ("adapter", "adapter", REPOS["adapter"]),
+                      ("gptq", "gptq-4bit-32g-actorder", f"{REPOS['gptq']} (gptq-4bit-32g-actorder)"),
+                      ("gptq", "g4-64g", f"{REPOS['gptq']} (g4-64g)"), ("gguf", "Q8_0", f"{NAME}.Q8_0.gguf")]
+    assert all(r["prompt"] == "Say hi." and r["answer"] and r["finish"] in ("stop", "length") for r in s["samples"])
+    seconds = {st["name"]: st["seconds"] for st in s["stages"] if st["name"].startswith("serve:")}
+    assert len(seconds) == 5 and all(not st["cached"] for st in s["stages"])
+    print(f"serve stages: {seconds} ({sum(seconds.values()):.1f} s of {sum(st['seconds'] for st in s['stages']):.1f} s of stages)")
+    api = HfApi(endpoint=released["hub"].url)
+    answers = {(r["artifact"], r["variant"]): r["answer"] for r in s["samples"]}
+    for repo, revision, key in ((REPOS["fp16"], "main", ("fp16", "fp16")), (REPOS["adapter"], "main", ("adapter", "adapter")),
+                                (REPOS["gptq"], "main", ("gptq", "gptq-4bit-32g-actorder")), (REPOS["gptq"], BRANCH, ("gptq", "g4-64g")),
+                                (REPOS["gguf"], "main", ("gguf", "Q8_0"))):
+        card = Path(api.hf_hub_download(repo, "README.md", revision=revision, cache_dir=released["root"] / "dl")).read_text()
+        assert card.count("## Sample output") == 1 and f"Assistant: {answers[key]}\n" in card, (repo, revision)
 
 
 def test_plan_size_estimates_are_within_15_percent_of_the_files(released):
@@ -528,7 +550,8 @@ def test_source_mode_release_gguf_only(inputs, tmp_path):
         assert rc == 0, err[-2000:]
         s = json.loads(out)
         assert [(r["repo_id"], r["branch"]) for r in s["repos"]] == [("me/tiny-chat", "main"), ("me/tiny-chat-GGUF", "main")]
-        assert [st["name"] for st in s["stages"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:reference", "verify:gguf"]
+        assert [st["name"] for st in s["stages"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:reference", "verify:gguf", "serve:fp16",
+                                                      "serve:gguf:Q8_0"]
         assert "frontier.png" not in s["repos"][1]["files"]  # one GGUF file: no size-vs-KL picture to draw
         base_files = {p.name for p in inputs["base"].iterdir() if p.is_file()}
         assert set(s["repos"][0]["files"]) == base_files  # the source as is, with our card as README.md
@@ -669,7 +692,10 @@ def test_examples_are_valid(inputs):
     assert {m["stages"]: m["resource"] for m in matrix} == {
         "gptq:gptq-4bit-128g-actorder": "gpu", "gptq:gptq-4bit-32g-actorder": "gpu", "gptq:gptq-8bit-128g-actorder": "gpu",
         "gguf:F16-base,gguf:Q4_K_M,gguf:Q5_K_M,gguf:Q8_0": "cpu", "verify:reference": "memory"}, matrix
-    assert outputs["verify"].split(",")[-1] == "verify:gguf"
+    verify = outputs["verify"].split(",")
+    assert verify[verify.index("verify:gguf") + 1:] == ["serve:fp16", "serve:adapter", "serve:gptq:gptq-4bit-32g-actorder",
+                                                         "serve:gptq:gptq-4bit-128g-actorder", "serve:gptq:gptq-8bit-128g-actorder",
+                                                         "serve:gguf:Q4_K_M", "serve:gguf:Q5_K_M", "serve:gguf:Q8_0"]
 
 def test_release_flags_for_calibration_size_and_verify_text(inputs, tmp_path):
     """`--gptq-samples N` and `--verify-text FILE` as the subcommands have them; flags win over release.yaml."""

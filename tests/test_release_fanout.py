@@ -30,6 +30,7 @@ quants: [gptq, gguf]
 gptq: {presets: [gptq-4bit-32g-actorder], samples: 8, seq_len: 64}
 gguf: {types: [q8_0]}
 verify: {max_tokens: 256, context: 64}
+serve: {prompts: ["Say hi."], max_tokens: 8}
 card: {license: apache-2.0, base_model: acme/tiny-base}
 """
 
@@ -112,7 +113,7 @@ def test_stage_jobs_sharing_a_folder_cache_publish_what_one_process_does(fan_inp
         assert _hub_state(hub.url) == single
     # the cache holds each stage once, complete (stage.json last), and no lock is left behind
     folders = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.name != "locks")
-    assert len(folders) == 7 and all((tmp_path / "cache" / f / "stage.json").is_file() for f in folders)
+    assert len(folders) == 11 and all((tmp_path / "cache" / f / "stage.json").is_file() for f in folders)  # 7 + 4 serve checks
     assert list((tmp_path / "cache" / "locks").iterdir()) == []
 
 
@@ -125,7 +126,7 @@ def test_stage_jobs_sharing_a_hub_repo_cache_publish_what_one_process_does(fan_i
         state = _hub_state(hub.url)
         files = HfApi(endpoint=hub.url).list_repo_files("acme/fan-stage-cache", repo_type="dataset")
     assert state == single  # list_models lists model repos only: the cache (a dataset repo) is not part of the release
-    assert sum(f.endswith("/stage.json") for f in files) == 7 and not any(f.startswith("locks/") for f in files)
+    assert sum(f.endswith("/stage.json") for f in files) == 11 and not any(f.startswith("locks/") for f in files)
 
 
 def test_missing_input_stage_is_one_line(fan_inputs, tmp_path):
@@ -144,7 +145,8 @@ def test_publish_before_every_stage_is_done_is_one_line(fan_inputs, tmp_path):
         res = _run(_cmd(fan_inputs, tmp_path / "w2", "--publish", "--cache", cache, "--endpoint", hub.url), tmp_path, expect=7)
         assert _hub_state(hub.url) == {}  # nothing pushed
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "cannot publish yet: 6 stage(s) not done" in errors[0] and "verify:gguf" in errors[0]
+    assert len(errors) == 1 and "cannot publish yet: 10 stage(s) not done" in errors[0] and "verify:gguf" in errors[0]
+    assert "serve:gguf:Q8_0" in errors[0]
     assert "merge" not in errors[0].split("not done:")[1].split(";")[0].split(", ")
 
 

@@ -151,6 +151,7 @@ def compose_card(
         "gguf_pick_sh": shlex.quote(gguf_pick["file"]) if gguf_pick else "",
         "gguf_download_sh": shlex.quote(gguf_pick["download"]) if gguf_pick else "",
         "quality": quality,
+        "sample": _sample(results, kind, gguf_pick["file"] if gguf_pick else None),
         "original": source_body if options.get("embed_original", True) else None,
         "generated_mark": GENERATED_MARK,
         "hub_url": hub_url,
@@ -412,6 +413,20 @@ def _model_index(kind: str, header: dict[str, Any], quality: dict[str, Any] | No
     name = str(header.get("model_name") or "model")
     return model_index(name, rows, text=quality.get("text"), context=quality.get("context"), tokens=quality.get("tokens"),
                        reference=str(quality.get("reference") or "fp16"))
+
+
+def _sample(results: dict | None, kind: str, gguf_pick: str | None) -> dict[str, Any] | None:
+    """The card's "Sample output": this kind's first served answer from quality.json's `samples` (the release's
+    serve check), for a GGUF repo the recommended file's."""
+    rows = [dict(r) for r in (results or {}).get("samples") or [] if isinstance(r, dict) and r.get("artifact") == kind and r.get("prompt")]
+    if kind == "gguf" and gguf_pick:
+        rows = [r for r in rows if r.get("what") == gguf_pick] or rows
+    if not rows:
+        return None
+    row = rows[0]
+    for key in ("what", "answer", "finish", "tokens"):
+        row.setdefault(key, None)
+    return row
 
 
 def _quality(results: dict | None, kind: str) -> dict[str, Any] | None:

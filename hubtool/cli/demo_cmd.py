@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gptq-samples", type=int, default=16, help="GPTQ calibration samples (default 16, kept small for CPUs)")
     p.add_argument("--gptq-seq-len", type=int, default=256, help="tokens per GPTQ calibration sample (default 256)")
     p.add_argument("--jobs", type=int, metavar="N", help="release stages at once (default: the release's, min(cores, 2)); 1 = one after another")
+    p.add_argument("--no-serve-check", dest="serve", action="store_false",
+                   help="skip the release's serve check (every artifact answering prompts before the push), e.g. to time it")
     p.set_defaults(func=run)
 
 
@@ -25,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
 
         check_int(args.jobs, source="--jobs")
     run_demo(args.work_dir, port=args.port, train_steps=args.train_steps, gptq_samples=args.gptq_samples, gptq_seq_len=args.gptq_seq_len,
-             jobs=args.jobs)
+             jobs=args.jobs, serve=args.serve)
     return 0

@@ -18,6 +18,7 @@ Layout (every key optional; flags win over the file):
     collection: {title: "My model", description: "..."}   # one Hub collection of the repos; `collection: false` for none
     jobs: 2                        # stages at once on this machine (default: min(cores, 2), 1 under 50M params; 1 = in order)
     memory_budget: 16G             # RAM those stages may use together (default: 80 % of what is available)
+    serve: {prompts: ["..."], max_tokens: 48}   # serve-check every artifact before publishing (hubtool/serve/); `serve: false` for none
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ QUANTS = ("gptq", "gguf")
 DEFAULT_GGUF_TYPES = ("Q4_K_M", "Q8_0")
 DEFAULT_REPOS = {"fp16": "{name}", "adapter": "{name}-peft", "gptq": "{name}-GPTQ", "gguf": "{name}-GGUF"}
 TOP_KEYS = {"name", "namespace", "private", "quants", "gptq", "gguf", "repos", "verify", "card", "rope", "max_position_embeddings", "dtype",
-            "collection", "jobs", "memory_budget"}
+            "collection", "jobs", "memory_budget", "serve"}
 GPTQ_KEYS = {"presets", "samples", "seq_len", "calibration", "damp_percent", "device"}
 GGUF_KEYS = {"types", "split_max_size", "tuned", "calibration"}
 VERIFY_KEYS = {"enabled", "text", "dataset", "max_tokens", "context", "rtn", "gates"}
 COLLECTION_KEYS = {"title", "description"}
+SERVE_KEYS = {"prompts", "max_tokens"}
+# Short questions with short answers: the serve check stays cheap, and a sound model ends its turn well within the limit.
+DEFAULT_SERVE_PROMPTS = ("What is the capital of France? Answer with one word.", "What is a Python list? Answer in one sentence.")
+DEFAULT_SERVE_MAX_TOKENS = 48
 MAX_COLLECTION_TITLE = 60  # the Hub's limit
 
 
@@ -73,6 +78,9 @@ class ReleaseConfig:
     collection_description: str | None = None
     jobs: int | None = None  # stages at once on one machine; None = schedule.default_jobs()
     memory_budget: int | None = None  # bytes those stages may hold together; None = schedule.default_memory_budget()
+    serve: bool = True  # serve-check every artifact (greedy answers to serve_prompts) before publishing
+    serve_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SERVE_PROMPTS))
+    serve_max_tokens: int = DEFAULT_SERVE_MAX_TOKENS
 
     def repo_id(self, key: str) -> str:
         """`{namespace}/{name}-GPTQ` etc. from the (configurable) template for repo KEY."""
@@ -224,6 +232,7 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
     budget = pick("memory_budget", file_data.get("memory_budget"))
     if budget is not None:
         budget = options.check_memory_budget(budget, source=where("memory_budget", "memory_budget"))
+    serve, serve_prompts, serve_max_tokens = _serve(file_data.get("serve", True), source)
     return ReleaseConfig(
         name=name,
         namespace=namespace,
@@ -254,7 +263,32 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
         collection_description=collection_description,
         jobs=jobs,
         memory_budget=budget,
+        serve=serve,
+        serve_prompts=serve_prompts,
+        serve_max_tokens=serve_max_tokens,
     )
+
+
+def _serve(value: Any, source: str) -> tuple[bool, list[str], int]:
+    """`serve:` as (on, prompts, max_tokens): true (the default) or a mapping turns the check on, false off."""
+    if value is False:
+        return False, list(DEFAULT_SERVE_PROMPTS), DEFAULT_SERVE_MAX_TOKENS
+    if value is True or value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: serve must be true, false or a mapping with prompts / max_tokens")
+    unknown = sorted(set(value) - SERVE_KEYS)
+    if unknown:
+        raise InputError(f"{source}: unknown key 'serve.{unknown[0]}'; allowed: {', '.join(sorted(SERVE_KEYS))}")
+    prompts = value.get("prompts", list(DEFAULT_SERVE_PROMPTS))
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise InputError(f"{source}: serve.prompts must be a non-empty list of prompts (text), e.g. [\"What is the capital of France?\"]")
+    max_tokens = _int(value.get("max_tokens", DEFAULT_SERVE_MAX_TOKENS), "serve.max_tokens", source)
+    if max_tokens > 4096:
+        raise InputError(f"{source}: serve.max_tokens = {max_tokens} is more than 4096; the serve check wants a short answer, use e.g. 48")
+    return True, list(dict.fromkeys(p.strip() for p in prompts)), max_tokens
 
 
 def _collection(value: Any, name: str, source: str) -> tuple[str | None, str | None]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from hubtool.artifacts import GGUFFile, GGUFFiles, GPTQVariant, MergedModel, QualityResult, Record, ReferenceLogits
+from hubtool.artifacts import GGUFFile, GGUFFiles, GPTQVariant, MergedModel, QualityResult, Record, ReferenceLogits, ServeAnswers
 from hubtool.release.config import ReleaseConfig
 from hubtool.release.graph import Inputs, Stage, StageKind
 
@@ -145,6 +145,45 @@ def verify_gguf(stage: Stage, ctx: StageContext, out: Path) -> QualityResult:
     return QualityResult.from_results(out, read_results(out / "quality.json"))
 
 
+def serve(stage: Stage, ctx: StageContext, out: Path) -> ServeAnswers:
+    """One artifact's greedy answers to the release's prompts, checked (hubtool/serve/checks.py): the fp16 model's on
+    their own (they are every other artifact's reference), every other artifact's against them. A failed check
+    fails the stage, so nothing is cached for it and nothing is published."""
+    from hubtool import progress
+    from hubtool.serve import check_answers, check_reference, serve_gguf, serve_transformers
+
+    cfg, options = ctx.cfg, stage.options
+    out.mkdir(parents=True, exist_ok=True)
+    ask = {"prompts": list(cfg.serve_prompts), "max_tokens": cfg.serve_max_tokens, "out": out}
+    trust = cfg.trust_remote_code
+    if options["artifact"] == "fp16":  # float32 compute: the reference, and no float16 overflow (the load check handles that)
+        record = serve_transformers(ctx.fp16_dir, **ask, artifact="fp16", variant="fp16", what=cfg.repo_id("fp16"), bits=16.0,
+                                    dtype="float32", reference=True, trust_remote_code=trust)
+        check_reference(record)
+        return record
+    ref = ctx.need(ServeAnswers)[0]
+    if options["artifact"] == "adapter":
+        adapter = Path(ctx.inputs.adapter)  # type: ignore[arg-type]
+        own_tokenizer = any((adapter / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+        record = serve_transformers(Path(ctx.inputs.base), **ask, artifact="adapter", variant="adapter", what=cfg.repo_id("adapter"),  # type: ignore[arg-type]
+                                    bits=16.0, dtype="float32", adapter=adapter, tokenizer_dir=adapter if own_tokenizer else None,
+                                    trust_remote_code=trust)
+    elif options["artifact"] == "gptq":
+        variant = ctx.need(GPTQVariant)[0]
+        record = serve_transformers(variant.folder, **ask, artifact="gptq", variant=variant.preset,
+                                    what=f"{cfg.repo_id('gptq')} ({variant.preset})", bits=float(variant.bits), dtype="auto",
+                                    trust_remote_code=trust)
+    else:
+        from hubtool.gguf.facts import NOMINAL_BPW
+
+        files = ctx.need(GGUFFiles)[0]
+        first = next(f for f in files.files if f.shard == 1 and f.type != "imatrix" and not f.file.endswith(".imatrix.gguf"))
+        record = serve_gguf(files.folder / first.file, **ask, variant=options["variant"], bits=NOMINAL_BPW.get(options["type"], 2.5),
+                            tokenizer_dir=ctx.fp16_dir, trust_remote_code=trust, verbose=not progress.library_output_discarded())
+    check_answers(record, ref)
+    return record
+
+
 RUNNERS: dict[str, Callable[[Stage, StageContext, Path], Record]] = {
     StageKind.MERGE: merge,
     StageKind.GPTQ: gptq,
@@ -153,4 +192,5 @@ RUNNERS: dict[str, Callable[[Stage, StageContext, Path], Record]] = {
     StageKind.REFERENCE: reference,
     StageKind.VERIFY_GPTQ: verify_gptq,
     StageKind.VERIFY_GGUF: verify_gguf,
+    StageKind.SERVE: serve,
 }

@@ -28,11 +28,13 @@ class StageKind:
     REFERENCE = "reference"
     VERIFY_GPTQ = "verify-gptq"
     VERIFY_GGUF = "verify-gguf"
+    SERVE = "serve"  # one artifact's greedy answers to the release's prompts, checked against the fp16 model's (hubtool/serve/)
 
 
 # What each kind mostly needs, for a scheduler (GPU runners for GPTQ, big-memory ones for evaluation).
 RESOURCE = {StageKind.MERGE: "cpu", StageKind.GPTQ: "gpu", StageKind.GGUF_BASE: "cpu", StageKind.GGUF: "cpu",
-            StageKind.REFERENCE: "memory", StageKind.VERIFY_GPTQ: "memory", StageKind.VERIFY_GGUF: "cpu"}
+            StageKind.REFERENCE: "memory", StageKind.VERIFY_GPTQ: "memory", StageKind.VERIFY_GGUF: "cpu",
+            StageKind.SERVE: "cpu"}
 
 
 @dataclass(frozen=True)
@@ -148,12 +150,25 @@ def build_stages(cfg: ReleaseConfig, inputs: Inputs, hasher: Hasher, *, gptq_pre
         if gguf:
             add("verify:gguf", StageKind.VERIFY_GGUF, (*fp16_needs, *(s.name for s in gguf), ref.name), opts,
                 {"artifacts": [s.key for s in gguf], "reference": ref.key})
+    if cfg.serve:
+        asked = {"prompts": list(cfg.serve_prompts), "max_tokens": cfg.serve_max_tokens}
+        fp16 = add("serve:fp16", StageKind.SERVE, fp16_needs, {"artifact": "fp16"}, {"fp16": fp16_id, **asked})
+        if inputs.adapter is not None:  # base + adapter through PEFT, as the adapter card loads it
+            add("serve:adapter", StageKind.SERVE, (fp16.name,), {"artifact": "adapter"},
+                {"base": hasher.folder(inputs.base), "adapter": hasher.folder(inputs.adapter), "reference": fp16.key, **asked})  # type: ignore[arg-type]
+        for stage, _ in gptq:
+            add(f"serve:{stage.name}", StageKind.SERVE, (stage.name, fp16.name), {"artifact": "gptq"},
+                {"artifact": stage.key, "reference": fp16.key, **asked})
+        for stage in gguf:  # the fp16 folder too: its tokenizer names the template tokens to look for
+            add(f"serve:{stage.name}", StageKind.SERVE, (*fp16_needs, stage.name, fp16.name), {"artifact": "gguf", "variant": stage.name.split(":", 1)[1], "type": stage.options["type"]},
+                {"artifact": stage.key, "reference": fp16.key, **asked})
     return tuple(stages)
 
 
 def groups(stages: tuple[Stage, ...]) -> dict[str, list[list[str]]]:
     """Stages grouped for a CI matrix: `prepare` (the merge), `quantize` (independent chains, one job each:
-    every GPTQ preset, the GGUF conversion and its types, the fp16 reference), `verify` (needs all of those).
+    every GPTQ preset, the GGUF conversion and its types, the fp16 reference), `verify` (needs all of those:
+    the verifications, then the serve checks, fp16's answers first).
     A job runs its chain with `hubtool release ... --stage A,B,C`."""
     prepare = [[s.name] for s in stages if s.kind == StageKind.MERGE]
     chains: list[list[str]] = []
@@ -162,7 +177,7 @@ def groups(stages: tuple[Stage, ...]) -> dict[str, list[list[str]]]:
             chains.append([s.name])
         elif s.kind == StageKind.GGUF_BASE:
             chains.append([s.name] + [t.name for t in stages if t.kind == StageKind.GGUF and s.name in t.needs])
-    verify = [s.name for s in stages if s.kind in (StageKind.VERIFY_GPTQ, StageKind.VERIFY_GGUF)]
+    verify = [s.name for s in stages if s.kind in (StageKind.VERIFY_GPTQ, StageKind.VERIFY_GGUF, StageKind.SERVE)]  # serve:fp16 first
     return {"prepare": prepare, "quantize": chains, "verify": [verify] if verify else []}
 
 

@@ -279,6 +279,10 @@ def architecture_checks(cfg: ReleaseConfig, weights_dir: Path, adapter: Path | N
         from hubtool.gguf.convert import check_architecture
 
         checks.append(f"gguf: llama.cpp converter maps it to '{check_architecture(config, source=weights_dir)}'")
+        if cfg.serve:
+            from hubtool.serve.server import check_server_installed
+
+            checks.append(f"serve: {check_server_installed()}")
     if cfg.gptq_presets:
         from hubtool.gptq.quantize import check_gptq_architecture
 

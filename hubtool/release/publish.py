@@ -98,8 +98,9 @@ def _link_into_file(src: Path, dst: Path, files: dict[str, Path]) -> None:
 
 def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, records: Mapping[str, Record],
                           quality: QualityResult | None, work_dir: Path, hasher: Hasher, *, hub_url: str | None = None,
-                          load_dtype: str = "auto") -> list[PublishFolder]:
-    """WORK/publish/<n>-<repo>@<branch>: the artifact's files plus its rendered, checked README.md."""
+                          load_dtype: str = "auto", samples: list[dict[str, Any]] | None = None) -> list[PublishFolder]:
+    """WORK/publish/<n>-<repo>@<branch>: the artifact's files plus its rendered, checked README.md (with its
+    "Sample output" from SAMPLES, the serve check's answers)."""
     from hubtool.card import render_card
     from hubtool.model_dir import read_json, remote_code_files
 
@@ -135,7 +136,9 @@ def build_publish_folders(cfg: ReleaseConfig, plan: Plan, inputs: Inputs, record
             _frontier_plot(folder, files, results, title=f"{cfg.name} GGUF: file size vs KL divergence")
         _portable_tokenizer(folder, files, notes)
         rewrite_base_configs(folder, files, base_id)
-        text = render_card(t.key.value, folder, meta=cfg.card, results=results, release=release)
+        own = _own_samples(t, records, samples or [])
+        card_results = {**(results or {"rows": []}), "samples": own} if own else results
+        text = render_card(t.key.value, folder, meta=cfg.card, results=card_results, release=release)
         (folder / "README.md").write_text(text, encoding="utf-8")
         check_no_local_paths(folder, needles, what=f"{t.repo_id}@{t.branch}")
         hashes = {rel: hasher.file(src) for rel, src in files.items()}
@@ -154,6 +157,15 @@ def _frontier_plot(folder: Path, files: dict[str, Path], results: Mapping, *, ti
     points = frontier_points(rows)
     if len(points) >= 2:
         files[PLOT_NAME] = plot_frontier(points, folder / PLOT_NAME, title=title)
+
+
+def _own_samples(target: Target, records: Mapping[str, Record], samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The served answers of the artifact TARGET publishes (a GPTQ branch: its preset's)."""
+    rows = [r for r in samples if r["artifact"] == target.key.value]
+    if target.key is ArtifactKind.GPTQ and target.stages:
+        preset = getattr(records.get(target.stages[0]), "preset", None)
+        rows = [r for r in rows if r["variant"] == preset]
+    return rows
 
 
 def fp16_folder(inputs: Inputs, records: Mapping[str, Record]) -> Path:

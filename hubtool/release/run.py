@@ -10,11 +10,12 @@ empty commits).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-from hubtool.artifacts import QualityResult, Record
+from hubtool.artifacts import QualityResult, Record, ServeAnswers
 from hubtool.errors import InputError, MergeError, QuantizeError, StageError
 from hubtool.progress import log
 from hubtool.release.cache import Hasher
@@ -132,12 +133,14 @@ class Session:
     def publish(self, records: dict[str, Record], *, create_pr: bool = False) -> dict[str, Any]:
         """Quality gates, cards, pushes; the release summary."""
         quality = self._quality(records)
+        samples = [row for s in self.plan.stages if isinstance(records.get(s.name), ServeAnswers) for row in records[s.name].rows()]  # type: ignore[attr-defined]
+        self._write_quality(quality, samples)
         log(f"{self._index()}cards")
         choice = choose_load_dtype(fp16_folder(self.inputs, records), self.inputs.weights, trust_remote_code=self.cfg.trust_remote_code)
         if choice.warning:
             log(f"warning: {choice.warning}")
         folders = build_publish_folders(self.cfg, self.plan, self.inputs, records, quality, self.work_dir, self.hasher,
-                                        hub_url=card_hub_url(self.endpoint), load_dtype=choice.dtype)
+                                        hub_url=card_hub_url(self.endpoint), load_dtype=choice.dtype, samples=samples)
         check_published(folders, self.inputs, choice.dtype, trust_remote_code=self.cfg.trust_remote_code)  # every repo loads as its card says, before any push
         log(f"{self._index()}push")
         pushes = push_all(self.cfg, self.plan, folders, endpoint=self.endpoint, token=self.token, create_pr=create_pr)
@@ -150,12 +153,22 @@ class Session:
             "repos": pushes,
             "quality": results.get("rows", []),
             "quality_context": {k: v for k, v in results.items() if k != "rows"},
+            "samples": samples,
             "stages": self.store.ran,
             "work_dir": str(self.work_dir),
             **({"collection": {"slug": collection.slug, "url": collection.url, "created": collection.created,
                                "changes": collection.changes}} if collection is not None else {}),
             **({"concurrency": self.concurrency} if self.concurrency else {}),
         }
+
+    def _write_quality(self, quality: QualityResult | None, samples: list[dict[str, Any]]) -> None:
+        """WORK/quality.json: every verification row and every served answer (`samples`), as the cards read them."""
+        from hubtool.atomic import staged_file
+        from hubtool.quality.results import RESULTS_FILE
+
+        data = {**(quality.as_results() if quality is not None else {"rows": []}), "samples": samples}
+        with staged_file(self.work_dir / RESULTS_FILE, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
     def _collection(self) -> Any:
         """The release's Hub collection (created or brought up to date), after every repo exists."""

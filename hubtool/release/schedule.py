@@ -32,6 +32,7 @@ MEMORY_MODEL: dict[str, tuple[float, float]] = {
     StageKind.REFERENCE: (1.2, 1.2 * GB),
     StageKind.VERIFY_GPTQ: (1.5, 1.2 * GB),
     StageKind.VERIFY_GGUF: (1.2, 1.0 * GB),
+    StageKind.SERVE: (2.2, 1.0 * GB),  # the fp16 model in float32 (a GGUF server maps its file: less)
 }
 
 
