@@ -81,6 +81,13 @@ def measured(cmd: list[str], log_file: Path, *, env: dict[str, str] | None = Non
             "stdout": b"".join(out).decode("utf-8", "replace"), "load": load()}
 
 
+def commit() -> str:
+    """The hubtool commit measured (with '+' when the work tree has changes)."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "hubtool"], capture_output=True, text=True).stdout.strip()
+    return head + ("+" if dirty else "")
+
+
 def anchor_cmd(kind: str, **kw: Any) -> list[str]:
     return [sys.executable, "-P", str(Path(__file__).resolve()), "--anchor", kind, "--anchor-args", json.dumps(kw, default=str)]
 
@@ -298,7 +305,7 @@ def run_model(label: str, base: Path, adapter: Path, args: argparse.Namespace, s
         folders[name] = root / "work" / "stages" / stage["folder"] / "out"
         summary = json.loads(r.pop("stdout"))
         own = next((s.get("seconds") for s in summary.get("stages", []) if s.get("name") == name), None)
-        row: dict[str, Any] = {"stage": name, "kind": stage["kind"], **r, "stage_s": own}
+        row: dict[str, Any] = {"stage": name, "kind": stage["kind"], **r, "stage_s": own, "commit": commit()}
         scratch = root / "anchor"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
@@ -407,7 +414,14 @@ def main() -> None:
         res = run_model(key, base, adapter, args, samples)
         res["load_end"] = load()
         old = next((r for r in results if r["model"] == key), {})  # --skip-stages / --skip-release keep the other part
-        results = [r for r in results if r["model"] != key] + [{**old, **res}]
+        merged = {**old, **res}
+        if old.get("stages") and res.get("stages"):  # a partial re-run (e.g. --skip-gptq) replaces only the stages it ran
+            rows = {r["stage"]: r for r in old["stages"]}
+            rows.update({r["stage"]: r for r in res["stages"]})
+            merged["stages"] = list(rows.values())
+            merged["gptq"] = old.get("gptq", False) or res["gptq"]
+            merged["calibration_samples"] = old.get("calibration_samples", samples)
+        results = [r for r in results if r["model"] != key] + [merged]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"models": results}, indent=2) + "\n")
