@@ -164,16 +164,17 @@ def anchor_gptq(model: str, out: str, samples: int, seq_len: int) -> dict[str, A
 
     from hubtool.gptq.calibration import calibration_dataset
     from hubtool.gptq.presets import load_preset
-    from hubtool.gptq.quantize import _gptqmodel, gptqmodel_options
+    from hubtool.gptq.quantize import _gptqmodel, _gptqmodel_logs_in, gptqmodel_options
 
     gptqmodel = _gptqmodel()
     preset = load_preset(PRESET, {"samples": samples, "seq_len": seq_len})
     tok = AutoTokenizer.from_pretrained(model)
     examples, _ = calibration_dataset("builtin", tok, preset.samples, preset.seq_len)
     qcfg = gptqmodel.QuantizeConfig(**gptqmodel_options(preset))
-    m = gptqmodel.GPTQModel.load(model, qcfg, dtype=torch.float32, device="cpu")  # its bf16 default on CPU: see README (GPTQ)
-    m.quantize(examples, batch_size=1, tokenizer=tok)
-    m.save(out)
+    with _gptqmodel_logs_in(Path(out) / ".logs"):  # not ./logs in the caller's folder
+        m = gptqmodel.GPTQModel.load(model, qcfg, dtype=torch.float32, device="cpu")  # its bf16 default on CPU: see README (GPTQ)
+        m.quantize(examples, batch_size=1, tokenizer=tok)
+        m.save(out)
     return {"samples": preset.samples, "seq_len": preset.seq_len}
 
 
@@ -413,6 +414,7 @@ def main() -> None:
             raise SystemExit(f"--models: unknown {key!r}; use smollm2, 7b4, 7b2 or tiny")
         res = run_model(key, base, adapter, args, samples)
         res["load_end"] = load()
+        results = json.loads(args.out.read_text())["models"] if args.out.is_file() else []  # again: another run may have written it
         old = next((r for r in results if r["model"] == key), {})  # --skip-stages / --skip-release keep the other part
         merged = {**old, **res}
         if old.get("stages") and res.get("stages"):  # a partial re-run (e.g. --skip-gptq) replaces only the stages it ran
