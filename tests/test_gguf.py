@@ -115,6 +115,8 @@ def test_header_reads_what_gguf_py_reads(exported, tmp_path):
         skipped = {k for k, v in want.items() if isinstance(v, list) and v and isinstance(v[0], str)}
         assert "tokenizer.ggml.tokens" in skipped and set(quick.metadata) == set(want) - skipped
         assert all(quick.metadata[k] == want[k] for k in quick.metadata)
+        general = read_header(f, strings=("general.",)).metadata  # the card checks' read: tags, not the vocabulary
+        assert general["general.tags"] == want["general.tags"] and "tokenizer.ggml.tokens" not in general
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF" + b"\xff" * 60)
     with pytest.raises(InputError, match=r"junk\.gguf: not a valid GGUF file"):

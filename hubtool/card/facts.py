@@ -174,23 +174,17 @@ def gguf_file_facts(path: Path, parts: list[Path] | None = None) -> dict[str, An
 
 
 def _read_gguf(path: Path) -> dict[str, Any]:
-    """Tensor element count, chat template and file type from GGUF metadata; {} without `gguf`."""
+    """Tensor element count, chat template and file type from GGUF metadata; {} without the gguf extra or for an unreadable file."""
     try:
-        from gguf import GGUFReader, Keys  # optional: ships with the gguf extra
+        from gguf import Keys  # optional: ships with the gguf extra
+
+        from hubtool.gguf.header import read_header
+
+        header = read_header(path)  # llama.cpp's parser (string arrays, the vocabulary, are not needed here)
     except Exception:
         return {}
-    try:
-        reader = GGUFReader(str(path))
-    except Exception:
-        return {}
-    out: dict[str, Any] = {"n_elements": sum(int(t.n_elements) for t in reader.tensors),
-                           "n_bytes": sum(int(t.n_bytes) for t in reader.tensors)}
-    values: dict[str, Any] = {}
-    for field in reader.fields.values():
-        try:
-            values[field.name] = field.contents()
-        except Exception:
-            continue
+    out: dict[str, Any] = {"n_elements": sum(t.n_elements for t in header.tensors), "n_bytes": sum(t.n_bytes for t in header.tensors)}
+    values: dict[str, Any] = dict(header.metadata)
     if values.get(Keys.Tokenizer.CHAT_TEMPLATE):
         out["chat_template"] = values[Keys.Tokenizer.CHAT_TEMPLATE]
     if values.get(Keys.General.FILE_TYPE) is not None and (ftype := gguf_facts.file_type_name(values[Keys.General.FILE_TYPE])):

@@ -34,12 +34,12 @@ def existing_outputs(out_dir: Path, name: str, gguf_type: str) -> list[Path]:
 
 
 def gguf_size_info(path: Path) -> tuple[int, float]:
-    """(parameter count, bits per weight over tensor data) of a single-file GGUF."""
-    import gguf
+    """(parameter count, bits per weight over tensor data) of a single-file GGUF (header read by llama.cpp's parser)."""
+    from hubtool.gguf.header import read_header
 
-    reader = gguf.GGUFReader(str(path))
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    tensors = read_header(path).tensors
+    n_params = sum(t.n_elements for t in tensors)
+    n_bytes = sum(t.n_bytes for t in tensors)
     return n_params, (8.0 * n_bytes / n_params if n_params else 0.0)
 
 

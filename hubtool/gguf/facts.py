@@ -153,10 +153,10 @@ def _listed(value: Any) -> list[str]:
 
 def general_metadata(path: Path) -> dict[str, Any]:
     """`general.*` of a GGUF file as plain values (strings, numbers, lists of strings)."""
-    import gguf
+    from hubtool.gguf.header import read_header
 
-    reader = gguf.GGUFReader(str(path))
-    return {f.name: f.contents() for f in reader.fields.values() if f.name.startswith("general.")}
+    meta = read_header(path, strings=("general.",)).metadata  # llama.cpp's parser: no pass over the vocabulary
+    return {k: v for k, v in meta.items() if k.startswith("general.")}
 
 
 def general_mismatches(path: Path, front_matter: dict[str, Any]) -> list[str]:

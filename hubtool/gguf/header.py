@@ -93,7 +93,7 @@ def _text(raw: bytes | None) -> str:
 
 
 def _value(lib: Any, ctx: int, i: int, strings: bool) -> tuple[bool, Any]:
-    """(present, value) of key I: arrays of strings are skipped unless STRINGS."""
+    """(present, value) of key I: arrays of strings are skipped unless STRINGS (the key's own verdict)."""
     kind = lib.gguf_get_kv_type(ctx, i)
     if kind == _STRING:
         return True, _text(lib.gguf_get_val_str(ctx, i))
@@ -112,8 +112,11 @@ def _value(lib: Any, ctx: int, i: int, strings: bool) -> tuple[bool, Any]:
     return True, [bool(v) for v in values] if item == _BOOL else values
 
 
-def read_header(path: Path, *, strings: bool = False) -> GgufHeader:
-    """Metadata and tensor table of one GGUF file (no tensor data read); a one-line InputError for anything llama.cpp can't parse."""
+def read_header(path: Path, *, strings: bool | tuple[str, ...] = False) -> GgufHeader:
+    """Metadata and tensor table of one GGUF file (no tensor data read); a one-line InputError for anything llama.cpp can't parse.
+
+    STRINGS: read arrays of strings too (True), or those whose key starts with one of these prefixes
+    (("general.",): the tags and languages, not the 150k tokenizer strings)."""
     lib = _lib()
     path = Path(path)
     if not path.is_file():
@@ -124,9 +127,10 @@ def read_header(path: Path, *, strings: bool = False) -> GgufHeader:
     try:
         meta: dict[str, Any] = {}
         for i in range(lib.gguf_get_n_kv(ctx)):
-            present, value = _value(lib, ctx, i, strings)
+            key = _text(lib.gguf_get_key(ctx, i))
+            present, value = _value(lib, ctx, i, strings if isinstance(strings, bool) else key.startswith(strings))
             if present:
-                meta[_text(lib.gguf_get_key(ctx, i))] = value
+                meta[key] = value
         tensors = []
         for i in range(lib.gguf_get_n_tensors(ctx)):
             ne = lib.gguf_get_tensor_ne(ctx, i)
