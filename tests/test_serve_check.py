@@ -257,11 +257,20 @@ def test_prefix_is_held_only_to_what_fp16_chose_decisively():
 
 
 def test_an_answer_that_does_not_end_its_turn_fails_where_fp16_ended_decisively():
-    rambling = ServeSample(REF.prompt, "The capital of France is Paris. Paris is", "length", 48)
-    with pytest.raises(QuantizeError, match=r"did not end its turn within 48 tokens \(the fp16 model's answer ended after 8; finish reason 'length'\)"):
+    rambling = ServeSample(REF.prompt, "The capital of France is Paris. Paris is", "length", 48)  # fp16's answer, then on and on
+    with pytest.raises(QuantizeError, match=r"did not end its turn where the fp16 model's identical answer did \(after 8 tokens; went on "
+                                            r"to 48, finish reason 'length'\)"):
         check_answers(_answers("m.Q4_K_M.gguf", 4.85, rambling), _answers("acme/m", 16, REF))
     hesitant = ServeSample(REF.prompt, REF.answer, "stop", 8, word_margins=REF.word_margins, stop_margin=0.2)
     check_answers(_answers("m.Q4_K_M.gguf", 4.85, rambling), _answers("acme/m", 16, hesitant))
+    # another path (allowed past fp16's decisive words) may run longer, as long as the artifact ends some answer
+    second = ServeSample("Name a colour.", "Red.", "stop", 2, word_margins=(0.2,), stop_margin=3.0)  # any colour will do
+    wordy = ServeSample(REF.prompt, "The capital of France is a city called Paris, which", "length", 48)
+    check_answers(_answers("m.Q4_K_M.gguf", 4.85, wordy, ServeSample(second.prompt, "Blue.", "stop", 2)), _answers("acme/m", 16, REF, second))
+    with pytest.raises(QuantizeError, match=r'prompt "What is the capital of France\?": ended its turn within 48 tokens on none of the 2 '
+                                            r"prompt\(s\) whose fp16 answer ended \(finish reason 'length'\)"):
+        check_answers(_answers("m.Q4_K_M.gguf", 4.85, wordy, ServeSample(second.prompt, "Blue, then", "length", 48)),
+                      _answers("acme/m", 16, REF, second))
 
 
 def test_fp16_reference_answers_from_transformers(tiny_llama):

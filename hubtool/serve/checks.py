@@ -114,10 +114,15 @@ def check_reference(ref: ServeAnswers) -> None:
 
 
 def check_answers(answers: ServeAnswers, ref: ServeAnswers) -> None:
-    """ANSWERS against the fp16 reference REF, prompt by prompt; the first failure raised as one line."""
+    """ANSWERS against the fp16 reference REF, prompt by prompt; the first failure raised as one line.
+
+    Ending the turn: an answer that reproduced fp16's whole answer must stop where fp16 stopped decisively
+    (a lost end-of-turn token); one that took another (allowed) path may run longer, but an artifact must
+    end at least one of its answers where fp16 ended any decisively (one that never stops is broken)."""
     by_prompt = {s.prompt: s for s in ref.samples}
     level = precision(answers.bits)
     most, margin = TOLERANCE[level]
+    ended: list[ServeSample] = []  # this artifact's answers to the prompts fp16 ended decisively
     for s in answers.samples:
         problem = sample_problem(s)
         if problem:
@@ -130,6 +135,12 @@ def check_answers(answers: ServeAnswers, ref: ServeAnswers) -> None:
         if got < need:
             raise fail(answers.what, s, f"begins unlike the fp16 model's answer \"{_quote(r.answer)}\" ({got} of the first {need} "
                                         f"word(s) agree; {level}: up to {most} words fp16 chose by >= {margin} nats)")
-        if r.finish == "stop" and r.stop_margin >= margin and s.finish != "stop":
-            raise fail(answers.what, s, f"did not end its turn within {s.tokens} tokens (the fp16 model's answer ended after "
-                                        f"{r.tokens}; finish reason {s.finish!r})")
+        if r.finish == "stop" and r.stop_margin >= margin:
+            ended.append(s)
+            if s.finish != "stop" and got >= len(words(r.answer)):
+                raise fail(answers.what, s, f"did not end its turn where the fp16 model's identical answer did (after {r.tokens} tokens; "
+                                            f"went on to {s.tokens}, finish reason {s.finish!r})")
+    if ended and not any(s.finish == "stop" for s in ended):
+        s = ended[0]
+        raise fail(answers.what, s, f"ended its turn within {s.tokens} tokens on none of the {len(ended)} prompt(s) whose fp16 answer "
+                                    f"ended (finish reason {s.finish!r})")
