@@ -207,8 +207,10 @@ class ServeSample:
     finish: str  # "stop" (an end-of-turn/EOS token within the limit), "length" (max_tokens reached) or "error"
     tokens: int = 0  # tokens generated
     template_tokens: tuple[str, ...] = ()  # chat-template markers found in the raw generated text
-    decisive_words: int = 0  # leading words whose tokens were each >= 2x as likely as the runner-up (the fp16 reference only)
-    stop_decisive: bool = False  # the end-of-turn token itself was (the fp16 reference only)
+    # the fp16 reference only: how decisively it chose each leading word (the smallest log(p top-1 / p runner-up), in
+    # nats, of the tokens up to the word's end) and its end-of-turn token (0 when it did not end its turn)
+    word_margins: tuple[float, ...] = ()
+    stop_margin: float = 0.0
     error: str = ""  # what the server or generate said when there is no answer (finish "error")
 
 
@@ -227,7 +229,8 @@ class ServeAnswers(Record):
 
     @classmethod
     def from_json(cls, folder: Path, data: Mapping[str, Any]) -> "ServeAnswers":
-        samples = tuple(ServeSample(**{**s, "template_tokens": tuple(s.get("template_tokens") or ())}) for s in data.get("samples") or ())
+        samples = tuple(ServeSample(**{**s, "template_tokens": tuple(s.get("template_tokens") or ()), "word_margins": tuple(s.get("word_margins") or ())})
+                        for s in data.get("samples") or ())
         names = {f.name for f in fields(cls)} - {"folder", "samples"}
         return cls(folder=folder, samples=samples, **{k: v for k, v in data.items() if k in names})
 

@@ -533,7 +533,7 @@ def test_card_only_change_recomputes_only_what_carries_the_card(released, inputs
         assert rc == 0, err[-2000:]
         s = json.loads(out)
         # the license is in the GGUF files' general.license too: only the GGUF chain re-exports (and is re-verified)
-        assert [st["name"] for st in s["stages"] if not st["cached"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:gguf"]
+        assert [st["name"] for st in s["stages"] if not st["cached"]] == ["gguf:F16-base", "gguf:Q8_0", "verify:gguf", "serve:gguf:Q8_0"]
         assert all(r["changed"] and r["files_uploaded"] == (2 if r["repo_id"] == REPOS["gguf"] else 1) for r in s["repos"])
         api = HfApi(endpoint=hub.url)
         card = api.hf_hub_download(REPOS["gguf"], "README.md", cache_dir=tmp_path / "dl")
@@ -603,7 +603,7 @@ def test_library_failure_in_a_stage_is_one_line_with_its_exit_code(released, inp
     line = next(line for line in err.splitlines() if line.startswith("error:"))
     assert "gguf:Q4_0: failed (RuntimeError: converter exploded)" in line and "re-run to resume" in line
     assert "second line" not in err and json.loads(out)["exit_code"] == 4
-    assert "[1/11] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
+    assert "[1/16] merge: cached" in err and "gptq:gptq-4bit-32g-actorder: cached" in err
 
 
 def test_local_hub_rehearsal(released, inputs, tmp_path):

@@ -21,7 +21,7 @@ require_extra("llama_cpp.server.app", "gguf")  # llama-cpp-python[server]: skipp
 from hubtool.artifacts import Record, ServeAnswers, ServeSample
 from hubtool.cli import main
 from hubtool.errors import QuantizeError
-from hubtool.serve.checks import MATCH_WORDS, check_answers, check_reference, common_words, decisive_words, find_markers, template_markers
+from hubtool.serve.checks import TOLERANCE, check_answers, check_reference, common_words, complete_words, find_markers, template_markers
 
 PROMPT = "Say hi."
 CONFIG = f"""\
@@ -220,7 +220,9 @@ def test_template_tokens_are_found_and_name_the_artifact(tiny_llama):
         check_reference(_answers("acme/m", 16, ServeSample(PROMPT, "", "stop", 1)))
 
 
-REF = ServeSample("What is the capital of France?", "The capital of France is Paris.", "stop", 8, decisive_words=6, stop_decisive=True)
+# fp16's answer, each leading word chosen by a wide margin (nats of top-1 over the runner-up), its end too
+REF = ServeSample("What is the capital of France?", "The capital of France is Paris.", "stop", 8,
+                  word_margins=(4.0, 4.0, 4.0, 4.0, 4.0, 4.0), stop_margin=3.5)
 
 
 def test_an_answer_diverging_from_fp16_fails_within_its_tolerance():
@@ -228,33 +230,47 @@ def test_an_answer_diverging_from_fp16_fails_within_its_tolerance():
     check_answers(_answers("m.Q4_K_M.gguf", 4.85, same), _answers("acme/m", 16, REF))  # passes: begins the same
     other = ServeSample(REF.prompt, "Paris is the capital of France.", "stop", 8)
     with pytest.raises(QuantizeError, match=r'm.Q8_0.gguf: prompt "What is the capital of France\?": begins unlike the fp16 model\'s '
-                                            r'answer "The capital of France is Paris." \(0 of the first 6 word\(s\) agree; 8-bit tolerance 6\): '
-                                            r'answer "Paris is the capital of France."'):
+                                            r'answer "The capital of France is Paris." \(0 of the first 6 word\(s\) agree; 8-bit: up to 8 '
+                                            r'words fp16 chose by >= 0.7 nats\): answer "Paris is the capital of France."'):
         check_answers(_answers("m.Q8_0.gguf", 8.5, other), _answers("acme/m", 16, REF))
-    late = ServeSample(REF.prompt, "The capital city of France is Paris.", "stop", 8)  # 2 words agree: a 4-bit answer may
-    assert common_words(late.answer, REF.answer) == 2 == MATCH_WORDS["4-bit"]
+    late = ServeSample(REF.prompt, "The capital of France, Paris.", "stop", 8)  # 4 words agree: a 4-bit answer may
+    assert common_words(late.answer, REF.answer) == 4 == TOLERANCE["4-bit"][0]
     check_answers(_answers("m.Q4_K_M.gguf", 4.85, late), _answers("acme/m", 16, REF))
-    with pytest.raises(QuantizeError, match="2 of the first 6 word"):
+    with pytest.raises(QuantizeError, match="4 of the first 6 word"):
         check_answers(_answers("m.Q8_0.gguf", 8.5, late), _answers("acme/m", 16, REF))  # an 8-bit one may not
+    with pytest.raises(QuantizeError, match=r"0 of the first 2 word\(s\) agree; low-bit"):
+        check_answers(_answers("m.IQ2_XS.gguf", 2.3, other), _answers("acme/m", 16, REF))  # nor a 2-bit one at the first word
 
 
 def test_prefix_is_held_only_to_what_fp16_chose_decisively():
-    unsure = ServeSample(REF.prompt, REF.answer, "length", 8, decisive_words=1, stop_decisive=False)
+    unsure = ServeSample(REF.prompt, REF.answer, "length", 8, word_margins=(1.0, 0.3, 0.3, 0.3, 0.3, 0.3))
     other = ServeSample(REF.prompt, "The city you mean is Paris.", "length", 8)
-    check_answers(_answers("m.Q8_0.gguf", 8.5, other), _answers("acme/m", 16, unsure))  # only "The" was decisive
+    check_answers(_answers("m.Q8_0.gguf", 8.5, other), _answers("acme/m", 16, unsure))  # "The" agrees; "capital" was a near tie
     with pytest.raises(QuantizeError, match="0 of the first 1 word"):
         check_answers(_answers("m.Q8_0.gguf", 8.5, ServeSample(REF.prompt, "Paris.", "stop", 2)), _answers("acme/m", 16, unsure))
-    assert decisive_words("The capital of Fr", "The capital of France is Paris.") == 3  # a cut word does not count
-    assert decisive_words("The capital of France", "The capital of France is Paris.") == 4
-    assert decisive_words("The capital of France is Paris", "The capital of France is Paris.") == 6
+    check_answers(_answers("m.Q4_K_M.gguf", 4.85, ServeSample(REF.prompt, "Paris.", "stop", 2)), _answers("acme/m", 16, unsure))  # 1 nat < 4-bit's 1.5
+    random_model = ServeSample(REF.prompt, "qz vv kp", "length", 8, word_margins=(0.01, 0.0, 0.0))
+    check_answers(_answers("m.Q8_0.gguf", 8.5, ServeSample(REF.prompt, "xx yy", "length", 8)), _answers("acme/m", 16, random_model))
+    assert complete_words("The capital of Fr", "The capital of France is Paris.") == 3  # a cut word does not count
+    assert complete_words("The capital of France", "The capital of France is Paris.") == 4
+    assert complete_words("The capital of France is Paris", "The capital of France is Paris.") == 6
 
 
 def test_an_answer_that_does_not_end_its_turn_fails_where_fp16_ended_decisively():
-    rambling = ServeSample(REF.prompt, "The capital of France is Paris. Paris is", "length", 48)
-    with pytest.raises(QuantizeError, match=r"did not end its turn within 48 tokens \(the fp16 model's answer ended after 8; finish reason 'length'\)"):
+    rambling = ServeSample(REF.prompt, "The capital of France is Paris. Paris is", "length", 48)  # fp16's answer, then on and on
+    with pytest.raises(QuantizeError, match=r"did not end its turn where the fp16 model's identical answer did \(after 8 tokens; went on "
+                                            r"to 48, finish reason 'length'\)"):
         check_answers(_answers("m.Q4_K_M.gguf", 4.85, rambling), _answers("acme/m", 16, REF))
-    hesitant = ServeSample(REF.prompt, REF.answer, "stop", 8, decisive_words=6, stop_decisive=False)
+    hesitant = ServeSample(REF.prompt, REF.answer, "stop", 8, word_margins=REF.word_margins, stop_margin=0.2)
     check_answers(_answers("m.Q4_K_M.gguf", 4.85, rambling), _answers("acme/m", 16, hesitant))
+    # another path (allowed past fp16's decisive words) may run longer, as long as the artifact ends some answer
+    second = ServeSample("Name a colour.", "Red.", "stop", 2, word_margins=(0.2,), stop_margin=3.0)  # any colour will do
+    wordy = ServeSample(REF.prompt, "The capital of France is a city called Paris, which", "length", 48)
+    check_answers(_answers("m.Q4_K_M.gguf", 4.85, wordy, ServeSample(second.prompt, "Blue.", "stop", 2)), _answers("acme/m", 16, REF, second))
+    with pytest.raises(QuantizeError, match=r'prompt "What is the capital of France\?": ended its turn within 48 tokens on none of the 2 '
+                                            r"prompt\(s\) whose fp16 answer ended \(finish reason 'length'\)"):
+        check_answers(_answers("m.Q4_K_M.gguf", 4.85, wordy, ServeSample(second.prompt, "Blue, then", "length", 48)),
+                      _answers("acme/m", 16, REF, second))
 
 
 def test_fp16_reference_answers_from_transformers(tiny_llama):
@@ -267,4 +283,5 @@ def test_fp16_reference_answers_from_transformers(tiny_llama):
     assert first == again  # greedy: the same answer every time
     s = first[0]
     assert s.prompt == PROMPT and s.finish in ("stop", "length") and 1 <= s.tokens <= 6 and s.answer
-    assert s.decisive_words <= len(s.answer.split())
+    assert len(s.word_margins) <= len(s.answer.split()) and list(s.word_margins) == sorted(s.word_margins, reverse=True)
+    assert all(m >= 0 for m in s.word_margins) and (s.stop_margin > 0) == (s.finish == "stop")

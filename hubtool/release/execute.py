@@ -160,6 +160,7 @@ def serve(stage: Stage, ctx: StageContext, out: Path) -> ServeAnswers:
         record = serve_transformers(ctx.fp16_dir, **ask, artifact="fp16", variant="fp16", what=cfg.repo_id("fp16"), bits=16.0,
                                     dtype="float32", reference=True, trust_remote_code=trust)
         check_reference(record)
+        _write_answers(record)
         return record
     ref = ctx.need(ServeAnswers)[0]
     if options["artifact"] == "adapter":
@@ -181,7 +182,13 @@ def serve(stage: Stage, ctx: StageContext, out: Path) -> ServeAnswers:
         record = serve_gguf(files.folder / first.file, **ask, variant=options["variant"], bits=NOMINAL_BPW.get(options["type"], 2.5),
                             tokenizer_dir=ctx.fp16_dir, trust_remote_code=trust, verbose=not progress.library_output_discarded())
     check_answers(record, ref)
+    _write_answers(record)
     return record
+
+
+def _write_answers(record: ServeAnswers) -> None:
+    """The stage's output: its answers as quality.json's `samples` rows (a stage with no files has no folder in a shared cache)."""
+    (record.folder / "answers.json").write_text(json.dumps(record.rows(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 RUNNERS: dict[str, Callable[[Stage, StageContext, Path], Record]] = {

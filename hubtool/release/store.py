@@ -279,6 +279,7 @@ class RemoteCache:
                 if not dest.is_file() or dest.stat().st_size != meta["size"] or hasher.file(dest) != meta["sha256"]:
                     raise StageError(f"{self.url}/{stage.folder_name}/{STAGE_OUTPUT}/{rel}: does not match its stage.json "
                                      "(an interrupted or concurrent upload); delete that stage folder from the cache and re-run the stage")
+            (tmp / STAGE_OUTPUT).mkdir(parents=True, exist_ok=True)  # a stage whose output holds no file
             (tmp / STAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             if folder.exists():
                 shutil.rmtree(folder)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from hubtool.artifacts import ServeSample
-from hubtool.serve.checks import DECISIVE_RATIO, END_OF_TURN, decisive_words, find_markers, template_markers
+from hubtool.serve.checks import END_OF_TURN, complete_words, find_markers, template_markers
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -23,12 +23,23 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(int(i) for i in ids)
 
 
-def _decisive(logits: Any, token: int) -> bool:
-    """The model chose TOKEN decisively: it is the top-1, at least DECISIVE_RATIO times as likely as the runner-up."""
+def _margin(logits: Any, token: int) -> float:
+    """How decisively the model chose TOKEN: log(p top-1 / p runner-up) in nats, 0 when TOKEN is not its top-1."""
     import torch
 
-    top = torch.softmax(logits.float(), dim=-1).topk(2)
-    return int(top.indices[0]) == token and float(top.values[0]) >= DECISIVE_RATIO * float(top.values[1])
+    top = torch.log_softmax(logits.float(), dim=-1).topk(2)
+    return float(top.values[0] - top.values[1]) if int(top.indices[0]) == token else 0.0
+
+
+def word_margins(tokenizer: Any, body: list[int], margins: list[float], answer: str) -> tuple[float, ...]:
+    """For the k-th leading word of ANSWER, the smallest margin of every token up to the one that completes it."""
+    out: list[float] = []
+    lowest = float("inf")
+    for n in range(1, len(body) + 1):
+        lowest = min(lowest, margins[n - 1])
+        done = complete_words(tokenizer.decode(body[:n], skip_special_tokens=True), answer)
+        out += [round(lowest, 3)] * (done - len(out))
+    return tuple(out)
 
 
 def prompt_inputs(tokenizer: Any, prompt: str) -> Any:
@@ -40,8 +51,8 @@ def prompt_inputs(tokenizer: Any, prompt: str) -> Any:
 
 
 def answers(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens: int, reference: bool = False) -> tuple[ServeSample, ...]:
-    """Each prompt's greedy answer (at most MAX_TOKENS tokens). REFERENCE (the fp16 model): also how many leading
-    words were decisive and whether the end-of-turn token was."""
+    """Each prompt's greedy answer (at most MAX_TOKENS tokens). REFERENCE (the fp16 model): also how decisively it
+    chose each leading word and its end-of-turn token (log-ratio of top-1 to runner-up)."""
     import torch
 
     markers = template_markers(tokenizer)
@@ -59,12 +70,11 @@ def answers(model: Any, tokenizer: Any, prompts: list[str], *, max_tokens: int, 
         body = ids[:-1] if stopped else ids
         answer = tokenizer.decode(body, skip_special_tokens=True).strip()
         raw = tokenizer.decode(body, skip_special_tokens=False)
-        decisive, stop_decisive = 0, False
+        words, stop_margin = (), 0.0
         if reference:
-            sure = [_decisive(step[0], tok) for step, tok in zip(gen.logits, ids)]
-            n = next((i for i, ok in enumerate(sure) if not ok), len(sure))
-            decisive = decisive_words(tokenizer.decode(body[:n], skip_special_tokens=True), answer)
-            stop_decisive = stopped and sure[-1]
+            margins = [_margin(step[0], tok) for step, tok in zip(gen.logits, ids)]
+            words = word_margins(tokenizer, body, margins, answer)
+            stop_margin = round(margins[-1], 3) if stopped else 0.0
         out.append(ServeSample(prompt, answer, "stop" if stopped else "length", len(ids), find_markers(raw, markers),
-                               decisive_words=decisive, stop_decisive=stop_decisive))
+                               word_margins=words, stop_margin=stop_margin))
     return tuple(out)
