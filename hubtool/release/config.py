@@ -269,17 +269,26 @@ def build_config(file_data: dict[str, Any], flags: dict[str, Any], *, default_na
     )
 
 
+def _switch(key: str, value: Any, allowed: set[str], keys_text: str, source: str) -> dict | None:
+    """A section that is on/off or a mapping of options: None when false; {} when true or absent; the
+    mapping itself after its keys are checked."""
+    if value is False:
+        return None
+    if value is True or value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: {key} must be true, false or a mapping with {keys_text}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InputError(f"{source}: unknown key '{key}.{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
 def _serve(value: Any, source: str) -> tuple[bool, list[str], int]:
     """`serve:` as (on, prompts, max_tokens): true (the default) or a mapping turns the check on, false off."""
-    if value is False:
+    value = _switch("serve", value, SERVE_KEYS, "prompts / max_tokens", source)
+    if value is None:
         return False, list(DEFAULT_SERVE_PROMPTS), DEFAULT_SERVE_MAX_TOKENS
-    if value is True or value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise InputError(f"{source}: serve must be true, false or a mapping with prompts / max_tokens")
-    unknown = sorted(set(value) - SERVE_KEYS)
-    if unknown:
-        raise InputError(f"{source}: unknown key 'serve.{unknown[0]}'; allowed: {', '.join(sorted(SERVE_KEYS))}")
     prompts = value.get("prompts", list(DEFAULT_SERVE_PROMPTS))
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -293,15 +302,9 @@ def _serve(value: Any, source: str) -> tuple[bool, list[str], int]:
 
 def _collection(value: Any, name: str, source: str) -> tuple[str | None, str | None]:
     """`collection:` as (title, description): true (the default) titles it after the release, false turns it off."""
-    if value is False:
+    value = _switch("collection", value, COLLECTION_KEYS, "title / description", source)
+    if value is None:
         return None, None
-    if value is True or value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise InputError(f"{source}: collection must be true, false or a mapping with title / description")
-    unknown = sorted(set(value) - COLLECTION_KEYS)
-    if unknown:
-        raise InputError(f"{source}: unknown key 'collection.{unknown[0]}'; allowed: {', '.join(sorted(COLLECTION_KEYS))}")
     title = value.get("title", name[:MAX_COLLECTION_TITLE])
     if not isinstance(title, str) or not title.strip() or len(title) > MAX_COLLECTION_TITLE:
         raise InputError(f"{source}: collection.title must be 1 to {MAX_COLLECTION_TITLE} characters (the Hub's limit)")
