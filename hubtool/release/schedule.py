@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from hubtool.errors import HubtoolError, StageError
+from hubtool.machine import cores
 from hubtool.progress import log
 from hubtool.release.graph import Stage, StageKind
 
@@ -42,14 +43,6 @@ def memory_estimate(stage: Stage, params: int) -> int:
     if stage.memory_bytes:  # the plan's own estimate (a model evaluated in memory: fp32 weights + a window)
         return int(max(factor * 2 * params, stage.memory_bytes) + overhead)
     return int(factor * 2 * params + overhead)
-
-
-def cores() -> int:
-    """CPU cores this process may use (the affinity mask: a container's or `taskset`'s limit)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 SMALL_MODEL_PARAMS = 50_000_000  # below this a worker process's start-up (torch, the engines) costs more than overlap saves

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hubtool.errors import InputError, QuantizeError
+from hubtool.machine import cores
 
 START_TIMEOUT_S = 180.0  # a big GGUF on a loaded machine maps slowly
 REQUEST_TIMEOUT_S = 600.0
@@ -56,21 +57,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _threads() -> int:
-    """The cores this process may use (a container's or taskset's limit), as llama.cpp's thread count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 @contextlib.contextmanager
 def llama_server(model: Path, *, context: int, verbose: bool = False) -> Iterator[str]:
     """`python -m llama_cpp.server --model MODEL` on a free loopback port; yields its base URL once it answers.
     The process is stopped (SIGTERM, then SIGKILL) when the block ends, whatever ends it."""
-    port = free_port()
+    port, threads = free_port(), cores()  # llama.cpp's threads: the cores this process may use
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--n_ctx", str(context), "--n_threads", str(_threads()), "--n_threads_batch", str(_threads()), "--verbose", str(verbose)]
+           "--n_ctx", str(context), "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", str(verbose)]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=None if verbose else log,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
