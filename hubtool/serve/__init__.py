@@ -35,10 +35,11 @@ def serve_gguf(path: Path, prompts: list[str], max_tokens: int, *, out: Path, va
     import gguf
     from transformers import AutoTokenizer
 
+    from hubtool.gguf.header import read_header
     from hubtool.serve.checks import find_markers, template_markers
     from hubtool.serve.server import ask, llama_server
 
-    chat = gguf.GGUFReader(str(path)).get_field(gguf.Keys.Tokenizer.CHAT_TEMPLATE) is not None
+    chat = read_header(path).metadata.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE) is not None  # llama.cpp's parser: no vocabulary walk
     markers = template_markers(AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code))
     samples = []
     with llama_server(path, context=512 + max_tokens, verbose=verbose) as url:
