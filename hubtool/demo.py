@@ -19,12 +19,12 @@ CPU; use `hubtool release` for real runs.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from hubtool.hashing import sha256_file
+from hubtool.machine import threads
 from hubtool.progress import log
 
 BASE_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -156,7 +156,7 @@ def gguf_answer(gguf_path: Path, prompt: str, max_tokens: int = 48) -> str:
     from hubtool.gguf.llama_log import install
 
     install()
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=512, n_threads=os.cpu_count() or 1, verbose=False, seed=0)
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=512, n_threads=threads(), verbose=False, seed=0)
     try:
         out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0)
         return " ".join(out["choices"][0]["message"]["content"].split())

@@ -461,6 +461,7 @@ def test_dry_run_plans_without_work(inputs, tmp_path):
     gguf = plan["targets"][-1]
     # two measured GGUF files: the repo also gets the size-vs-KL picture the card embeds
     assert [f["path"] for f in gguf["files"]] == [f"{NAME}.Q4_K_M.gguf", f"{NAME}.Q8_0.gguf", "frontier.png", "README.md"]
+    assert all(f["size_bytes"] > 1000 for t in plan["targets"] for f in t["files"])  # no file planned at "~0.0 kB"
     q4, q8 = gguf["files"][0]["size_bytes"], gguf["files"][1]["size_bytes"]
     # 64-wide rows: every k-quant falls back to a legacy block type (Q4_K -> Q5_0, Q6_K -> Q8_0), as llama.cpp does
     assert 0.7 < q4 / q8 < 0.85 and plan["targets"][2]["files"][0]["size_bytes"] < plan["targets"][3]["files"][0]["size_bytes"]

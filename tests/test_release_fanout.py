@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hubtool.hub_server import serve_in_thread
+from hubtool.machine import cores
 from tests.peft_helpers import make_adapter
 from tests.test_release import remote_state
 from tests.tiny import make_tiny_llama
@@ -213,6 +214,9 @@ def test_concurrent_release_is_byte_identical_to_a_sequential_one(fan_inputs, si
     assert summary["concurrency"]["peak_tree_rss_bytes"] > 0
     assert [st["name"] for st in summary["stages"]] == [s["name"] for s in summary["plan"]["stages"]]
     assert not any(st["cached"] for st in summary["stages"]) and all(st["peak_rss_bytes"] > 0 for st in summary["stages"])
+    # each stage ran on its share of the cores (engines side by side, not a thread per core each)
+    share = max(1, cores() // 2)
+    assert summary["concurrency"]["threads_per_stage"] == share and all(st["threads"] == share for st in summary["stages"])
     assert _stage_files(tmp_path / "work") == _stage_files(fan_inputs["root"] / "single" / "work")
     err = res.stderr.splitlines()
     names = [s["name"] for s in summary["plan"]["stages"]]

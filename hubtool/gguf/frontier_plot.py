@@ -14,6 +14,7 @@ from hubtool.errors import InputError
 from hubtool.gguf.facts import is_tuned
 
 PLOT_NAME = "frontier.png"
+PLOT_BYTES = 48_000  # what the plot of a release's few files weighs (bench/results/frontier-*.png), for the plan
 POINTS_KEY = "Description"  # PNG text chunk holding [[variant, bytes, KL], ...]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import re
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from hubtool.errors import InputError, QuantizeError
 from hubtool.gguf.types import llama_ftype, needs_imatrix
+from hubtool.machine import threads
 from hubtool.progress import log
 
 _TENSOR_PROGRESS = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")
@@ -99,7 +99,7 @@ def _params(gguf_type: str, imatrix: dict[str, np.ndarray] | None, nthread: int 
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_ftype(gguf_type)
-    params.nthread = nthread or os.cpu_count() or 1
+    params.nthread = nthread or threads()
     keep: list = []
     if imatrix:
         rows, arrays = _imatrix_array(imatrix)

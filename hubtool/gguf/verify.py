@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import tempfile
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from hubtool.errors import InputError, QuantizeError
 from hubtool.gguf import facts as gguf_facts
 from hubtool.gguf.header import GgufHeader, read_header
 from hubtool.gguf.types import ALL_TYPES
+from hubtool.machine import threads
 from hubtool.progress import log, track
 from hubtool.tokenizer_probe import TEST_STRING, TokenizerProbe, probe_tokenizer  # noqa: F401  (TEST_STRING: its old home)
 
@@ -249,7 +249,7 @@ def open_llama(path: Path, *, context: int, vocab_only: bool = False) -> Iterato
     install()  # warnings (n_ctx_train (0), full-size SWA cache) only with --verbose
     with _no_repacked_copy():
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, vocab_only=vocab_only,
-                              logits_all=True, n_threads=os.cpu_count() or 1, verbose=False)
+                              logits_all=True, n_threads=threads(), n_threads_batch=threads(), verbose=False)
     try:
         yield llm
     finally:

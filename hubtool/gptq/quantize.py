@@ -29,6 +29,7 @@ from hubtool.atomic import check_output_free, staged_dir
 from hubtool.errors import InputError, QuantizeError
 from hubtool.gptq.calibration import calibration_dataset
 from hubtool.gptq.presets import GPTQPreset
+from hubtool.machine import threads
 from hubtool.model_dir import SAFE_INDEX, load_model_dir, read_json
 from hubtool import progress
 from hubtool.progress import log, stdout_to_stderr
@@ -117,7 +118,7 @@ def _gptqmodel_logs_in(folder: Path) -> Iterator[None]:
 
 def _gptqmodel() -> Any:
     # gptqmodel sizes its CPU worker pool at import; below 2 workers it fails on small machines.
-    cpus = os.cpu_count() or 1
+    cpus = threads()
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, min(12, (cpus + 1) // 2))))
     try:
         with stdout_to_stderr():  # its import prints a banner

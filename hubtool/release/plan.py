@@ -167,7 +167,7 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
     """The stages and the targets for every repo/branch the release writes, from the inputs' headers and
     content hashes (memoised in the work dir, so a re-run does not read the weights again)."""
     from hubtool.gguf.facts import file_name, imatrix_name, mix_summary_name, recipe_name, tuned_variant
-    from hubtool.gguf.frontier_plot import PLOT_NAME
+    from hubtool.gguf.frontier_plot import PLOT_BYTES, PLOT_NAME
     from hubtool.gguf.convert import base_type
     from hubtool.gptq import DEFAULT_PRESET, load_preset
     from hubtool.model_dir import read_json
@@ -206,15 +206,17 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
                                   stages=[f"gptq:{p.name}"]))
     if cfg.gguf_types:
         sizes = gguf_estimates(weights_dir, list(dict.fromkeys([*cfg.gguf_types, *cfg.gguf_tuned])))
+        matrices = [shape for name, shape in _tensor_shapes(weights_dir) if len(shape) == 2 and "embed" not in name]
+        n_matrices, in_columns = len(matrices), sum(shape[1] for shape in matrices)
         files = [PlannedFile(file_name(cfg.name, t), sizes[t], True) for t in cfg.gguf_types]
         for t in cfg.gguf_tuned:  # the same size as stock t, plus its recipe, summary and the imatrix it used
             v = tuned_variant(t)
             files += [PlannedFile(file_name(cfg.name, v), sizes[t], True),
-                      PlannedFile(recipe_name(cfg.name, v), 0, True), PlannedFile(mix_summary_name(cfg.name, v), 0, True)]
-        if cfg.gguf_tuned:
-            files.append(PlannedFile(imatrix_name(cfg.name), 0, True))
+                      PlannedFile(recipe_name(cfg.name, v), 40 * n_matrices, True), PlannedFile(mix_summary_name(cfg.name, v), 2_000, True)]
+        if cfg.gguf_tuned:  # per weight matrix: a float32 squared-activation sum per input column, and a count
+            files.append(PlannedFile(imatrix_name(cfg.name), 4 * (in_columns + n_matrices) + 20_000, True))
         if cfg.verify and len(cfg.gguf_types) + len(cfg.gguf_tuned) >= 2:  # measured files drawn as size vs KL
-            files.append(PlannedFile(PLOT_NAME, 0, True))
+            files.append(PlannedFile(PLOT_NAME, PLOT_BYTES, True))
         targets.append(Target(ArtifactKind.GGUF, cfg.repo_id("gguf"), "main", "GGUF " + ", ".join(cfg.gguf_types), files + [readme],
                               stages=[f"gguf:{t}" for t in cfg.gguf_types] + [f"gguf:{t}-tuned" for t in cfg.gguf_tuned]))
     # GGUF: convert once to the source's own 16-bit type (exact), quantize each type from it

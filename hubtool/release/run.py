@@ -71,7 +71,7 @@ class Session:
         import threading
 
         from hubtool import progress
-        from hubtool.release.schedule import GB, memory_estimate, run_graph, tree_rss
+        from hubtool.release.schedule import GB, memory_estimate, run_graph, stage_threads, tree_rss
         from hubtool.release.worker import StageRun, WorkerPool
 
         plan = self.plan
@@ -90,14 +90,16 @@ class Session:
             return True
 
         pool = WorkerPool(emit)
+        threads = stage_threads(jobs)
 
         def launch(stage: Stage) -> StageRun:
             job = {"cfg": self.cfg, "plan": plan, "inputs": self.inputs, "work_dir": self.work_dir,
                    "cache": self.store.remote.url if self.store.remote else None, "endpoint": self.endpoint, "token": self.token,
-                   "stage": stage.name, "index": index[stage.name], "verbose": not progress.library_output_discarded()}
+                   "stage": stage.name, "index": index[stage.name], "verbose": not progress.library_output_discarded(),
+                   "threads": threads}
             return pool.launch(stage.name, job, cleanup=lambda: self.store.discard_unfinished(stage))
 
-        log(f"running up to {jobs} stage(s) at once, memory budget {memory_budget / GB:.1f} GB "
+        log(f"running up to {jobs} stage(s) at once, {threads} thread(s) each, memory budget {memory_budget / GB:.1f} GB "
             f"(estimates: {', '.join(f'{s.name} {memory_estimate(s, plan.params) / GB:.1f}' for s in plan.stages)} GB)")
         self.save()  # the input hashes the plan computed, for the stage processes to reuse
         try:
@@ -107,10 +109,10 @@ class Session:
             pool.close()
         for name, result in out.results.items():
             for entry in result["ran"]:
-                self.store.ran.append({**entry, "peak_rss_bytes": int(result.get("peak_rss", 0))})
+                self.store.ran.append({**entry, "peak_rss_bytes": int(result.get("peak_rss", 0)), "threads": result.get("threads")})
         order = {s.name: i for i, s in enumerate(plan.stages)}
         self.store.ran.sort(key=lambda e: order.get(e["name"], len(order)))
-        self.concurrency = {"jobs": jobs, "memory_budget_bytes": memory_budget, "max_running": out.max_jobs,
+        self.concurrency = {"jobs": jobs, "threads_per_stage": threads, "memory_budget_bytes": memory_budget, "max_running": out.max_jobs,
                             "max_estimate_bytes": out.max_estimate, "peak_tree_rss_bytes": out.peak_rss,
                             "worker_processes": pool.started}
         found = {s.name: self.store.find(s) for s in plan.stages}

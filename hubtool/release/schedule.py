@@ -57,6 +57,12 @@ def default_jobs(params: int | None = None) -> int:
     return min(cores(), 2)
 
 
+def stage_threads(jobs: int) -> int:
+    """Threads each of JOBS stages at once may run: an equal share of the cores, so side-by-side engines
+    (llama.cpp, torch, gptqmodel) don't each start a thread per core and take turns on the same cores."""
+    return max(1, cores() // max(1, jobs))
+
+
 def available_memory() -> int:
     """RAM the kernel says is available now (MemAvailable), else physical RAM."""
     try:

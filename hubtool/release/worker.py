@@ -244,8 +244,11 @@ def main() -> int:
 
 
 def _run_job(job: dict[str, Any]) -> dict[str, Any]:
+    from hubtool.machine import threads, use_threads
     from hubtool.release.run import Session
 
+    if job.get("threads"):
+        use_threads(job["threads"])  # this stage's share of the cores, for torch here and the engines it starts
     try:
         session = Session(job["cfg"], job["plan"], job["inputs"], work_dir=job["work_dir"], cache=job["cache"],
                           endpoint=job["endpoint"], token=job["token"])
@@ -253,7 +256,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
             session.run_stage(job["plan"].stage(job["stage"]), index=job["index"])
         finally:
             session.save()
-        return {"ran": session.store.ran}
+        return {"ran": session.store.ran, "threads": threads()}
     except HubtoolError as exc:
         return {"error": str(exc), "exit_code": exc.exit_code, "type": type(exc).__name__}
     except Interrupted as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hubtool.errors import InputError, QuantizeError
-from hubtool.machine import cores
+from hubtool.machine import threads as engine_threads
 
 START_TIMEOUT_S = 180.0  # a big GGUF on a loaded machine maps slowly
 REQUEST_TIMEOUT_S = 600.0
@@ -61,7 +61,7 @@ def free_port() -> int:
 def llama_server(model: Path, *, context: int, verbose: bool = False) -> Iterator[str]:
     """`python -m llama_cpp.server --model MODEL` on a free loopback port; yields its base URL once it answers.
     The process is stopped (SIGTERM, then SIGKILL) when the block ends, whatever ends it."""
-    port, threads = free_port(), cores()  # llama.cpp's threads: the cores this process may use
+    port, threads = free_port(), engine_threads()  # llama.cpp's threads: this stage's share of the cores
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
            "--n_ctx", str(context), "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", str(verbose)]
     with tempfile.TemporaryFile() as log:
