@@ -49,9 +49,10 @@ SMALL_MODEL_PARAMS = 50_000_000  # below this a worker process's start-up (torch
 
 
 def default_jobs(params: int | None = None) -> int:
-    """Two stages at once where there are two cores: GPTQ's per-column loop leaves a core to the GGUF chain
-    and the reference; more processes than that mostly share the same cores' time. One for a model under
-    SMALL_MODEL_PARAMS parameters, whose stages take seconds."""
+    """Two stages at once where there are two cores, each on one of them (stage_threads): GPTQ's per-column
+    loop gains little from a second thread (SmolLM2: 241 s on one, 228 s on two), so the GGUF chain, the
+    reference and the verifications run beside it almost for free; more processes than that mostly share
+    the same cores' time. One for a model under SMALL_MODEL_PARAMS parameters, whose stages take seconds."""
     if params is not None and params < SMALL_MODEL_PARAMS:
         return 1
     return min(cores(), 2)
@@ -191,6 +192,10 @@ def run_graph(stages: tuple[Stage, ...] | list[Stage], *, jobs: int, budget: int
             if running and not started:
                 time.sleep(poll_s)
     finally:
+        for r in running:  # signal every stage first: they clean up at once, not one after another
+            terminate = getattr(r.job, "terminate", None)
+            if terminate is not None:
+                terminate()
         for r in running:
             r.job.stop()
     if failure is not None:

@@ -92,11 +92,17 @@ class StageWorker:
         except queue.Empty:
             return ...
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting: stopping several workers, each cleans up at the same time as the others."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
         """SIGTERM (the worker's stage store removes the stage's unfinished output), SIGKILL if it does not end in time."""
         if self.proc.poll() is None:
             try:
-                self.proc.send_signal(signal.SIGTERM)
+                self.terminate()
                 self.proc.wait(timeout=STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
@@ -154,6 +160,9 @@ class StageRun:
             raise cls(result["error"], exit_code=int(result["exit_code"]))
         return {**result, "peak_rss": self.peak_rss}
 
+    def terminate(self) -> None:
+        self.worker.terminate()
+
     def stop(self) -> None:
         self.pool.discard(self.worker)
         self.worker.stop()
@@ -192,6 +201,8 @@ class WorkerPool:
 
     def close(self) -> None:
         """Every worker ends: idle ones when their stdin closes, any still busy by SIGTERM."""
+        for worker in self.busy:
+            worker.terminate()
         for worker in self.busy:
             worker.stop()
         for worker in self.idle:
