@@ -84,10 +84,12 @@ def gptq_dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.T
     """[out, in] fp32 weight of a GPTQ v1 (`checkpoint_format: gptq`) linear: scale * (q - (zero + 1))."""
     if bits not in (2, 4, 8):
         raise InputError(f"GPTQ {bits}-bit checkpoints can't be evaluated block by block (2, 4 and 8 bits can)")
-    q = _unpack(qweight.to(torch.int32), bits, 0)[: g_idx.numel()].float()
-    zeros = (_unpack(qzeros.to(torch.int32), bits, 1)[:, : scales.shape[1]] + 1).float()  # v1 stores zero - 1
+    q = _unpack(qweight.to(torch.int32), bits, 0)[: g_idx.numel()]
+    zeros = _unpack(qzeros.to(torch.int32), bits, 1)[:, : scales.shape[1]] + 1  # v1 stores zero - 1
     g = g_idx.long()
-    return (scales.float()[g] * (q - zeros[g])).t().contiguous()
+    # integer codes minus zeros first (exact), one float conversion, then the scales in place: half the
+    # memory passes of gathering float copies of both (the same values bit for bit)
+    return (q - zeros.index_select(0, g)).float().mul_(scales.float().index_select(0, g)).t().contiguous()
 
 
 @dataclass(frozen=True)
