@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hubtool.machine import THREADS_ENV, cores, threads
-from hubtool.release.schedule import stage_threads
+from hubtool.release.schedule import THREAD_SENSITIVE, stage_threads
 
 
 def test_threads_default_to_every_core_and_never_exceed_them(monkeypatch):
@@ -50,3 +50,13 @@ def test_use_threads_reaches_torch_in_process_and_in_children(when):
     an engine process started later (gptqmodel's, llama.cpp's server) run the share, not a thread per core."""
     out = subprocess.run([sys.executable, "-c", PROBE, when], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "1", "1", "1"]
+
+
+def test_gptq_keeps_every_core_whatever_the_jobs():
+    """GPTQ's weights depend on torch's thread count: a concurrent release must not change them."""
+    from hubtool.release.graph import StageKind
+
+    assert StageKind.GPTQ in THREAD_SENSITIVE
+    for jobs in (1, 2, 8):
+        assert stage_threads(jobs, StageKind.GPTQ) == cores()
+        assert stage_threads(jobs, StageKind.VERIFY_GGUF) == max(1, cores() // jobs)

@@ -90,13 +90,13 @@ class Session:
             return True
 
         pool = WorkerPool(emit)
-        threads = stage_threads(jobs)
+        threads = stage_threads(jobs)  # GPTQ keeps every core (schedule.THREAD_SENSITIVE)
 
         def launch(stage: Stage) -> StageRun:
             job = {"cfg": self.cfg, "plan": plan, "inputs": self.inputs, "work_dir": self.work_dir,
                    "cache": self.store.remote.url if self.store.remote else None, "endpoint": self.endpoint, "token": self.token,
                    "stage": stage.name, "index": index[stage.name], "verbose": not progress.library_output_discarded(),
-                   "threads": threads}
+                   "threads": stage_threads(jobs, stage.kind)}
             return pool.launch(stage.name, job, cleanup=lambda: self.store.discard_unfinished(stage))
 
         log(f"running up to {jobs} stage(s) at once, {threads} thread(s) each, memory budget {memory_budget / GB:.1f} GB "

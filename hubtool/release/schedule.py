@@ -58,9 +58,18 @@ def default_jobs(params: int | None = None) -> int:
     return min(cores(), 2)
 
 
-def stage_threads(jobs: int) -> int:
-    """Threads each of JOBS stages at once may run: an equal share of the cores, so side-by-side engines
-    (llama.cpp, torch, gptqmodel) don't each start a thread per core and take turns on the same cores."""
+# Stages whose output bytes depend on torch's thread count (how a matmul splits its sums): they keep every
+# core whatever --jobs says, so `--jobs 2` publishes the same files as `--jobs 1` (GPTQ's weights moved in
+# the last bit between one and two threads on SmolLM2).
+THREAD_SENSITIVE = frozenset({StageKind.GPTQ})
+
+
+def stage_threads(jobs: int, kind: str | None = None) -> int:
+    """Threads a stage of KIND may run while JOBS run at once: an equal share of the cores, so side-by-side
+    engines (llama.cpp, torch) don't each start a thread per core and take turns on the same cores; every
+    core for a THREAD_SENSITIVE kind."""
+    if kind in THREAD_SENSITIVE:
+        return cores()
     return max(1, cores() // max(1, jobs))
 
 
