@@ -81,6 +81,8 @@ def test_user_yaml_starts_from_base(tmp_path):
         ("branch: 'bad branch'\n", "branch = 'bad branch' is invalid"),
         ("mse: 0.5\n", "mse = 0.5 is invalid"),
         ("mse: yes\n", "mse = True is invalid"),
+        ("mse_grid: 2\n", "mse_grid = 2 is invalid"),
+        ("mse_grid: 20.5\n", "mse_grid = 20.5 is invalid"),
         ("damp_auto_increment: -0.01\n", "damp_auto_increment = -0.01 is invalid"),
         ("act_group_aware: true\n", "act_group_aware = true needs desc_act = false"),
         ("desc_act: false\nact_group_aware: true\ngroup_size: -1\n", "act_group_aware = True is invalid"),
@@ -116,6 +118,7 @@ def test_group_aware_and_clipping_options():
     assert (p.desc_act, p.act_group_aware, p.mse, p.branch) == (False, True, 2.0, "gptq-4bit-32g-gar")
     assert isinstance(p.mse, float) and branch_name(4, 32, False, True) == "gptq-4bit-32g-gar"
     assert load_preset(DEFAULT_PRESET, {"mse": 0}).branch == load_preset(DEFAULT_PRESET).branch  # not a layout change
+    assert load_preset(DEFAULT_PRESET, {"mse_grid": 40}).branch == load_preset(DEFAULT_PRESET).branch
     with pytest.raises(InputError, match="act_group_aware = true needs desc_act = false"):
         load_preset(DEFAULT_PRESET, {"act_group_aware": True})
 
