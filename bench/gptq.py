@@ -167,7 +167,7 @@ def main() -> None:
             emit(f"| fp16 | – | {fp16:.3f} | – | – | – | {sum(p.stat().st_size for p in Path(args.model).glob('*.safetensors')) / 1e6:.1f} "
                  "| – | – | – | – | – |")
         p = q["preset"]
-        settings = (f"{preset_name}: damp {p['damp_percent']}, mse {p['mse']}, grid {p['mse_grid']}, desc_act {p['desc_act']}, "
+        settings = (f"{preset_name}: damp {p['damp_percent']}, mse {p['mse']}" + (f", grid {p['mse_grid']}" if p["mse"] else "") + f", desc_act {p['desc_act']}, "
                     f"gar {p['act_group_aware']}, "
                     f"static {p['static_groups']}" + (f" ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""))
         d = g["perplexity"] - fp16

@@ -37,9 +37,9 @@ def test_builtin_presets_match_their_names():
 def test_default_preset_uses_the_measured_clipping_search():
     """Issue 18: chosen by bench/gptq.py (results in bench/results/gptq-issue18.md); layout fields unchanged."""
     p = load_preset(DEFAULT_PRESET)
-    assert (p.mse, p.damp_percent, p.damp_auto_increment, p.act_group_aware) == (2.4, 0.01, 0.01, False)
+    assert (p.mse, p.mse_grid, p.damp_percent, p.damp_auto_increment, p.act_group_aware) == (2.4, 40, 0.01, 0.01, False)
     assert (p.bits, p.group_size, p.desc_act, p.sym, p.static_groups) == (4, 32, True, True, False)
-    assert all(load_preset(n).mse == 0.0 for n in EXPECTED if n != DEFAULT_PRESET)  # not measured: unchanged
+    assert all((load_preset(n).mse, load_preset(n).mse_grid) == (0.0, 100) for n in EXPECTED if n != DEFAULT_PRESET)  # not measured
 
 
 def test_package_data_link_points_at_repo_presets():
