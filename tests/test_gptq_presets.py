@@ -37,9 +37,9 @@ def test_builtin_presets_match_their_names():
 def test_default_preset_uses_the_measured_clipping_search():
     """Issue 18: chosen by bench/gptq.py (results in bench/results/gptq-issue18.md); layout fields unchanged."""
     p = load_preset(DEFAULT_PRESET)
-    assert (p.mse, p.damp_percent, p.damp_auto_increment, p.act_group_aware) == (2.4, 0.01, 0.01, False)
+    assert (p.mse, p.mse_grid, p.damp_percent, p.damp_auto_increment, p.act_group_aware) == (2.4, 40, 0.01, 0.01, False)
     assert (p.bits, p.group_size, p.desc_act, p.sym, p.static_groups) == (4, 32, True, True, False)
-    assert all(load_preset(n).mse == 0.0 for n in EXPECTED if n != DEFAULT_PRESET)  # not measured: unchanged
+    assert all((load_preset(n).mse, load_preset(n).mse_grid) == (0.0, 100) for n in EXPECTED if n != DEFAULT_PRESET)  # not measured
 
 
 def test_package_data_link_points_at_repo_presets():
@@ -81,6 +81,8 @@ def test_user_yaml_starts_from_base(tmp_path):
         ("branch: 'bad branch'\n", "branch = 'bad branch' is invalid"),
         ("mse: 0.5\n", "mse = 0.5 is invalid"),
         ("mse: yes\n", "mse = True is invalid"),
+        ("mse_grid: 2\n", "mse_grid = 2 is invalid"),
+        ("mse_grid: 20.5\n", "mse_grid = 20.5 is invalid"),
         ("damp_auto_increment: -0.01\n", "damp_auto_increment = -0.01 is invalid"),
         ("act_group_aware: true\n", "act_group_aware = true needs desc_act = false"),
         ("desc_act: false\nact_group_aware: true\ngroup_size: -1\n", "act_group_aware = True is invalid"),
@@ -116,6 +118,7 @@ def test_group_aware_and_clipping_options():
     assert (p.desc_act, p.act_group_aware, p.mse, p.branch) == (False, True, 2.0, "gptq-4bit-32g-gar")
     assert isinstance(p.mse, float) and branch_name(4, 32, False, True) == "gptq-4bit-32g-gar"
     assert load_preset(DEFAULT_PRESET, {"mse": 0}).branch == load_preset(DEFAULT_PRESET).branch  # not a layout change
+    assert load_preset(DEFAULT_PRESET, {"mse_grid": 40}).branch == load_preset(DEFAULT_PRESET).branch
     with pytest.raises(InputError, match="act_group_aware = true needs desc_act = false"):
         load_preset(DEFAULT_PRESET, {"act_group_aware": True})
 

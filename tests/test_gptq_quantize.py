@@ -211,6 +211,8 @@ def test_new_options_reach_gptqmodel_and_output_stays_standard(gar_dir, rope_lla
     qfile = json.loads((out / "quantize_config.json").read_text())
     assert (qfile["mse"], qfile["act_group_aware"], qfile["damp_percent"], qfile["damp_auto_increment"]) == (2.4, True, 0.03, 0.02)
     assert qfile["meta"]["branch"] == "gptq-4bit-32g-gar"
+    assert qfile["meta"]["mse_grid"] == summary["preset"]["mse_grid"]  # the search's grid: no QuantizeConfig field, so recorded here
+    assert "mse_grid" not in qc  # loaders never see it
     t, src = _tensors(out), _source(rope_llama)
     for layer in range(2):
         for mod, (fin, fout) in MODULES.items():

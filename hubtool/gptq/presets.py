@@ -22,7 +22,7 @@ DEFAULT_PRESET = "gptq-4bit-32g-actorder"
 
 # Settings that change the weights; overriding any of them re-derives the branch name.
 QUANT_FIELDS = ("bits", "group_size", "desc_act", "sym", "act_group_aware")
-FIELDS = QUANT_FIELDS + ("damp_percent", "damp_auto_increment", "mse", "true_sequential", "static_groups", "samples", "seq_len", "branch")
+FIELDS = QUANT_FIELDS + ("damp_percent", "damp_auto_increment", "mse", "mse_grid", "true_sequential", "static_groups", "samples", "seq_len", "branch")
 FILE_KEYS = set(FIELDS) - {"samples", "seq_len"} | {"calibration", "base", "name"}
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -44,6 +44,9 @@ class GPTQPreset:
     # keeps g_idx trivial, so it needs desc_act false (its checkpoint is a plain desc_act=false one).
     damp_auto_increment: float = 0.01
     mse: float = 0.0
+    # mse_grid: the search's steps per unit of range; it tries scales max·(1 − i/mse_grid) down to 0.2·max
+    # (gptqmodel's maxshrink 0.8), so 100 = gptqmodel's own 80 candidates, 20 = 16 candidates in 5 % steps.
+    mse_grid: int = 100
     act_group_aware: bool = False
     true_sequential: bool = True
     static_groups: bool = False
@@ -130,6 +133,8 @@ def _check(values: dict[str, Any], source: str) -> None:
         raise bad("damp_auto_increment", "a number from 0 (no retry) to below 1, e.g. 0.01")
     if not is_num(values["mse"]) or not (values["mse"] == 0 or 1 <= values["mse"] <= 4):
         raise bad("mse", "0 (min/max scales) or the error norm of the clipping search, 1 to 4 (e.g. 2.4)")
+    if not is_int(values["mse_grid"]) or not 5 <= values["mse_grid"] <= 1000:
+        raise bad("mse_grid", "an integer from 5 to 1000: the clipping search's steps per unit of range (gptqmodel's own: 100)")
     if not is_int(values["samples"]) or values["samples"] < 1:
         raise bad("samples", "a positive integer (calibration samples)")
     if not is_int(values["seq_len"]) or values["seq_len"] < 8:

@@ -227,7 +227,7 @@ def quantize_gptq(
         job = GPTQJob(
             model_dir=str(model_dir), raw_dir=str(raw), offload_dir=str(tmp / ".gptqmodel-offload"),
             log_dir=str(tmp / ".gptqmodel-logs"), device=dev,
-            quantize_config=gptqmodel_options(preset),
+            quantize_config=gptqmodel_options(preset), mse_grid=preset.mse_grid,
             # finished layers spill to disk beside the output (not /tmp, often a small tmpfs); removed with it
             examples=examples, trust_remote_code=source.remote_code, quiet=progress.library_output_discarded(),
         )
@@ -353,6 +353,8 @@ def _write_clean(raw: Path, out: Path, source: Any, preset: GPTQPreset, cal_desc
         "preset": preset.name,
         "branch": preset.branch,
         "calibration": {**cal_desc, "samples": cal_desc["samples"], "seq_len": preset.seq_len},
+        # the clipping search's grid is no QuantizeConfig field (hubtool/gptq/search.py): recorded here, not for loaders
+        **({"mse_grid": preset.mse_grid} if preset.mse else {}),
         **({"unquantized": unquantized} if unquantized else {}),
     }
     (out / QUANTIZE_CONFIG).write_text(json.dumps({**qconf, "meta": meta}, indent=2) + "\n", encoding="utf-8")

@@ -9,6 +9,7 @@ the host memory gptqmodel held goes back to the system when the child ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -33,6 +34,7 @@ class GPTQJob:
     examples: list[dict[str, list[int]]]
     trust_remote_code: bool
     quiet: bool
+    mse_grid: int = 100  # the clipping search's grid (hubtool/gptq/search.py), used when quantize_config's mse > 0
 
 
 def run_gptq_job(job: GPTQJob, work: Path) -> dict:
@@ -81,6 +83,7 @@ def _quantize(job: GPTQJob) -> dict:
     from transformers import AutoTokenizer
 
     from hubtool.gptq.quantize import _gptqmodel, _gptqmodel_logs_in, compute_dtype
+    from hubtool.gptq.search import clipping_search
     from hubtool.progress import stdout_to_stderr
 
     gptqmodel = _gptqmodel()
@@ -88,7 +91,8 @@ def _quantize(job: GPTQJob) -> dict:
     qcfg = gptqmodel.QuantizeConfig(**job.quantize_config, offload_to_disk=True, offload_to_disk_path=job.offload_dir)
     # what the quantizer will really use (gptqmodel resolves some settings itself, e.g. act_group_aware vs desc_act)
     settings = {k: _plain(getattr(qcfg, k, None)) for k in job.quantize_config}
-    with stdout_to_stderr(), _gptqmodel_logs_in(Path(job.log_dir)):
+    search = clipping_search(job.mse_grid) if job.quantize_config.get("mse") else contextlib.nullcontext()
+    with stdout_to_stderr(), _gptqmodel_logs_in(Path(job.log_dir)), search:
         model = gptqmodel.GPTQModel.load(job.model_dir, qcfg, dtype=compute_dtype(job.device), device=job.device,
                                          trust_remote_code=job.trust_remote_code)
         model.quantize(job.examples, batch_size=1, tokenizer=tokenizer)
