@@ -8,6 +8,10 @@ sum/count per column to weight rounding error, exactly as with a `llama-imatrix`
 we write (`general.type = imatrix`, tensors `<gguf name>.in_sum2` and `<gguf name>.counts`) is
 the format `llama-imatrix` writes and `llama-quantize --imatrix` reads, so files are
 interchangeable in both directions. MoE expert tensors are not covered (refused).
+
+The model streams block by block (hubtool.gguf.calibration_pass): each block's linears add their
+inputs while the block is materialised, and the head's input is the final hidden state, so no
+logits are computed and peak memory is one block plus activations, whatever the depth.
 """
 
 from __future__ import annotations
