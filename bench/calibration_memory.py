@@ -99,6 +99,9 @@ def main() -> None:
     ap.add_argument("--smollm2", action="store_true", help="also run real SmolLM2-135M at the tuned mixes' token counts")
     ap.add_argument("--cache", type=Path, default=ROOT / ".bench-cache" / "calibration-memory")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md (and growth lines) from the last JSON")
+    ap.add_argument("--reuse-memory", action="store_true",
+                    help="take the in-memory rows (and their saved statistics) from the last results JSON instead of rerunning them")
     # one pass in a child process
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--piece", choices=["imatrix", "fisher"])
@@ -110,6 +113,14 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if args.render_only:  # the tables again from the last JSON
+        stem = args.results / "calibration-memory"
+        data = json.loads(stem.with_suffix(".json").read_text())
+        data["growth"] = growth(data["rows"], data["config"]["per_layer_fp32_mb"], data["config"]["hidden"])
+        stem.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
+        stem.with_suffix(".md").write_text(render(data))
+        print(render(data))
+        return
 
     import bench.scale as scale
 
@@ -119,6 +130,19 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     load_start = list(os.getloadavg())
     rows: list[dict[str, Any]] = []
+    previous: dict[tuple, dict[str, Any]] = {}
+    last = args.results / "calibration-memory.json"
+    if args.reuse_memory and last.is_file():
+        old = json.loads(last.read_text())
+        previous = {(r["model"], r["piece"], r["mode"], r["tokens"]): r for r in old["rows"] + old["real"] if r["mode"] == "memory"}
+
+    def measure(model_name: str, layers: int, piece: str, mode: str, tokens: int, folder: Path, out: Path) -> dict[str, Any]:
+        key = (model_name, piece, mode, tokens)
+        if key in previous and out.is_file():
+            return {**{k: v for k, v in previous[key].items() if k not in ("keys", "worst_rel_diff")}, "reused": True}
+        return {"model": model_name, "layers": layers, "piece": piece, "mode": mode, "tokens": tokens,
+                **run_child(piece, folder, mode, tokens, out)}
+
     kv = args.hidden // args.heads * args.kv_heads
     per_layer = layer_fp32_mb(args.hidden, args.mlp, kv)
     print(f"synthetic Llama, hidden {args.hidden}, MLP {args.mlp}, {args.heads} heads / {args.kv_heads} KV, vocab {scale.VOCAB}: "
@@ -129,10 +153,9 @@ def main() -> None:
             outs = {}
             for mode in ("memory", "stream"):
                 outs[mode] = args.cache / f"{shape}-{layers}L.{piece}.{mode}.npz"
-                row = {"model": f"{layers}L", "layers": layers, "piece": piece, "mode": mode, "tokens": tokens,
-                       **run_child(piece, model, mode, tokens, outs[mode])}
+                row = measure(f"{layers}L", layers, piece, mode, tokens, model, outs[mode])
                 rows.append(row)
-                print(f"  {layers}L {piece:7s} {mode:6s}: {row['wall_s']:7.1f} s, peak RSS {row['peak_rss_mb']:6d} MB (load {row['load']})", flush=True)
+                print(f"  {layers}L {piece:7s} {mode:6s}{' (earlier run)' if row.get('reused') else ''}: {row['wall_s']:7.1f} s, peak RSS {row['peak_rss_mb']:6d} MB (load {row['load']})", flush=True)
             keys, worst = compare(outs["stream"], outs["memory"])
             rows[-1]["keys"], rows[-1]["worst_rel_diff"] = keys, worst
             print(f"  {layers}L {piece:7s} streamed vs in memory: {keys} keys, worst relative difference {worst:.2e}", flush=True)
@@ -145,16 +168,15 @@ def main() -> None:
             outs = {}
             for mode in ("memory", "stream"):
                 outs[mode] = args.cache / f"smollm2.{piece}.{mode}.npz"
-                row = {"model": "SmolLM2-135M", "layers": 30, "piece": piece, "mode": mode, "tokens": tokens,
-                       **run_child(piece, fp16, mode, tokens, outs[mode])}
+                row = measure("SmolLM2-135M", 30, piece, mode, tokens, fp16, outs[mode])
                 real.append(row)
-                print(f"  SmolLM2 {piece:7s} {mode:6s}: {row['wall_s']:7.1f} s, peak RSS {row['peak_rss_mb']:6d} MB (load {row['load']})", flush=True)
+                print(f"  SmolLM2 {piece:7s} {mode:6s}{' (earlier run)' if row.get('reused') else ''}: {row['wall_s']:7.1f} s, peak RSS {row['peak_rss_mb']:6d} MB (load {row['load']})", flush=True)
             keys, worst = compare(outs["stream"], outs["memory"])
             real[-1]["keys"], real[-1]["worst_rel_diff"] = keys, worst
             print(f"  SmolLM2 {piece:7s} streamed vs in memory: {keys} keys, worst relative difference {worst:.2e}", flush=True)
     data = {"config": {**vars(args), "cache": str(args.cache), "results": str(args.results), "per_layer_fp32_mb": round(per_layer),
                        "load_start": load_start, "load_end": list(os.getloadavg()), "cpus": os.cpu_count()},
-            "rows": rows, "real": real, "growth": growth(rows, per_layer)}
+            "rows": rows, "real": real, "growth": growth(rows, per_layer, args.hidden)}
     print("\n".join(data["growth"]))
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / "calibration-memory"
@@ -163,8 +185,9 @@ def main() -> None:
     print(f"wrote {stem}.json and {stem}.md")
 
 
-def growth(rows: list[dict[str, Any]], per_layer: float) -> list[str]:
-    """One line per (piece, mode): peak RSS at the fewest and most layers, per added layer vs one layer's fp32 weights."""
+def growth(rows: list[dict[str, Any]], per_layer: float, hidden: int) -> list[str]:
+    """One line per (piece, mode): peak RSS at the fewest and most layers, per added layer vs one layer's fp32 weights
+    (and, for the streamed Fisher, vs what its backward must keep per layer: the block's input hidden states)."""
     lines = []
     for piece in ("imatrix", "fisher"):
         for mode in ("memory", "stream"):
@@ -176,8 +199,9 @@ def growth(rows: list[dict[str, Any]], per_layer: float) -> list[str]:
             verdict = ("does not grow with depth" if per < 0.1 * per_layer else
                        "grows with depth" if per > 0.5 * per_layer else "grows a little with depth")
             what = "streamed" if mode == "stream" else "in memory"
+            saved = f"; the block inputs the backward keeps: {lo['tokens'] * hidden * 4 / MB:.0f} MB a layer" if (piece, mode) == ("fisher", "stream") else ""
             lines.append(f"{piece} {what}: peak RSS {lo['peak_rss_mb']} MB at {lo['layers']} layers -> {hi['peak_rss_mb']} MB at "
-                         f"{hi['layers']} layers, {per:+.0f} MB per added layer ({per / per_layer:.2f}x one layer's fp32 weights): {verdict}")
+                         f"{hi['layers']} layers, {per:+.0f} MB per added layer ({per / per_layer:.2f}x one layer's fp32 weights{saved}): {verdict}")
     return lines
 
 
@@ -191,7 +215,7 @@ def render(data: dict[str, Any]) -> str:
     for r in data["rows"] + data["real"]:
         diff = f"{r['keys']} keys, worst rel. diff {r['worst_rel_diff']:.1e}" if "keys" in r else ""
         out.append(f"| {r['model']} | {r['piece']} ({r['tokens']} tok) | {'streamed' if r['mode'] == 'stream' else 'in memory'} | "
-                   f"{r['wall_s']} | {r['peak_rss_mb']} | {r['load']} | {diff} |")
+                   f"{r['wall_s']} | {r['peak_rss_mb']} | {r['load']}{' (earlier run)' if r.get('reused') else ''} | {diff} |")
     out += ["", *[f"- {line}" for line in data["growth"]], ""]
     return "\n".join(out)
 
