@@ -6,6 +6,8 @@ own forward as one right-padded batch; a pre-hook on each decoder block material
 weights (fp32 compute) just before it runs and a post-hook drops them back to meta after it, so
 host memory holds one block plus the activations, whatever the depth. The output head runs in
 vocabulary chunks read as row slices of the checkpoint. On CUDA the blocks run on the GPU.
+The calibration passes (hubtool.gguf.calibration_pass) run through the same blocks, the Fisher's backward too
+(`recompute_in_backward`: each block recomputed from its saved input, one at a time).
 """
 
 from __future__ import annotations
