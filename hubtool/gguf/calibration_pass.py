@@ -71,8 +71,8 @@ class CalibrationPass:
             yield from batches
         finally:
             self.stream.block_hook = None
-            for _ in ticks:  # the last progress line
-                pass
+        for _ in ticks:  # the last progress line, once every batch is done
+            pass
 
 
 def open_calibration_pass(model_dir: Path, text: str, *, arch_name: str, context: int, max_tokens: int, what: str,
