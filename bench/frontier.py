@@ -321,7 +321,9 @@ def render(data: dict, config: dict) -> str:
         lines.append(f"- {shape} shape ({s['layers']} layers, hidden {s['hidden']}, MLP {s['mlp']}): imatrix ~{t_im / 3600:.1f} h, "
                      f"Fisher ~{t_fi / 3600:.1f} h (same token counts, this CPU; weights x{w / layer_w:.0f} per layer), "
                      f"measurement ~{t_me / 60:.0f} min per type family (row length x{k / layer_k:.1f} per layer); "
-                     f"fp32 model in RAM for imatrix/Fisher ~{4 * w * s['layers'] / 1e9:.0f} GB + embeddings.")
+                     f"imatrix/Fisher stream block by block (bench/calibration_memory.py): one fp32 layer in RAM ~{4 * w / 1e9:.1f} GB "
+                     f"+ activations + the Fisher's saved block inputs ~{4 * 2048 * s['hidden'] * s['layers'] / 1e9:.1f} GB (2048 tokens), "
+                     f"not the whole fp32 model's ~{4 * w * s['layers'] / 1e9:.0f} GB.")
     return "\n".join(lines)
 
 

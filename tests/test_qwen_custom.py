@@ -251,3 +251,26 @@ def test_tuned_gguf_mix_runs_the_models_own_code(qwen_model, tmp_path):
     rows = export_tuned(qwen_model, base, tmp_path / "out", "Q4_K_M", name="tiny", calibration=text, trust_remote_code=True)
     tuned = Path(rows[0]["file"])
     check_against_recipe(tuned, parse_recipe((tmp_path / "out" / "tiny.Q4_K_M-tuned.tensor-types.txt").read_text(), stock_type="Q4_K_M", source="r"))
+
+
+def test_calibration_streams_its_own_code(qwen_model, capsys):
+    """The importance matrix and the Fisher stream the custom-code blocks one at a time (its own QWenBlock classes),
+    equal to the whole model loaded in memory."""
+    from hubtool.gguf.calibration_pass import open_calibration_pass
+    from hubtool.gguf.imatrix import compute_imatrix
+    from hubtool.quality.sensitivity import output_fisher
+    from hubtool.quality.texts import read_text_source
+
+    text = read_text_source("builtin")
+    kw = dict(arch_name="qwen", context=64, max_tokens=150, trust_remote_code=True)
+    run = open_calibration_pass(qwen_model, text, what="test", **kw)
+    assert run.stream is not None and type(run.stream.blocks[0]).__name__ == "QWenBlock"
+    (sums, counts), (want_sums, want_counts) = compute_imatrix(qwen_model, text, **kw), compute_imatrix(qwen_model, text, in_memory=True, **kw)
+    fisher, want_fisher = output_fisher(qwen_model, text, chunk_rows=100, **kw), output_fisher(qwen_model, text, in_memory=True, **kw)
+    err = capsys.readouterr().err
+    assert "imatrix, block by block: 4/4" in err and "(Fisher), block by block: 8/8" in err and "loading it whole" not in err  # streamed
+    assert counts == want_counts and set(sums) == set(want_sums) and set(fisher) == set(want_fisher) and "output.weight" in fisher
+    for got, want, rtol in ((sums, want_sums, 1e-5), (fisher, want_fisher, 1e-4)):
+        for k in want:
+            assert np.all(want[k] > 0), k
+            np.testing.assert_allclose(got[k], want[k], rtol=rtol, err_msg=k)

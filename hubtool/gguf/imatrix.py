@@ -8,6 +8,10 @@ sum/count per column to weight rounding error, exactly as with a `llama-imatrix`
 we write (`general.type = imatrix`, tensors `<gguf name>.in_sum2` and `<gguf name>.counts`) is
 the format `llama-imatrix` writes and `llama-quantize --imatrix` reads, so files are
 interchangeable in both directions. MoE expert tensors are not covered (refused).
+
+The model streams block by block (hubtool.gguf.calibration_pass): each block's linears add their
+inputs while the block is materialised, and the head's input is the final hidden state, so no
+logits are computed and peak memory is one block plus activations, whatever the depth.
 """
 
 from __future__ import annotations
@@ -17,22 +21,30 @@ from pathlib import Path
 import numpy as np
 
 from hubtool.errors import InputError
-from hubtool.gguf.calibration_pass import open_calibration_pass
-from hubtool.progress import track
+from hubtool.gguf.calibration_pass import CalibrationPass, run_calibration
 
 
 def compute_imatrix(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 8192,
-                    trust_remote_code: bool = False) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """(sum of squared inputs per column, token counts) keyed by GGUF tensor name, from calibration TEXT."""
-    import json
+                    trust_remote_code: bool = False, device: str = "cpu", batch_tokens: int = 4096,
+                    in_memory: bool = False) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """(sum of squared inputs per column, token counts) keyed by GGUF tensor name, from calibration TEXT.
 
-    import torch
+    The model streams block by block on DEVICE (one decoder block's weights in memory at a time; BATCH_TOKENS
+    tokens of equal-length windows per pass over the blocks); IN_MEMORY loads it whole (the fallback for code
+    that can't be streamed)."""
+    import json
 
     archs = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("architectures") or []
     if any("Mixtral" in a or "Moe" in a for a in archs):
         raise InputError(f"{model_dir}: computing an importance matrix for MoE models is not supported; pass a llama-imatrix file with --imatrix")
-    run = open_calibration_pass(Path(model_dir), text, arch_name=arch_name, context=context, max_tokens=max_tokens,
-                                what="importance matrix", trust_remote_code=trust_remote_code)
+    return run_calibration(lambda run: _accumulate(run, batch_tokens), Path(model_dir), text, in_memory=in_memory,
+                           arch_name=arch_name, context=context, max_tokens=max_tokens, what="importance matrix",
+                           trust_remote_code=trust_remote_code, device=device)
+
+
+def _accumulate(run: CalibrationPass, batch_tokens: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    import torch
+
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
@@ -43,15 +55,23 @@ def compute_imatrix(model_dir: Path, text: str, *, arch_name: str, context: int 
             counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
         return hook
 
-    hooks = [module.register_forward_pre_hook(hook_for(name)) for name, module in run.linears]
+    hook_fns = {name: hook_for(name) for name, _ in run.linears}
+    hooks = [module.register_forward_pre_hook(hook_fns[name]) for name, module in run.linears]
+    batches = run.batches(batch_tokens)
     try:
         with torch.inference_mode():
-            for window in track(run.windows, description="imatrix"):
-                run.model(torch.tensor([window]))
+            for batch in run.progress(batches, "imatrix"):
+                ids = torch.tensor(batch, device=run.device)
+                if run.stream is None:
+                    run.model(ids)
+                    continue
+                hidden = run.stream.forward_hidden(ids)  # the blocks' linears hook themselves while materialised
+                if run.head is not None:  # the head's input is the final hidden state: no logits needed
+                    hook_fns[run.head[0]](run.head[1], (hidden,))
     finally:
         for h in hooks:
             h.remove()
-    return {k: v.numpy().astype(np.float32) for k, v in sums.items()}, {k: float(c) for k, c in counts.items()}
+    return {k: v.cpu().numpy().astype(np.float32) for k, v in sums.items()}, {k: float(c) for k, c in counts.items()}
 
 
 def save_imatrix(path: Path, sums: dict[str, np.ndarray], counts: dict[str, float], *, dataset: str, context: int) -> Path:

@@ -1,5 +1,10 @@
 """How much the model's output reacts to noise on each layer: the diagonal Fisher of every linear
-layer's outputs, measured in one forward+backward pass per calibration window.
+layer's outputs, measured in one forward+backward pass over the calibration windows.
+
+The model streams block by block (hubtool.gguf.calibration_pass): the forward keeps only each block's
+input hidden states (tokens x hidden per block), the loss gradient is taken at the head (computed in
+vocabulary chunks), and the backward re-materialises the blocks in reverse, one at a time, recomputing
+each from its saved input (hubtool.quality.stream.StreamingModel.recompute_in_backward).
 
 Format-neutral measurement; the costs it weighs (e.g. GGUF per-tensor quantization error, in
 hubtool/gguf/mix.py) belong to the format. Tensors are keyed by GGUF name, the names the mixes use.
@@ -8,29 +13,35 @@ hubtool/gguf/mix.py) belong to the format. Tensors are keyed by GGUF name, the n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from hubtool.progress import track
+from hubtool.gguf.calibration_pass import CalibrationPass, run_calibration
 
 
 def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 2048,
-                  trust_remote_code: bool = False) -> dict[str, np.ndarray]:
+                  trust_remote_code: bool = False, device: str = "cpu", batch_tokens: int = 2048, chunk_rows: int = 8192,
+                  in_memory: bool = False) -> dict[str, np.ndarray]:
     """Diagonal Fisher of every linear layer's outputs (GGUF tensor name -> per-output-channel
     E[(dL/dy)^2] per token), plus 'token_embd.weight:input' for the embedding output, from CALIBRATION text.
 
     Labels are drawn from the model's own next-token distribution (the true Fisher, whose
-    quadratic form is the KL of a small perturbation)."""
+    quadratic form is the KL of a small perturbation). Streamed on DEVICE, BATCH_TOKENS tokens of
+    equal-length windows per pass over the blocks, the head in CHUNK_ROWS-row vocabulary chunks;
+    IN_MEMORY loads the model whole (the fallback for code that can't be streamed)."""
+    return run_calibration(lambda run: _fisher(run, batch_tokens, chunk_rows), Path(model_dir), text, in_memory=in_memory,
+                           arch_name=arch_name, context=context, max_tokens=max_tokens, what="sensitivity pass",
+                           trust_remote_code=trust_remote_code, device=device)
+
+
+def _fisher(run: CalibrationPass, batch_tokens: int, chunk_rows: int) -> dict[str, np.ndarray]:
     import torch
 
-    from hubtool.gguf.calibration_pass import open_calibration_pass
-
-    run = open_calibration_pass(Path(model_dir), text, arch_name=arch_name, context=context, max_tokens=max_tokens,
-                                what="sensitivity pass", trust_remote_code=trust_remote_code)
     model = run.model
     model.requires_grad_(False)
     sums: dict[str, torch.Tensor] = {}
-    tokens = [0]
+    tokens = 0
 
     def collect(name: str, scale: float = 1.0):
         def on_grad(g: torch.Tensor) -> None:
@@ -40,7 +51,7 @@ def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 
 
     def on_output(name: str):
         def hook(_module, _inputs, out: torch.Tensor) -> None:  # None: the output itself is unchanged
-            if out.requires_grad:
+            if out.requires_grad:  # not in a streamed block's first (no-grad) forward: in its recompute
                 out.register_hook(collect(name))
         return hook
 
@@ -55,14 +66,56 @@ def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 
 
     hooks.append(emb.register_forward_hook(emb_hook))
     gen = torch.Generator().manual_seed(0)
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # on the CPU generator, whatever the device: the same draws everywhere
+            probs = torch.softmax(logits, -1).cpu()
+            return torch.multinomial(probs, 1, generator=gen)[:, 0].to(logits.device)
+
+    batches = run.batches(batch_tokens)
+    if run.stream is not None:
+        run.stream.recompute_in_backward()
     try:
-        for window in track(run.windows, description="sensitivity (Fisher)"):
-            logits = model(torch.tensor([window])).logits[0].float()
-            with torch.no_grad():
-                labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
-            torch.nn.functional.cross_entropy(logits, labels, reduction="sum").backward()
-            tokens[0] += len(window)
+        for batch in run.progress(batches, "sensitivity (Fisher)", passes=2):
+            ids = torch.tensor(batch, device=run.device)
+            if run.stream is None:
+                logits = model(ids).logits[0].float()
+                torch.nn.functional.cross_entropy(logits, sample(logits), reduction="sum").backward()
+            else:
+                hidden = run.stream.forward_hidden(ids)  # blocks keep their inputs only
+                head_hook = collect(run.head[0]) if run.head is not None else None
+                grad = torch.stack([_head_grad(run.stream, h.detach(), sample, head_hook, chunk_rows) for h in hidden])
+                hidden.backward(grad)  # block by block, in reverse
+            tokens += sum(len(w) for w in batch)
     finally:
         for h in hooks:
             h.remove()
-    return {k: (v / max(tokens[0], 1)).numpy().astype(np.float64) for k, v in sums.items()}
+    return {k: (v / max(tokens, 1)).cpu().numpy().astype(np.float64) for k, v in sums.items()}
+
+
+def _head_grad(stream: Any, hidden: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor],
+               head_hook: Callable[[torch.Tensor], None] | None, chunk_rows: int) -> torch.Tensor:
+    """d loss / d HIDDEN [len, hidden] of one window, the loss the cross-entropy of labels SAMPLEd from its own
+    logits; the head (and its logit transform: Gemma's soft-capping) in CHUNK_ROWS-row vocabulary chunks, its
+    output gradient handed to HEAD_HOOK as the in-memory model's head hook would see it."""
+    import torch
+
+    from hubtool.quality.stream import _final_logit_transform
+
+    raw = torch.empty(hidden.shape[0], stream.vocab_rows(), device=hidden.device, dtype=torch.float32)
+    with torch.no_grad():
+        for start, stop, w, b in stream.head_chunks(chunk_rows):
+            raw[:, start:stop] = torch.nn.functional.linear(hidden, w, b)
+    raw.requires_grad_(True)
+    with torch.enable_grad():
+        logits = _final_logit_transform(stream)(raw).float()
+        torch.nn.functional.cross_entropy(logits, sample(logits), reduction="sum").backward()
+    g = raw.grad
+    assert g is not None
+    if head_hook is not None:
+        head_hook(g)
+    out = torch.zeros_like(hidden)
+    with torch.no_grad():
+        for start, stop, w, _ in stream.head_chunks(chunk_rows):
+            out += g[:, start:stop] @ w
+    return out

@@ -6,6 +6,8 @@ own forward as one right-padded batch; a pre-hook on each decoder block material
 weights (fp32 compute) just before it runs and a post-hook drops them back to meta after it, so
 host memory holds one block plus the activations, whatever the depth. The output head runs in
 vocabulary chunks read as row slices of the checkpoint. On CUDA the blocks run on the GPU.
+The calibration passes (hubtool.gguf.calibration_pass) run through the same blocks, the Fisher's backward too
+(`recompute_in_backward`: each block recomputed from its saved input, one at a time).
 """
 
 from __future__ import annotations
@@ -22,6 +24,26 @@ from hubtool.errors import InputError
 from hubtool.model_dir import check_remote_code
 
 BlockHook = Callable[[str, torch.nn.Module], None]
+
+
+def _trim_heap() -> None:
+    """Return the C heap's free pages to the OS (glibc malloc_trim; a no-op elsewhere). Block-sized buffers freed
+    between blocks sit under glibc's raised mmap threshold, in a heap that small long-lived tensors fragment, so
+    without this the process's RSS creeps up by tens of MB per block over a pass."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 class NotStreamable(InputError):
@@ -126,6 +148,7 @@ class StreamingModel:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
         self.block_hook = block_hook
+        self._recomputed: set[int] = set()
         # a custom-code model (auto_map) is built from its own classes, only when the user trusts its code
         check_remote_code(self.config_dir, json.loads((self.config_dir / "config.json").read_text(encoding="utf-8")),
                           trust_remote_code=trust_remote_code)
@@ -260,6 +283,7 @@ class StreamingModel:
             set_module_tensor_to_device(module, name, self.device, value=value, dtype=self.dtype)
 
     def _materialise(self, block: torch.nn.Module, args: Any) -> None:
+        _trim_heap()  # the previous block's weights and activations were freed: give their pages back first
         self._load(block)
         if self.block_hook is not None:
             self.block_hook(self._name(block), block)
@@ -269,6 +293,47 @@ class StreamingModel:
 
         for name, _ in list(block.named_parameters()):
             set_module_tensor_to_device(block, name, "meta")
+
+    def _on_meta(self, block: torch.nn.Module) -> bool:
+        return any(p.device.type == "meta" for p in block.parameters())
+
+    def recompute_in_backward(self) -> None:
+        """Let autograd run through the blocks one at a time (the Fisher pass): with grad enabled, each block keeps
+        only its input hidden states from the forward (activation checkpointing, torch.utils.checkpoint); the
+        backward re-materialises the block, recomputes its forward from that input with grad, back-propagates
+        through it and drops it. Without grad (inference_mode: the reference stage) blocks run exactly as before."""
+        for block in self.blocks:
+            if id(block) not in self._recomputed:
+                self._recomputed.add(id(block))
+                block.forward = self._checkpointed(block, block.forward)
+
+    def _checkpointed(self, block: torch.nn.Module, inner: Callable[..., Any]) -> Callable[..., Any]:
+        from torch.utils.checkpoint import checkpoint
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return inner(*args, **kwargs)
+            rest = args[1:]
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+
+            def run(h: torch.Tensor) -> Any:
+                again = self._on_meta(block)  # the backward's recompute: the forward's post-hook dropped the weights
+                if again:
+                    self._materialise(block, ())
+                try:
+                    return inner(h, *rest, **kwargs) if args else inner(hidden_states=h, **kwargs)
+                finally:
+                    if again:  # the recomputed graph holds the weights it needs until this block's backward is done
+                        self._release(block, (), None)
+
+            return checkpoint(run, hidden, use_reentrant=True, preserve_rng_state=False)
+
+        return forward
+
+    def forward_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final (normed) hidden states [batch, len, hidden] of equal-length windows IDS, one pass over the blocks,
+        under the caller's grad mode (with recompute_in_backward, a graph a backward can run block by block)."""
+        return self.base(inputs_embeds=self.embeddings(ids), use_cache=False).last_hidden_state
 
     def embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of IDS through the model's own embedding module (Gemma-3 scales inside it),
