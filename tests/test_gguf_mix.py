@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.extras import require_extra
@@ -64,6 +65,88 @@ def test_allocate_spends_the_budget_a_hull_walk_leaves():
         # the least-harmful bytes first: Q8_0 (0.001 per 7 bytes) before Q5_1 (>= 0.002 per 2 bytes); a Q5_1 only as the last fit
         assert list(chosen.values()).count("Q5_1") <= 1, chosen
     assert allocate(grid, 100, fill_to=0.99) != allocate(grid, 100)
+
+
+def _brute_force(costs, budget):
+    """The least summed KL of any assignment within BUDGET bytes."""
+    return min(sum(c.options[t][1] for c, t in zip(costs, combo))
+               for combo in itertools.product(*[list(c.options) for c in costs])
+               if sum(c.options[t][0] for c, t in zip(costs, combo)) <= budget)
+
+
+def test_allocate_trades_a_big_upgrade_for_downgrades_elsewhere():
+    """Gemma-3's Q3_K_M case in miniature: every layer tensor's upgrade gains more per byte than the
+    embedding's, so a walk that only adds bytes puts the layers at the top and is then stuck with the
+    embedding's step not fitting; the optimum upgrades the embedding and pays with two layer downgrades."""
+    layers = [TensorCost(f"blk.{i}", (1, 1), {"Q4_K": (10, 0.2), "Q8_0": (20, 0.0)}) for i in range(4)]
+    embd = TensorCost("token_embd", (1, 1), {"Q5_1": (100, 1.0), "Q8_0": (140, 0.3)})
+    costs = [embd] + layers
+    budget = 200
+    walk = {c.name: max(c.options, key=lambda t: c.options[t][0]) for c in layers} | {"token_embd": "Q5_1"}
+    assert sum(c.options[walk[c.name]][0] for c in costs) == 180  # where the walk stops: 20 bytes left, the step is 40
+    chosen = allocate(costs, budget)
+    assert chosen["token_embd"] == "Q8_0"
+    assert sorted(chosen[c.name] for c in layers) == ["Q4_K", "Q4_K", "Q8_0", "Q8_0"]
+    assert sum(c.options[chosen[c.name]][0] for c in costs) == budget
+    assert predicted_kl(costs, chosen) == pytest.approx(_brute_force(costs, budget)) == pytest.approx(0.7)
+    assert predicted_kl(costs, chosen) < predicted_kl(costs, walk)
+
+
+def test_allocate_is_the_exact_optimum_and_never_over_budget():
+    """Random non-convex option sets (skipped hull points, dominated types, a zero-KL top rung like
+    F16): the predicted KL is the brute-force optimum, the bytes never exceed the budget, and with
+    fill_to the budget is spent down to one step of the fill line."""
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        costs = []
+        for i in range(5):
+            n_opt = int(rng.integers(2, 5))
+            sizes = np.sort(rng.choice(np.arange(5, 60), n_opt, replace=False))
+            kls = rng.uniform(0, 1, n_opt)  # not sorted: some types are dominated, some hulls skip points
+            options = {f"T{j}": (int(b), float(k)) for j, (b, k) in enumerate(zip(sizes, kls))}
+            options["F16"] = (int(sizes[-1]) + 40, 0.0)
+            costs.append(TensorCost(f"t{i}", (1, 1), options))
+        least = sum(min(b for b, _ in c.options.values()) for c in costs)
+        most = sum(max(b for b, _ in c.options.values()) for c in costs)
+        for budget in rng.integers(least, most + 1, 3):
+            chosen = allocate(costs, int(budget))
+            spent = sum(c.options[chosen[c.name]][0] for c in costs)
+            assert spent <= budget, (trial, budget, spent)
+            assert predicted_kl(costs, chosen) == pytest.approx(_brute_force(costs, int(budget))), (trial, budget)
+            filled = allocate(costs, int(budget), fill_to=0.99)
+            spent = sum(c.options[filled[c.name]][0] for c in costs)
+            biggest_step = max(max(b for b, _ in c.options.values()) - min(b for b, _ in c.options.values()) for c in costs)
+            assert 0.99 * budget - biggest_step <= spent <= budget, (trial, budget, spent)
+
+
+def test_allocate_byte_grid_rounds_up_never_over():
+    """Budgets far larger than the DP grid (real files: 10^8 bytes over 2^17 cells): rounding each
+    step up to a cell keeps the result within the budget and leaves at most a cell per tensor unspent
+    when the optimum is to spend everything."""
+    costs = [TensorCost(f"t{i}", (1, 1), {"Q4_K": (1_000_003 * (i + 1), 1.0), "Q8_0": (1_900_007 * (i + 1), 0.1 * i),
+                                           "F16": (3_600_011 * (i + 1), 0.0)}) for i in range(30)]
+    for budget in (500_000_000, 1_000_000_000, 1_600_000_000):
+        chosen = allocate(costs, budget)
+        spent = sum(c.options[chosen[c.name]][0] for c in costs)
+        assert spent <= budget
+        top = sum(c.options["F16"][0] for c in costs)
+        assert spent >= min(budget, top) - 30 * (budget // (1 << 17) + 1) - max(c.options["F16"][0] - c.options["Q8_0"][0] for c in costs)
+
+
+def test_candidates_end_in_16_bit_rungs(tiny):
+    """F16/BF16 are candidates: measured with ggml (F16 of an F16 file predicts 0), and a budget of
+    every tensor at F16 gives a recipe llama.cpp's dry run writes as planned."""
+    src, base, imatrix, fisher = tiny
+    from hubtool.gguf.mix import candidate_types
+
+    assert {"F16", "BF16"} <= set(candidate_types("Q4_K_M")) and {"F16", "BF16"} <= set(candidate_types("IQ2_M"))
+    first = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher)
+    assert all(c.options["F16"][1] == 0.0 < c.options["Q8_0"][1] for c in first.costs)
+    assert all(c.options["BF16"][1] > 0.0 for c in first.costs)  # F16 -> BF16 drops mantissa bits
+    everything = sum(c.options["F16"][0] for c in first.costs)
+    mix = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher, costs=list(first.costs), budget_bytes=everything)
+    assert set(dict(mix.recipe.types).values()) == {"F16"} and mix.predicted_kl == 0.0  # plan_mix checked it by dry run
+    assert mix.mix_bytes == everything
 
 
 @pytest.mark.parametrize("stock_type", ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ2_M"])
