@@ -16,8 +16,8 @@ from hubtool.errors import InputError, QuantizeError
 from hubtool.gguf import export_gguf
 from hubtool.gguf.facts import recipe_name, tuned_variant, type_from_name
 from hubtool.gguf.imatrix import compute_imatrix, imatrix_means
-from hubtool.gguf.mix import (Recipe, TensorCost, allocate, check_against_recipe, file_types, parse_recipe, plan_mix,
-                              predicted_kl, tensor_bytes, write_tuned)
+from hubtool.gguf.mix import (Recipe, TensorCost, activation_noise, allocate, check_against_recipe, file_types, measure_costs,
+                              parse_recipe, plan_mix, predicted_kl, roundtrip, tensor_bytes, vec_dot_type, write_tuned)
 from hubtool.gguf.quantize import planned_tensor_types, quantize_gguf
 from hubtool.quality.sensitivity import output_fisher
 from tests.tiny import corpus_text, make_tiny_llama
@@ -32,7 +32,7 @@ def tiny(tmp_path_factory, tokenizer_dir):
     base = Path(rows[0]["file"])
     text = corpus_text()
     sums, counts = compute_imatrix(src, text, arch_name="llama", context=128, max_tokens=512)
-    fisher = output_fisher(src, text, arch_name="llama", context=128, max_tokens=256)
+    fisher = output_fisher(src, text, arch_name="llama", context=128, max_tokens=256, input_noise=activation_noise())
     return src, base, imatrix_means(sums, counts), fisher
 
 
@@ -134,19 +134,72 @@ def test_allocate_byte_grid_rounds_up_never_over():
 
 
 def test_candidates_end_in_16_bit_rungs(tiny):
-    """F16/BF16 are candidates: measured with ggml (F16 of an F16 file predicts 0), and a budget of
-    every tensor at F16 gives a recipe llama.cpp's dry run writes as planned."""
+    """F16/BF16 are candidates: measured with ggml (F16 of an F16 file has no weight error, only its
+    activations' rounding), and a budget of every tensor at F16 gives a recipe llama.cpp's dry run
+    writes as planned."""
     src, base, imatrix, fisher = tiny
     from hubtool.gguf.mix import candidate_types
 
     assert {"F16", "BF16"} <= set(candidate_types("Q4_K_M")) and {"F16", "BF16"} <= set(candidate_types("IQ2_M"))
     first = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher)
-    assert all(c.options["F16"][1] == 0.0 < c.options["Q8_0"][1] for c in first.costs)
-    assert all(c.options["BF16"][1] > 0.0 for c in first.costs)  # F16 -> BF16 drops mantissa bits
+    for c in first.costs:
+        if not c.name.startswith("blk."):  # the embedding: rows looked up, no matmul of its own (unless tied)
+            assert c.options["F16"][1] == min(kl for _, kl in c.options.values())
+            continue
+        f16_noise = 0.5 * float(fisher[c.name] @ fisher[f"{c.name}:input_noise:F16"])
+        assert c.options["F16"][1] == pytest.approx(f16_noise) and 0 < c.options["F16"][1] < c.options["Q8_0"][1], c.name
+        assert c.options["BF16"][1] > c.options["F16"][1]  # F16 -> BF16 drops mantissa bits of weights and inputs
     everything = sum(c.options["F16"][0] for c in first.costs)
     mix = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher, costs=list(first.costs), budget_bytes=everything)
-    assert set(dict(mix.recipe.types).values()) == {"F16"} and mix.predicted_kl == 0.0  # plan_mix checked it by dry run
+    assert set(dict(mix.recipe.types).values()) == {"F16"}  # plan_mix checked it by llama.cpp's dry run
     assert mix.mix_bytes == everything
+
+
+def _ggml_q8_k(x: np.ndarray) -> np.ndarray:
+    """ggml's own Q8_K round trip (quantize_row_q8_K_ref, dequantize_row_q8_K): what a K-quant matmul's input becomes."""
+    import ctypes
+
+    from hubtool.gguf.mix import _ggml
+
+    lib = _ggml()
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    blocks = np.zeros(x.size // 256 * 292, dtype=np.uint8)  # block_q8_K: float d, int8 qs[256], int16 bsums[16]
+    out = np.zeros_like(x)
+    lib.quantize_row_q8_K_ref.argtypes = lib.dequantize_row_q8_K.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.quantize_row_q8_K_ref(x.ctypes.data, blocks.ctypes.data, x.size)
+    lib.dequantize_row_q8_K(blocks.ctypes.data, out.ctypes.data, x.size)
+    return out
+
+
+def test_activation_noise_is_ggmls_rounding_and_enters_the_prediction(tiny):
+    """The activation roundings are ggml's (Q8_0 and Q8_K compared with ggml's own functions, an
+    outlier channel included: it is what makes Q8_K's 256-wide blocks costly), each weight type gets
+    its vec_dot input format, and a candidate's predicted KL is its weight error plus exactly
+    1/2 sum_i F_i E[(W dx)_i^2] of that format."""
+    import torch
+
+    src, base, imatrix, fisher = tiny
+    x = np.random.default_rng(0).standard_normal((4, 512)).astype(np.float32)
+    x[:, 7] *= 60  # an outlier channel
+    fns = activation_noise()
+    assert np.array_equal(fns["Q8_0@32"](torch.from_numpy(x)).numpy(), roundtrip(x, "Q8_0", None))
+    q8k = fns["Q8_K@256"](torch.from_numpy(x)).numpy()
+    assert np.allclose(q8k, _ggml_q8_k(x).reshape(x.shape), rtol=0, atol=1e-6 * np.abs(x).max())
+    assert np.abs(q8k - x)[:, :256].mean() > 4 * np.abs(q8k - x)[:, 256:].mean()  # the outlier's block pays
+    assert [vec_dot_type(t) for t in ("Q4_K", "Q6_K", "IQ2_S", "Q4_0", "Q5_1", "Q8_0", "IQ4_NL", "F16", "BF16")] == \
+        ["Q8_K", "Q8_K", "Q8_K", "Q8_0", "Q8_0", "Q8_0", "Q8_0", "F16", "BF16"]
+    names = ["blk.0.ffn_down.weight", "blk.1.attn_q.weight"]
+    weight_only = {k: v for k, v in fisher.items() if ":input_noise:" not in k}
+    with_noise = measure_costs(base, names, ["Q4_K", "Q5_0", "Q8_0", "F16"], imatrix=imatrix, fisher=fisher)
+    without = measure_costs(base, names, ["Q4_K", "Q5_0", "Q8_0", "F16"], imatrix=imatrix, fisher=weight_only)
+    for a, b in zip(with_noise, without):
+        assert a.name == b.name and a.options.keys() == b.options.keys()
+        for t in a.options:
+            noise = fisher[f"{a.name}:input_noise:{vec_dot_type(t)}"]
+            assert noise.shape == fisher[a.name].shape and noise.sum() > 0
+            assert a.options[t][1] - b.options[t][1] == pytest.approx(0.5 * float(fisher[a.name] @ noise), rel=1e-9), (a.name, t)
+        assert b.options["F16"][1] == 0.0
+        assert a.options["Q4_K"][1] - b.options["Q4_K"][1] > a.options["Q8_0"][1] - b.options["Q8_0"][1]  # 256-wide vs 32-wide
 
 
 @pytest.mark.parametrize("stock_type", ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ2_M"])

@@ -9,7 +9,13 @@ Both factors are measured, not guessed:
   with gguf-py's dequantizer; the error is weighted per input column by the importance matrix
   (mean squared activation), i.e. the expected squared output error per token;
 - the reaction (hubtool/quality/sensitivity.py): the diagonal Fisher of each linear layer's outputs, E[(d loss / d y_i)^2] with
-  labels drawn from the model's own distribution, one forward+backward pass over calibration text.
+  labels drawn from the model's own distribution, one forward+backward pass over calibration text;
+- the activations' noise: ggml's CPU matmul rounds a layer's input to the weight type's `vec_dot_type`
+  before the dot products (Q8_K, 256-wide blocks, for K- and most IQ-quants; Q8_0/Q8_1, 32-wide, for
+  Q4_0..Q8_0 and IQ4_NL; F16/BF16 for those). The same pass pushes each rounding of the real inputs
+  through the layer (E[(W dx)^2] per output channel, `activation_noise`). On Gemma-3 270M, whose weights
+  sit exactly on a Q4_K_M grid, this is all of stock Q4_K_M's KL: 0.0050 with every weight exact,
+  0.0005 with the layers at F16 (bench/results/frontier-gemma3-270m.md).
 
 Second order, predicted KL per token = 1/2 sum_i F_i sum_j m_j dW_ij^2. The predictions add over
 tensors, so choosing the types is a multiple-choice knapsack: minimise the summed predicted KL with
@@ -47,6 +53,37 @@ IQ_FAMILY = ("IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS"
 FILL_TO = 0.99  # a tuned file "the size of" stock spends at least this share of stock's bytes
 SAMPLE_ROWS = 256  # rows per tensor measured at each type: the cost stays per-tensor, not per-weight
 DP_CELLS = 1 << 17  # allocate's byte grid: rounding each step up to a cell leaves at most (tensors x cell) of the budget unspent
+
+
+# ggml-cpu's type_traits_cpu[type].vec_dot_type: what a matmul's input is rounded to for each weight type
+# (Q8_1 rounds like Q8_0: same 32-wide blocks, same scale; it also stores the block sums).
+_VEC_DOT_32 = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"}
+
+
+def vec_dot_type(type_name: str) -> str:
+    """The format ggml's CPU backend rounds a matmul's activations to for weights of TYPE_NAME."""
+    if type_name in ("F16", "BF16", "F32"):
+        return type_name
+    return "Q8_0" if type_name in _VEC_DOT_32 else "Q8_K"
+
+
+def activation_noise() -> dict:
+    """ggml's activation roundings as functions of a (tokens, k) torch tensor, for
+    hubtool.quality.sensitivity.output_fisher's INPUT_NOISE ('label@block': rows must divide by block)."""
+    import torch
+
+    def blocks(block: int, fp16_scale: bool):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            xb = x.reshape(x.shape[0], -1, block)
+            d = xb.abs().amax(-1, keepdim=True) / 127  # quantize_row_q8_0/_K: amax -> +-127
+            q = torch.where(d > 0, torch.round(xb / torch.where(d > 0, d, 1)), 0).clamp(-127, 127)
+            if fp16_scale:  # Q8_0 stores d as fp16 (the rounding itself used the exact d)
+                d = d.half().float()
+            return (q * d).reshape(x.shape)
+        return fn
+
+    return {"Q8_K@256": blocks(256, False), "Q8_0@32": blocks(32, True),
+            "F16": lambda x: x.half().float(), "BF16": lambda x: x.bfloat16().float()}
 
 
 def candidate_types(stock_type: str) -> tuple[str, ...]:
@@ -160,6 +197,9 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
             f = fisher.get(name)
             parts = [(f[idx] if f is not None and f.size == n else np.full(len(idx), float(np.mean(f)) if f is not None else 0.0),
                       q_imat)]
+        # the activations' rounding at each vec_dot type, through this matrix (for the tied embedding: as the output)
+        act_of = "output.weight" if name == "token_embd.weight" else name
+        row_f = fisher.get(act_of)
         options: dict[str, tuple[int, float]] = {}
         for cand in candidates:
             if not fits(cand, k) or (requires_imatrix(cand) and q_imat is None):
@@ -169,6 +209,9 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
             for row_w, col_w in parts:
                 col = np.ones(k) if col_w is None else col_w
                 kl += 0.5 * float(row_w @ (err2 @ col)) * n / len(idx)
+            noise = fisher.get(f"{act_of}:input_noise:{vec_dot_type(cand)}")
+            if noise is not None and row_f is not None and noise.size == row_f.size and (act_of == name or tied):
+                kl += 0.5 * float(row_f @ noise)
             options[cand] = (row_bytes(cand, k) * n, kl)
         if not options:
             raise QuantizeError(f"{name}: no candidate type fits rows of {k} values")
@@ -545,7 +588,8 @@ def export_tuned_variants(model_dir: Path, base_gguf: Path, out_dir: Path, varia
     with staged_file(out_dir / gguf_facts.imatrix_name(name), overwrite=True) as tmp:
         save_imatrix(tmp, sums, counts, dataset=calibration_name, context=512)
     imatrix = imatrix_means(sums, counts)
-    fisher = output_fisher(Path(model_dir), calibration, arch_name=arch, trust_remote_code=trust_remote_code)
+    fisher = output_fisher(Path(model_dir), calibration, arch_name=arch, trust_remote_code=trust_remote_code,
+                           input_noise=activation_noise())
     measured: dict[tuple[str, ...], list[TensorCost]] = {}  # candidate family -> the costs measured so far
     rows = []
     for stock_type, target_bpw in variants:

@@ -8,19 +8,28 @@ hubtool/gguf/mix.py) belong to the format. Tensors are keyed by GGUF name, the n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from hubtool.progress import track
 
+NOISE_TOKENS = 64  # tokens per window whose input noise is pushed through each linear (evenly spaced)
+
 
 def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 2048,
-                  trust_remote_code: bool = False) -> dict[str, np.ndarray]:
+                  trust_remote_code: bool = False, input_noise: dict[str, Callable[[Any], Any]] | None = None,
+                  noise_tokens: int = NOISE_TOKENS) -> dict[str, np.ndarray]:
     """Diagonal Fisher of every linear layer's outputs (GGUF tensor name -> per-output-channel
     E[(dL/dy)^2] per token), plus 'token_embd.weight:input' for the embedding output, from CALIBRATION text.
 
     Labels are drawn from the model's own next-token distribution (the true Fisher, whose
-    quadratic form is the KL of a small perturbation)."""
+    quadratic form is the KL of a small perturbation).
+
+    INPUT_NOISE (label -> function of a (tokens, k) float tensor returning it perturbed, e.g. how a
+    runtime rounds activations before a quantized matmul): also 'NAME:input_noise:LABEL', each linear's
+    per-output-channel E[(W (f(x) - x))^2] per token over NOISE_TOKENS evenly spaced tokens of each
+    window, for functions whose row-length condition holds (a label 'L@256' applies to rows divisible by 256)."""
     import torch
 
     from hubtool.gguf.calibration_pass import open_calibration_pass
@@ -38,13 +47,33 @@ def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 
             sums[name] = sums.get(name, 0) + (g * g).sum(0) * scale
         return on_grad
 
-    def on_output(name: str):
-        def hook(_module, _inputs, out: torch.Tensor) -> None:  # None: the output itself is unchanged
+    noise_sums: dict[str, torch.Tensor] = {}
+    noise_count = [0]
+
+    def add_noise(name: str, module: Any, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            x = x.detach().reshape(-1, x.shape[-1]).float()
+            x = x[torch.linspace(0, x.shape[0] - 1, min(noise_tokens, x.shape[0])).round().long().unique()]
+            w = module.weight.detach().float()
+            for label, fn in (input_noise or {}).items():
+                block = int(label.partition("@")[2] or 1)
+                if x.shape[1] % block:
+                    continue
+                dy = (fn(x) - x) @ w.T
+                key = f"{name}:input_noise:{label.partition('@')[0]}"
+                noise_sums[key] = noise_sums.get(key, 0) + (dy * dy).sum(0)
+            if name == run.linears[0][0]:
+                noise_count[0] += x.shape[0]
+
+    def on_output(name: str, module: Any):
+        def hook(_module, inputs, out: torch.Tensor) -> None:  # None: the output itself is unchanged
             if out.requires_grad:
                 out.register_hook(collect(name))
+            if input_noise:
+                add_noise(name, module, inputs[0])
         return hook
 
-    hooks = [module.register_forward_hook(on_output(name)) for name, module in run.linears]
+    hooks = [module.register_forward_hook(on_output(name, module)) for name, module in run.linears]
     emb = model.get_input_embeddings()
     emb_scale = float(getattr(emb, "embed_scale", 1.0) or 1.0)  # Gemma scales the looked-up rows
 
@@ -65,4 +94,6 @@ def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 
     finally:
         for h in hooks:
             h.remove()
-    return {k: (v / max(tokens[0], 1)).numpy().astype(np.float64) for k, v in sums.items()}
+    out = {k: (v / max(tokens[0], 1)).numpy().astype(np.float64) for k, v in sums.items()}
+    out.update({k: (v / max(noise_count[0], 1)).numpy().astype(np.float64) for k, v in noise_sums.items()})
+    return out
