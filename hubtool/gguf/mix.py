@@ -13,7 +13,7 @@ Both factors are measured, not guessed:
 - the activations' noise: ggml's CPU matmul rounds a layer's input to the weight type's `vec_dot_type`
   before the dot products (Q8_K, 256-wide blocks, for K- and most IQ-quants; Q8_0/Q8_1, 32-wide, for
   Q4_0..Q8_0 and IQ4_NL; F16/BF16 for those). The same pass pushes each rounding of the real inputs
-  through the layer (E[(W dx)^2] per output channel, `activation_noise`). On Gemma-3 270M, whose weights
+  through the layer, weighted token by token by the loss's reaction there (`activation_noise`). On Gemma-3 270M, whose weights
   sit exactly on a Q4_K_M grid, this is all of stock Q4_K_M's KL: 0.0050 with every weight exact,
   0.0005 with the layers at F16 (bench/results/frontier-gemma3-270m.md).
 
@@ -199,7 +199,6 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
                       q_imat)]
         # the activations' rounding at each vec_dot type, through this matrix (for the tied embedding: as the output)
         act_of = "output.weight" if name == "token_embd.weight" else name
-        row_f = fisher.get(act_of)
         options: dict[str, tuple[int, float]] = {}
         for cand in candidates:
             if not fits(cand, k) or (requires_imatrix(cand) and q_imat is None):
@@ -209,9 +208,9 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
             for row_w, col_w in parts:
                 col = np.ones(k) if col_w is None else col_w
                 kl += 0.5 * float(row_w @ (err2 @ col)) * n / len(idx)
-            noise = fisher.get(f"{act_of}:input_noise:{vec_dot_type(cand)}")
-            if noise is not None and row_f is not None and noise.size == row_f.size and (act_of == name or tied):
-                kl += 0.5 * float(row_f @ noise)
+            noise = fisher.get(f"{act_of}:input_noise:{vec_dot_type(cand)}")  # per channel E[g^2 (W dx)^2]
+            if noise is not None and (act_of == name or tied):
+                kl += 0.5 * float(noise.sum())
             options[cand] = (row_bytes(cand, k) * n, kl)
         if not options:
             raise QuantizeError(f"{name}: no candidate type fits rows of {k} values")
