@@ -46,8 +46,13 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the saved .json")
     args = ap.parse_args()
     load_start = list(os.getloadavg())
+    if args.render_only:
+        stem = args.results / f"gguf-floor-{args.model}"
+        write_report(stem, json.loads(stem.with_suffix(".json").read_text()))
+        return
 
     from hubtool.gguf import verify_gguf
     from hubtool.gguf.facts import file_name
@@ -73,20 +78,28 @@ def main() -> None:
         files[dst.name] = label
     rows = verify_gguf(list(out / n for n in files), fp16, text="builtin:heldout", max_tokens=args.windows * args.context,
                        context=args.context)
-    data = {"model": args.model, "rows": [{"variant": files[Path(r["file"]).name], **r} for r in rows],
+    data = {"model": args.model, "context": args.context, "rows": [{**r, "variant": files[Path(r["file"]).name]} for r in rows],
             "load_average_start": load_start, "load_average_end": list(os.getloadavg())}
-    args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / f"gguf-floor-{args.model}"
+    write_report(args.results / f"gguf-floor-{args.model}", data)
+
+
+def write_report(stem: Path, data: dict) -> None:
+    """gguf-floor-MODEL.json and .md (also: --render-only, from the saved .json)."""
+    for r in data["rows"]:  # the label from the file's index into VARIANTS (stable across renders)
+        r["variant"] = list(VARIANTS)[int(Path(r["file"]).name.split(".floor")[1].split(".")[0])]
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    lines = [f"# {args.model}: KL of files whose weights are exact (bench/gguf_floor.py)", "",
-             f"KL(fp16 || GGUF) and top-1 on {rows[0]['tokens']} held-out tokens (`builtin:heldout`, {args.context}-token windows). "
-             "Load average at start / end: " + " / ".join("{:.2f} {:.2f} {:.2f}".format(*data[k]) for k in ("load_average_start", "load_average_end"))
-             + ".", "", "| variant | size MB | KL | top-1 | ppl |", "|---|---:|---:|---:|---:|"]
-    for r in data["rows"]:
+    rows = data["rows"]
+    lines = [f"# {data['model']}: KL of files whose weights are exact (bench/gguf_floor.py)", "",
+             f"KL(fp16 || GGUF) and top-1 on {rows[0]['tokens']} held-out tokens (`builtin:heldout`, {data.get('context', 512)}-token "
+             "windows), every file quantized from the same F16 GGUF with the frontier's importance matrix. Load average at start / end: "
+             + " / ".join("{:.2f} {:.2f} {:.2f}".format(*data[k]) for k in ("load_average_start", "load_average_end")) + ".", "",
+             "| variant | size MB | KL | top-1 | ppl |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
         lines.append(f"| {r['variant']} | {r['size_bytes'] / 1e6:.2f} | {r['kl_div']:.5f} | {r['top1']:.3f} | {r['perplexity']:.3f} |")
+    lines += ["", *data.get("notes", [])]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()
