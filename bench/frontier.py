@@ -191,7 +191,7 @@ def main() -> None:
         need = _tunable(base, t, im_path)
         cost_path = next((p for (fam, names), p in measured.items() if fam == family and need <= names), None)
         if cost_path is None:  # one measurement serves every type of a family that quantizes no other tensor
-            cost_path = work / f"measure-{family}-{t}.v2.pkl"  # v2: 16-bit rungs, activation noise
+            cost_path = work / f"measure-{family}-{t}.v3.pkl"  # v3: 16-bit rungs, activation noise, Fisher-stratified rows
             piece(f"measure:{family}", "p_measure", cost_path, gguf_type=t, sample_rows=args.sample_rows, out=str(cost_path), **common)
             measured[(family, frozenset(need))] = cost_path
         same_as_stock = file_types(large) == file_types(stock)
