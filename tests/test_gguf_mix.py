@@ -133,6 +133,29 @@ def test_allocate_byte_grid_rounds_up_never_over():
         assert spent >= min(budget, top) - 30 * (budget // (1 << 17) + 1) - max(c.options["F16"][0] - c.options["Q8_0"][0] for c in costs)
 
 
+def test_row_sample_keeps_the_rows_that_carry_the_fisher():
+    """A vocabulary's logit Fisher sits on a few rows: the stratified sample holds all of them (counted
+    once) and scales the evenly spaced rest, so a per-row sum is estimated within a few percent where an
+    even sample of the same size misses them entirely."""
+    from hubtool.gguf.mix import _sample
+
+    rng = np.random.default_rng(3)
+    n = 262_144
+    weight = rng.uniform(0, 1e-6, n)
+    heavy = rng.choice(n, 40, replace=False)
+    weight[heavy] = rng.uniform(1, 5, 40)
+    err = rng.uniform(0.5, 1.5, n)  # a type's per-row error
+    idx, mult = _sample(n, 256, weight)
+    assert len(np.unique(idx)) == len(idx) == 256 and mult.sum() == pytest.approx(n)
+    assert set(heavy) <= set(idx.tolist())
+    truth = float(weight @ err)
+    assert float((weight[idx] * mult) @ err[idx]) == pytest.approx(truth, rel=0.02)
+    even, even_mult = _sample(n, 256)
+    assert float((weight[even] * even_mult) @ err[even]) < 0.5 * truth
+    plain, plain_mult = _sample(100, 256, weight[:100])  # small tensors: every row, once
+    assert plain.tolist() == list(range(100)) and set(plain_mult.tolist()) == {1.0}
+
+
 def test_candidates_end_in_16_bit_rungs(tiny):
     """F16/BF16 are candidates: measured with ggml (F16 of an F16 file has no weight error, only its
     activations' rounding), and a budget of every tensor at F16 gives a recipe llama.cpp's dry run
