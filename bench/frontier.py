@@ -93,10 +93,12 @@ def p_imatrix(fp16: str, arch: str, max_tokens: int, out: str) -> None:
 def p_fisher(fp16: str, arch: str, max_tokens: int, out: str) -> None:
     import numpy as np
 
+    from hubtool.gguf.mix import activation_noise
     from hubtool.quality.sensitivity import output_fisher
     from hubtool.quality.texts import read_text_source
 
-    np.savez(out, **output_fisher(Path(fp16), read_text_source("builtin"), arch_name=arch, max_tokens=max_tokens))
+    np.savez(out, **output_fisher(Path(fp16), read_text_source("builtin"), arch_name=arch, max_tokens=max_tokens,
+                                  input_noise=activation_noise()))
 
 
 def _inputs(imatrix: str, fisher: str) -> tuple[dict, dict]:
@@ -168,7 +170,7 @@ def main() -> None:
     arch = {"LlamaForCausalLM": "llama", "Gemma3ForCausalLM": "gemma3"}[model.architecture]
     base = work / "gguf" / file_name(short, "F16")
     piece("convert", "p_convert", base, fp16=str(fp16), out=str(work / "gguf"), name=short)
-    im_path, fisher_path = work / f"{short}.imatrix.gguf", work / "fisher.npz"
+    im_path, fisher_path = work / f"{short}.imatrix.gguf", work / "fisher+activation-noise.npz"
     piece("imatrix", "p_imatrix", im_path, fp16=str(fp16), arch=arch, max_tokens=args.imatrix_tokens, out=str(im_path))
     piece("fisher", "p_fisher", fisher_path, fp16=str(fp16), arch=arch, max_tokens=args.fisher_tokens, out=str(fisher_path))
     common = dict(base=str(base), imatrix=str(im_path), fisher=str(fisher_path))
@@ -189,7 +191,7 @@ def main() -> None:
         need = _tunable(base, t, im_path)
         cost_path = next((p for (fam, names), p in measured.items() if fam == family and need <= names), None)
         if cost_path is None:  # one measurement serves every type of a family that quantizes no other tensor
-            cost_path = work / f"measure-{family}-{t}.pkl"
+            cost_path = work / f"measure-{family}-{t}.v3.pkl"  # v3: 16-bit rungs, activation noise, Fisher-stratified rows
             piece(f"measure:{family}", "p_measure", cost_path, gguf_type=t, sample_rows=args.sample_rows, out=str(cost_path), **common)
             measured[(family, frozenset(need))] = cost_path
         same_as_stock = file_types(large) == file_types(stock)

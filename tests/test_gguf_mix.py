@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.extras import require_extra
@@ -15,8 +16,8 @@ from hubtool.errors import InputError, QuantizeError
 from hubtool.gguf import export_gguf
 from hubtool.gguf.facts import recipe_name, tuned_variant, type_from_name
 from hubtool.gguf.imatrix import compute_imatrix, imatrix_means
-from hubtool.gguf.mix import (Recipe, TensorCost, allocate, check_against_recipe, file_types, parse_recipe, plan_mix,
-                              predicted_kl, tensor_bytes, write_tuned)
+from hubtool.gguf.mix import (Recipe, TensorCost, activation_noise, allocate, check_against_recipe, file_types, measure_costs,
+                              parse_recipe, plan_mix, predicted_kl, roundtrip, tensor_bytes, vec_dot_type, write_tuned)
 from hubtool.gguf.quantize import planned_tensor_types, quantize_gguf
 from hubtool.quality.sensitivity import output_fisher
 from tests.tiny import corpus_text, make_tiny_llama
@@ -31,7 +32,7 @@ def tiny(tmp_path_factory, tokenizer_dir):
     base = Path(rows[0]["file"])
     text = corpus_text()
     sums, counts = compute_imatrix(src, text, arch_name="llama", context=128, max_tokens=512)
-    fisher = output_fisher(src, text, arch_name="llama", context=128, max_tokens=256)
+    fisher = output_fisher(src, text, arch_name="llama", context=128, max_tokens=256, input_noise=activation_noise())
     return src, base, imatrix_means(sums, counts), fisher
 
 
@@ -64,6 +65,164 @@ def test_allocate_spends_the_budget_a_hull_walk_leaves():
         # the least-harmful bytes first: Q8_0 (0.001 per 7 bytes) before Q5_1 (>= 0.002 per 2 bytes); a Q5_1 only as the last fit
         assert list(chosen.values()).count("Q5_1") <= 1, chosen
     assert allocate(grid, 100, fill_to=0.99) != allocate(grid, 100)
+
+
+def _brute_force(costs, budget):
+    """The least summed KL of any assignment within BUDGET bytes."""
+    return min(sum(c.options[t][1] for c, t in zip(costs, combo))
+               for combo in itertools.product(*[list(c.options) for c in costs])
+               if sum(c.options[t][0] for c, t in zip(costs, combo)) <= budget)
+
+
+def test_allocate_trades_a_big_upgrade_for_downgrades_elsewhere():
+    """Gemma-3's Q3_K_M case in miniature: every layer tensor's upgrade gains more per byte than the
+    embedding's, so a walk that only adds bytes puts the layers at the top and is then stuck with the
+    embedding's step not fitting; the optimum upgrades the embedding and pays with two layer downgrades."""
+    layers = [TensorCost(f"blk.{i}", (1, 1), {"Q4_K": (10, 0.2), "Q8_0": (20, 0.0)}) for i in range(4)]
+    embd = TensorCost("token_embd", (1, 1), {"Q5_1": (100, 1.0), "Q8_0": (140, 0.3)})
+    costs = [embd] + layers
+    budget = 200
+    walk = {c.name: max(c.options, key=lambda t: c.options[t][0]) for c in layers} | {"token_embd": "Q5_1"}
+    assert sum(c.options[walk[c.name]][0] for c in costs) == 180  # where the walk stops: 20 bytes left, the step is 40
+    chosen = allocate(costs, budget)
+    assert chosen["token_embd"] == "Q8_0"
+    assert sorted(chosen[c.name] for c in layers) == ["Q4_K", "Q4_K", "Q8_0", "Q8_0"]
+    assert sum(c.options[chosen[c.name]][0] for c in costs) == budget
+    assert predicted_kl(costs, chosen) == pytest.approx(_brute_force(costs, budget)) == pytest.approx(0.7)
+    assert predicted_kl(costs, chosen) < predicted_kl(costs, walk)
+
+
+def test_allocate_is_the_exact_optimum_and_never_over_budget():
+    """Random non-convex option sets (skipped hull points, dominated types, a zero-KL top rung like
+    F16): the predicted KL is the brute-force optimum, the bytes never exceed the budget, and with
+    fill_to the budget is spent down to one step of the fill line."""
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        costs = []
+        for i in range(5):
+            n_opt = int(rng.integers(2, 5))
+            sizes = np.sort(rng.choice(np.arange(5, 60), n_opt, replace=False))
+            kls = rng.uniform(0, 1, n_opt)  # not sorted: some types are dominated, some hulls skip points
+            options = {f"T{j}": (int(b), float(k)) for j, (b, k) in enumerate(zip(sizes, kls))}
+            options["F16"] = (int(sizes[-1]) + 40, 0.0)
+            costs.append(TensorCost(f"t{i}", (1, 1), options))
+        least = sum(min(b for b, _ in c.options.values()) for c in costs)
+        most = sum(max(b for b, _ in c.options.values()) for c in costs)
+        for budget in rng.integers(least, most + 1, 3):
+            chosen = allocate(costs, int(budget))
+            spent = sum(c.options[chosen[c.name]][0] for c in costs)
+            assert spent <= budget, (trial, budget, spent)
+            assert predicted_kl(costs, chosen) == pytest.approx(_brute_force(costs, int(budget))), (trial, budget)
+            filled = allocate(costs, int(budget), fill_to=0.99)
+            spent = sum(c.options[filled[c.name]][0] for c in costs)
+            biggest_step = max(max(b for b, _ in c.options.values()) - min(b for b, _ in c.options.values()) for c in costs)
+            assert 0.99 * budget - biggest_step <= spent <= budget, (trial, budget, spent)
+
+
+def test_allocate_byte_grid_rounds_up_never_over():
+    """Budgets far larger than the DP grid (real files: 10^8 bytes over 2^17 cells): rounding each
+    step up to a cell keeps the result within the budget and leaves at most a cell per tensor unspent
+    when the optimum is to spend everything."""
+    costs = [TensorCost(f"t{i}", (1, 1), {"Q4_K": (1_000_003 * (i + 1), 1.0), "Q8_0": (1_900_007 * (i + 1), 0.1 * i),
+                                           "F16": (3_600_011 * (i + 1), 0.0)}) for i in range(30)]
+    for budget in (500_000_000, 1_000_000_000, 1_600_000_000):
+        chosen = allocate(costs, budget)
+        spent = sum(c.options[chosen[c.name]][0] for c in costs)
+        assert spent <= budget
+        top = sum(c.options["F16"][0] for c in costs)
+        assert spent >= min(budget, top) - 30 * (budget // (1 << 17) + 1) - max(c.options["F16"][0] - c.options["Q8_0"][0] for c in costs)
+
+
+def test_row_sample_keeps_the_rows_that_carry_the_fisher():
+    """A vocabulary's logit Fisher sits on a few rows: the stratified sample holds all of them (counted
+    once) and scales the evenly spaced rest, so a per-row sum is estimated within a few percent where an
+    even sample of the same size misses them entirely."""
+    from hubtool.gguf.mix import _sample
+
+    rng = np.random.default_rng(3)
+    n = 262_144
+    weight = rng.uniform(0, 1e-6, n)
+    heavy = rng.choice(n, 40, replace=False)
+    weight[heavy] = rng.uniform(1, 5, 40)
+    err = rng.uniform(0.5, 1.5, n)  # a type's per-row error
+    idx, mult = _sample(n, 256, weight)
+    assert len(np.unique(idx)) == len(idx) == 256 and mult.sum() == pytest.approx(n)
+    assert set(heavy) <= set(idx.tolist())
+    truth = float(weight @ err)
+    assert float((weight[idx] * mult) @ err[idx]) == pytest.approx(truth, rel=0.02)
+    even, even_mult = _sample(n, 256)
+    assert float((weight[even] * even_mult) @ err[even]) < 0.5 * truth
+    plain, plain_mult = _sample(100, 256, weight[:100])  # small tensors: every row, once
+    assert plain.tolist() == list(range(100)) and set(plain_mult.tolist()) == {1.0}
+
+
+def test_candidates_end_in_16_bit_rungs(tiny):
+    """F16/BF16 are candidates: measured with ggml (F16 of an F16 file has no weight error, only its
+    activations' rounding), and a budget of every tensor at F16 gives a recipe llama.cpp's dry run
+    writes as planned."""
+    src, base, imatrix, fisher = tiny
+    from hubtool.gguf.mix import candidate_types
+
+    assert {"F16", "BF16"} <= set(candidate_types("Q4_K_M")) and {"F16", "BF16"} <= set(candidate_types("IQ2_M"))
+    first = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher)
+    for c in first.costs:
+        if not c.name.startswith("blk."):  # the embedding: rows looked up, no matmul of its own (unless tied)
+            assert c.options["F16"][1] == min(kl for _, kl in c.options.values())
+            continue
+        f16_noise = 0.5 * float(fisher[f"{c.name}:input_noise:F16"].sum())
+        assert c.options["F16"][1] == pytest.approx(f16_noise) and 0 < c.options["F16"][1] < c.options["Q8_0"][1], c.name
+        assert c.options["BF16"][1] > c.options["F16"][1]  # F16 -> BF16 drops mantissa bits of weights and inputs
+    everything = sum(c.options["F16"][0] for c in first.costs)
+    mix = plan_mix(base, "Q4_K_M", imatrix=imatrix, fisher=fisher, costs=list(first.costs), budget_bytes=everything)
+    assert set(dict(mix.recipe.types).values()) == {"F16"}  # plan_mix checked it by llama.cpp's dry run
+    assert mix.mix_bytes == everything
+
+
+def _ggml_q8_k(x: np.ndarray) -> np.ndarray:
+    """ggml's own Q8_K round trip (quantize_row_q8_K_ref, dequantize_row_q8_K): what a K-quant matmul's input becomes."""
+    import ctypes
+
+    from hubtool.gguf.mix import _ggml
+
+    lib = _ggml()
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    blocks = np.zeros(x.size // 256 * 292, dtype=np.uint8)  # block_q8_K: float d, int8 qs[256], int16 bsums[16]
+    out = np.zeros_like(x)
+    lib.quantize_row_q8_K_ref.argtypes = lib.dequantize_row_q8_K.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.quantize_row_q8_K_ref(x.ctypes.data, blocks.ctypes.data, x.size)
+    lib.dequantize_row_q8_K(blocks.ctypes.data, out.ctypes.data, x.size)
+    return out
+
+
+def test_activation_noise_is_ggmls_rounding_and_enters_the_prediction(tiny):
+    """The activation roundings are ggml's (Q8_0 and Q8_K compared with ggml's own functions, an
+    outlier channel included: it is what makes Q8_K's 256-wide blocks costly), each weight type gets
+    its vec_dot input format, and a candidate's predicted KL is its weight error plus exactly
+    1/2 sum_i E_t[(dL/dy_ti)^2 (W dx_t)_i^2] of that format."""
+    import torch
+
+    src, base, imatrix, fisher = tiny
+    x = np.random.default_rng(0).standard_normal((4, 512)).astype(np.float32)
+    x[:, 7] *= 60  # an outlier channel
+    fns = activation_noise()
+    assert np.array_equal(fns["Q8_0@32"](torch.from_numpy(x)).numpy(), roundtrip(x, "Q8_0", None))
+    q8k = fns["Q8_K@256"](torch.from_numpy(x)).numpy()
+    assert np.allclose(q8k, _ggml_q8_k(x).reshape(x.shape), rtol=0, atol=1e-6 * np.abs(x).max())
+    assert np.abs(q8k - x)[:, :256].mean() > 4 * np.abs(q8k - x)[:, 256:].mean()  # the outlier's block pays
+    assert [vec_dot_type(t) for t in ("Q4_K", "Q6_K", "IQ2_S", "Q4_0", "Q5_1", "Q8_0", "IQ4_NL", "F16", "BF16")] == \
+        ["Q8_K", "Q8_K", "Q8_K", "Q8_0", "Q8_0", "Q8_0", "Q8_0", "F16", "BF16"]
+    names = ["blk.0.ffn_down.weight", "blk.1.attn_q.weight"]
+    weight_only = {k: v for k, v in fisher.items() if ":input_noise:" not in k}
+    with_noise = measure_costs(base, names, ["Q4_K", "Q5_0", "Q8_0", "F16"], imatrix=imatrix, fisher=fisher)
+    without = measure_costs(base, names, ["Q4_K", "Q5_0", "Q8_0", "F16"], imatrix=imatrix, fisher=weight_only)
+    for a, b in zip(with_noise, without):
+        assert a.name == b.name and a.options.keys() == b.options.keys()
+        for t in a.options:
+            noise = fisher[f"{a.name}:input_noise:{vec_dot_type(t)}"]
+            assert noise.shape == fisher[a.name].shape and noise.sum() > 0
+            assert a.options[t][1] - b.options[t][1] == pytest.approx(0.5 * float(noise.sum()), rel=1e-9), (a.name, t)
+        assert b.options["F16"][1] == 0.0
+        assert a.options["Q4_K"][1] - b.options["Q4_K"][1] > a.options["Q8_0"][1] - b.options["Q8_0"][1]  # 256-wide vs 32-wide
 
 
 @pytest.mark.parametrize("stock_type", ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ2_M"])

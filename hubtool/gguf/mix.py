@@ -9,11 +9,20 @@ Both factors are measured, not guessed:
   with gguf-py's dequantizer; the error is weighted per input column by the importance matrix
   (mean squared activation), i.e. the expected squared output error per token;
 - the reaction (hubtool/quality/sensitivity.py): the diagonal Fisher of each linear layer's outputs, E[(d loss / d y_i)^2] with
-  labels drawn from the model's own distribution, one forward+backward pass over calibration text.
+  labels drawn from the model's own distribution, one forward+backward pass over calibration text;
+- the activations' noise: ggml's CPU matmul rounds a layer's input to the weight type's `vec_dot_type`
+  before the dot products (Q8_K, 256-wide blocks, for K- and most IQ-quants; Q8_0/Q8_1, 32-wide, for
+  Q4_0..Q8_0 and IQ4_NL; F16/BF16 for those). The same pass pushes each rounding of the real inputs
+  through the layer, weighted token by token by the loss's reaction there (`activation_noise`). On Gemma-3 270M, whose weights
+  sit exactly on a Q4_K_M grid, this is all of stock Q4_K_M's KL: 0.0050 with every weight exact,
+  0.0005 with the layers at F16 (bench/results/frontier-gemma3-270m.md).
 
 Second order, predicted KL per token = 1/2 sum_i F_i sum_j m_j dW_ij^2. The predictions add over
-tensors, so a greedy walk up each tensor's convex (bytes, predicted KL) hull buys the most KL per
-byte until the budget (a stock type's size, or a bits-per-weight target) is spent. The result is a
+tensors, so choosing the types is a multiple-choice knapsack: minimise the summed predicted KL with
+the bytes under the budget (a stock type's size, or a bits-per-weight target). allocate solves it
+exactly by dynamic programming over a fine byte grid (so one big upgrade, e.g. a 262k-row embedding,
+can be paid for by downgrades elsewhere), compares it with a greedy walk up each tensor's convex hull,
+and keeps the better. F16 and BF16 are the top rungs: bytes can always go where they gain most. The result is a
 recipe in llama-quantize's `--tensor-type-file` format (one `regex=type` per line), applied through
 `llama_model_quantize_params.tt_overrides` and checked by reading the written file back.
 """
@@ -37,10 +46,44 @@ from hubtool.quality.sensitivity import output_fisher
 # Candidate ggml types by family: a tuned K-quant stays a K-quant file (same CPU/GPU kernels as
 # stock); an IQ stock type may also use the IQ grids. Block-32 types cover rows whose length is
 # not a multiple of 256 (SmolLM2's 576), where llama.cpp itself falls back to them.
-K_FAMILY = ("Q2_K", "Q3_K", "Q4_0", "Q4_1", "IQ4_NL", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+# F16 and BF16 are the top rungs (ggml quantizes and llama.cpp writes them like any other override):
+# without them a budget that has every tensor at Q8_0 but one (a huge embedding) cannot be spent.
+K_FAMILY = ("Q2_K", "Q3_K", "Q4_0", "Q4_1", "IQ4_NL", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "BF16", "F16")
 IQ_FAMILY = ("IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS") + K_FAMILY
 FILL_TO = 0.99  # a tuned file "the size of" stock spends at least this share of stock's bytes
 SAMPLE_ROWS = 256  # rows per tensor measured at each type: the cost stays per-tensor, not per-weight
+DP_CELLS = 1 << 17  # allocate's byte grid: rounding each step up to a cell leaves at most (tensors x cell) of the budget unspent
+
+
+# ggml-cpu's type_traits_cpu[type].vec_dot_type: what a matmul's input is rounded to for each weight type
+# (Q8_1 rounds like Q8_0: same 32-wide blocks, same scale; it also stores the block sums).
+_VEC_DOT_32 = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"}
+
+
+def vec_dot_type(type_name: str) -> str:
+    """The format ggml's CPU backend rounds a matmul's activations to for weights of TYPE_NAME."""
+    if type_name in ("F16", "BF16", "F32"):
+        return type_name
+    return "Q8_0" if type_name in _VEC_DOT_32 else "Q8_K"
+
+
+def activation_noise() -> dict:
+    """ggml's activation roundings as functions of a (tokens, k) torch tensor, for
+    hubtool.quality.sensitivity.output_fisher's INPUT_NOISE ('label@block': rows must divide by block)."""
+    import torch
+
+    def blocks(block: int, fp16_scale: bool):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            xb = x.reshape(x.shape[0], -1, block)
+            d = xb.abs().amax(-1, keepdim=True) / 127  # quantize_row_q8_0/_K: amax -> +-127
+            q = torch.where(d > 0, torch.round(xb / torch.where(d > 0, d, 1)), 0).clamp(-127, 127)
+            if fp16_scale:  # Q8_0 stores d as fp16 (the rounding itself used the exact d)
+                d = d.half().float()
+            return (q * d).reshape(x.shape)
+        return fn
+
+    return {"Q8_K@256": blocks(256, False), "Q8_0@32": blocks(32, True),
+            "F16": lambda x: x.half().float(), "BF16": lambda x: x.bfloat16().float()}
 
 
 def candidate_types(stock_type: str) -> tuple[str, ...]:
@@ -119,8 +162,21 @@ class TensorCost:
     options: dict[str, tuple[int, float]]
 
 
-def _sample(n: int, k: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
+def _sample(n: int, k: int, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(K of N row indices, each row's multiplier to the whole tensor's sum). With per-row WEIGHT
+    (the Fisher of a row's output), stratified: the K/2 heaviest rows count once each, evenly spaced
+    rows of the rest stand for the rest. An even sample alone misses the few rows that carry a vocabulary's
+    logit Fisher (262k rows, 256 sampled): it under-read Gemma-3's Q5_1 embedding 4x."""
+    if weight is None or weight.size != n or n <= k:
+        idx = np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
+        return idx, np.full(len(idx), n / len(idx))
+    top = np.argsort(weight, kind="stable")[n - k // 2:]
+    rest = np.setdiff1d(np.arange(n), top)
+    spread = rest[np.unique(np.linspace(0, len(rest) - 1, k - len(top)).round().astype(np.int64))]
+    idx = np.concatenate([top, spread])
+    order = np.argsort(idx)
+    mult = np.concatenate([np.ones(len(top)), np.full(len(spread), len(rest) / len(spread))])
+    return idx[order], mult[order]
 
 
 def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[str], *, imatrix: dict[str, np.ndarray] | None,
@@ -142,7 +198,8 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
         k = int(t.shape[0])  # ne[0]: the row length
         w = data.reshape(-1, k)
         n = w.shape[0]
-        idx = _sample(n, sample_rows)
+        row_f = fisher.get("output.weight" if name == "token_embd.weight" and tied else name)
+        idx, mult = _sample(n, sample_rows, row_f)
         rows = w[idx].astype(np.float32)
         q_imat = _imatrix_for(imatrix, name, k)  # what llama.cpp will pass to ggml for this tensor
         # the cost weights: output-channel Fisher per row, importance (mean x^2) per column
@@ -154,6 +211,8 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
             f = fisher.get(name)
             parts = [(f[idx] if f is not None and f.size == n else np.full(len(idx), float(np.mean(f)) if f is not None else 0.0),
                       q_imat)]
+        # the activations' rounding at each vec_dot type, through this matrix (for the tied embedding: as the output)
+        act_of = "output.weight" if name == "token_embd.weight" else name
         options: dict[str, tuple[int, float]] = {}
         for cand in candidates:
             if not fits(cand, k) or (requires_imatrix(cand) and q_imat is None):
@@ -162,7 +221,10 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
             kl = 0.0
             for row_w, col_w in parts:
                 col = np.ones(k) if col_w is None else col_w
-                kl += 0.5 * float(row_w @ (err2 @ col)) * n / len(idx)
+                kl += 0.5 * float((row_w * mult) @ (err2 @ col))
+            noise = fisher.get(f"{act_of}:input_noise:{vec_dot_type(cand)}")  # per channel E[g^2 (W dx)^2]
+            if noise is not None and (act_of == name or tied):
+                kl += 0.5 * float(noise.sum())
             options[cand] = (row_bytes(cand, k) * n, kl)
         if not options:
             raise QuantizeError(f"{name}: no candidate type fits rows of {k} values")
@@ -181,16 +243,8 @@ def _imatrix_for(imatrix: dict[str, np.ndarray] | None, name: str, k: int) -> np
 
 def _hull(options: dict[str, tuple[int, float]]) -> list[tuple[int, float, str]]:
     """The lower convex hull of (bytes, KL) points, cheapest first: the only types worth buying."""
-    pts = sorted(((b, kl, t) for t, (b, kl) in options.items()), key=lambda p: (p[0], p[1]))
-    front: list[tuple[int, float, str]] = []
-    for p in pts:  # Pareto: more bytes must buy less KL
-        if front and p[1] >= front[-1][1]:
-            continue
-        if front and p[0] == front[-1][0]:
-            front.pop()
-        front.append(p)
     hull: list[tuple[int, float, str]] = []
-    for p in front:
+    for p in _pareto(options):
         while len(hull) >= 2:
             (b1, k1, _), (b2, k2, _) = hull[-2], hull[-1]
             if (k1 - k2) * (p[0] - b2) <= (k2 - p[1]) * (b2 - b1):  # slope gets steeper: middle point is not convex
@@ -204,23 +258,84 @@ def _hull(options: dict[str, tuple[int, float]]) -> list[tuple[int, float, str]]
 def allocate(costs: list[TensorCost], budget_bytes: int, *, fill_to: float = 0.0) -> dict[str, str]:
     """Tensor -> type minimising the summed predicted KL with the tensors' bytes <= BUDGET_BYTES.
 
-    1. greedy walk up each tensor's convex (bytes, KL) hull, best KL saved per byte first
-       (near-optimal for this separable knapsack);
-    2. the walk stops short when the next hull step of every tensor no longer fits: spend the rest
-       on any single-tensor change that fits and still lowers the predicted KL (a hull point can be
-       skipped), best saving per byte first;
+    1. two solutions of this multiple-choice knapsack, the one with the lower predicted KL kept:
+       - exact dynamic programming over a byte grid (_knapsack): it trades, e.g. one large
+         upgrade paid for by several downgrades, which no walk that only adds bytes can do;
+       - the greedy walk up each tensor's convex (bytes, KL) hull, best KL saved per byte first
+         (it can beat the grid's rounding by a hair when the budget is tight);
+    2. what is left: spend it on any single-tensor change that fits and still lowers the predicted
+       KL, best saving per byte first;
     3. FILL_TO (e.g. 0.99 for a file the size of a stock type): when the predicted KL cannot buy
        more, keep changing the tensors whose change costs the least predicted KL per byte until
        FILL_TO x BUDGET_BYTES is spent, so that sizes compare equal. Only weights that already sit
        on a quantization grid (a model dequantized from a GGUF) get here: more bits on another grid
        predict more error there, which a real fp16 model's tensors do not.
     Never more than BUDGET_BYTES."""
+    least = sum(min(b for b, _ in c.options.values()) for c in costs)
+    if least > budget_bytes:
+        raise InputError(f"size target {budget_bytes / 1e6:.1f} MB is below the smallest mix these types allow "
+                         f"({least / 1e6:.1f} MB); raise --target-bpw or pick a smaller stock type")
+    fill_bytes = int(fill_to * budget_bytes)
+    best: tuple[float, int, dict[str, str]] | None = None
+    for start in (_knapsack(costs, budget_bytes), _greedy(costs, budget_bytes)):
+        used = _bytes(costs, start)
+        chosen = _spend_rest(costs, start, budget_bytes - used, fill_bytes=fill_bytes - used)
+        key = (predicted_kl(costs, chosen), -_bytes(costs, chosen))
+        if best is None or key < best[:2]:
+            best = (*key, chosen)
+    assert best is not None
+    return best[2]
+
+
+def _bytes(costs: list[TensorCost], chosen: dict[str, str]) -> int:
+    return sum(c.options[chosen[c.name]][0] for c in costs)
+
+
+def _pareto(options: dict[str, tuple[int, float]]) -> list[tuple[int, float, str]]:
+    """(bytes, KL, type) of the options no other beats on both, cheapest first."""
+    front: list[tuple[int, float, str]] = []
+    for b, kl, t in sorted(((b, kl, t) for t, (b, kl) in options.items()), key=lambda p: (p[0], p[1])):
+        if not front or kl < front[-1][1]:
+            front.append((b, kl, t))
+    return front
+
+
+def _knapsack(costs: list[TensorCost], budget_bytes: int, *, cells: int = DP_CELLS) -> dict[str, str]:
+    """The exact minimum of the summed predicted KL over the Pareto options of every tensor, with each
+    option's bytes above the tensor's cheapest rounded UP to a grid of CELLS cells over the spare
+    budget: the result never exceeds BUDGET_BYTES and leaves at most one cell per tensor unspent.
+    O(tensors x options x cells) in numpy (0.1 s for Gemma-3 270M's 127 tensors)."""
+    fronts = [_pareto(c.options) for c in costs]
+    spare = budget_bytes - sum(f[0][0] for f in fronts)
+    unit = max(1, -(-spare // cells))
+    n_cells = spare // unit
+    best = np.zeros(n_cells + 1)  # best[c]: least KL of the tensors so far within c cells of extra bytes
+    picks = np.zeros((len(costs), n_cells + 1), dtype=np.int16)
+    for i, front in enumerate(fronts):
+        new = np.full(n_cells + 1, np.inf)
+        pick = np.zeros(n_cells + 1, dtype=np.int16)
+        for j, (b, kl, _) in enumerate(front):
+            w = -(-(b - front[0][0]) // unit)
+            if w > n_cells:
+                break  # the front is sorted by bytes: the rest do not fit either
+            cand = best[:n_cells + 1 - w] + kl
+            better = cand < new[w:]  # strict: among equal KL the cheaper option (lower j) stays
+            new[w:][better] = cand[better]
+            pick[w:][better] = j
+        best, picks[i] = new, pick
+    chosen, c = {}, n_cells
+    for i in range(len(costs) - 1, -1, -1):
+        b, _, t = fronts[i][picks[i, c]]
+        chosen[costs[i].name] = t
+        c -= -(-(b - fronts[i][0][0]) // unit)
+    return chosen
+
+
+def _greedy(costs: list[TensorCost], budget_bytes: int) -> dict[str, str]:
+    """The greedy walk up each tensor's convex hull, best KL saved per byte first, while steps fit."""
     hulls = {c.name: _hull(c.options) for c in costs}
     pick = {name: 0 for name in hulls}
     used = sum(h[0][0] for h in hulls.values())
-    if used > budget_bytes:
-        raise InputError(f"size target {budget_bytes / 1e6:.1f} MB is below the smallest mix these types allow "
-                         f"({used / 1e6:.1f} MB); raise --target-bpw or pick a smaller stock type")
     heap: list[tuple[float, str]] = []
 
     def push(name: str) -> None:
@@ -239,12 +354,11 @@ def allocate(costs: list[TensorCost], budget_bytes: int, *, fill_to: float = 0.0
             pick[name] = i + 1
             used += step
             push(name)
-    chosen = {name: hulls[name][i][2] for name, i in pick.items()}
-    return _spend_rest(costs, chosen, budget_bytes - used, fill_bytes=int(fill_to * budget_bytes) - used)
+    return {name: hulls[name][i][2] for name, i in pick.items()}
 
 
 def _spend_rest(costs: list[TensorCost], chosen: dict[str, str], left: int, *, fill_bytes: int) -> dict[str, str]:
-    """Steps 2 and 3 of allocate: single-tensor upgrades within LEFT bytes, by predicted KL per byte;
+    """Steps 2 and 3 of allocate: single-tensor changes within LEFT bytes, by predicted KL per byte;
     ones that raise the predicted KL only while FILL_BYTES (the bytes still wanted) is positive.
 
     A heap of every (tensor, type) move from the current choice, best gain per byte first (ties: tensor
@@ -487,7 +601,8 @@ def export_tuned_variants(model_dir: Path, base_gguf: Path, out_dir: Path, varia
     with staged_file(out_dir / gguf_facts.imatrix_name(name), overwrite=True) as tmp:
         save_imatrix(tmp, sums, counts, dataset=calibration_name, context=512)
     imatrix = imatrix_means(sums, counts)
-    fisher = output_fisher(Path(model_dir), calibration, arch_name=arch, trust_remote_code=trust_remote_code)
+    fisher = output_fisher(Path(model_dir), calibration, arch_name=arch, trust_remote_code=trust_remote_code,
+                           input_noise=activation_noise())
     measured: dict[tuple[str, ...], list[TensorCost]] = {}  # candidate family -> the costs measured so far
     rows = []
     for stock_type, target_bpw in variants:

@@ -19,23 +19,37 @@ import numpy as np
 
 from hubtool.gguf.calibration_pass import CalibrationPass, run_calibration
 
+NOISE_TOKENS = 64  # tokens per window whose input noise is pushed through each linear (evenly spaced)
+
 
 def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 512, max_tokens: int = 2048,
                   trust_remote_code: bool = False, device: str = "cpu", batch_tokens: int = 2048, chunk_rows: int = 8192,
-                  in_memory: bool = False) -> dict[str, np.ndarray]:
+                  in_memory: bool = False, input_noise: dict[str, Callable[[Any], Any]] | None = None,
+                  noise_tokens: int = NOISE_TOKENS) -> dict[str, np.ndarray]:
     """Diagonal Fisher of every linear layer's outputs (GGUF tensor name -> per-output-channel
     E[(dL/dy)^2] per token), plus 'token_embd.weight:input' for the embedding output, from CALIBRATION text.
 
     Labels are drawn from the model's own next-token distribution (the true Fisher, whose
     quadratic form is the KL of a small perturbation). Streamed on DEVICE, BATCH_TOKENS tokens of
     equal-length windows per pass over the blocks, the head in CHUNK_ROWS-row vocabulary chunks;
-    IN_MEMORY loads the model whole (the fallback for code that can't be streamed)."""
-    return run_calibration(lambda run: _fisher(run, batch_tokens, chunk_rows), Path(model_dir), text, in_memory=in_memory,
+    IN_MEMORY loads the model whole (the fallback for code that can't be streamed).
+
+    INPUT_NOISE (label -> function of a (tokens, k) float tensor returning it perturbed, e.g. how a
+    runtime rounds activations before a quantized matmul): also 'NAME:input_noise:LABEL', each linear's
+    per-output-channel E_t[(dL/dy_ti)^2 (W (f(x_t) - x_t))_i^2] over NOISE_TOKENS evenly spaced tokens of
+    each window: half its sum is the predicted KL of that perturbation. Weighted token by token, not
+    Fisher-mean x noise-mean: the noise concentrates on a few tokens (the BOS attention sink's huge
+    activations) where the loss hardly reacts. A label 'L@256' applies to rows divisible by 256. Streamed,
+    the head (not a module there) gets no noise term: mix.py then counts none for it.
+    """
+    return run_calibration(lambda run: _fisher(run, batch_tokens, chunk_rows, input_noise, noise_tokens), Path(model_dir), text,
+                           in_memory=in_memory,
                            arch_name=arch_name, context=context, max_tokens=max_tokens, what="sensitivity pass",
                            trust_remote_code=trust_remote_code, device=device)
 
 
-def _fisher(run: CalibrationPass, batch_tokens: int, chunk_rows: int) -> dict[str, np.ndarray]:
+def _fisher(run: CalibrationPass, batch_tokens: int, chunk_rows: int, input_noise: dict[str, Callable[[Any], Any]] | None,
+            noise_tokens: int) -> dict[str, np.ndarray]:
     import torch
 
     model = run.model
@@ -49,13 +63,44 @@ def _fisher(run: CalibrationPass, batch_tokens: int, chunk_rows: int) -> dict[st
             sums[name] = sums.get(name, 0) + (g * g).sum(0) * scale
         return on_grad
 
-    def on_output(name: str):
-        def hook(_module, _inputs, out: torch.Tensor) -> None:  # None: the output itself is unchanged
+    noise_sums: dict[str, torch.Tensor] = {}
+    noise_count = [0]
+
+    def output_noise(name: str, module: Any, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(sampled token rows, {key: (W dx)^2 at those rows}) for each perturbation that applies:
+        NOISE_TOKENS evenly spaced rows per window of the batch."""
+        with torch.no_grad():
+            windows = x.shape[0] if x.dim() == 3 else 1
+            x = x.detach().reshape(-1, x.shape[-1]).float()
+            idx = torch.linspace(0, x.shape[0] - 1, min(noise_tokens * windows, x.shape[0])).round().long().unique()
+            x = x[idx]
+            w = module.weight.detach().float()
+            out = {}
+            for label, fn in (input_noise or {}).items():
+                block = int(label.partition("@")[2] or 1)
+                if x.shape[1] % block == 0:
+                    dy = (fn(x) - x) @ w.T
+                    out[f"{name}:input_noise:{label.partition('@')[0]}"] = dy * dy
+            if name == run.linears[0][0]:
+                noise_count[0] += len(idx)
+            return idx, out
+
+    def weigh_noise(idx: torch.Tensor, dy2: dict[str, torch.Tensor]):
+        def on_grad(g: torch.Tensor) -> None:
+            g2 = g.detach().reshape(-1, g.shape[-1]).float()[idx] ** 2
+            for key, d in dy2.items():
+                noise_sums[key] = noise_sums.get(key, 0) + (g2 * d).sum(0)
+        return on_grad
+
+    def on_output(name: str, module: Any):
+        def hook(_module, inputs, out: torch.Tensor) -> None:  # None: the output itself is unchanged
             if out.requires_grad:  # not in a streamed block's first (no-grad) forward: in its recompute
                 out.register_hook(collect(name))
+                if input_noise:
+                    out.register_hook(weigh_noise(*output_noise(name, module, inputs[0])))
         return hook
 
-    hooks = [module.register_forward_hook(on_output(name)) for name, module in run.linears]
+    hooks = [module.register_forward_hook(on_output(name, module)) for name, module in run.linears]
     emb = model.get_input_embeddings()
     emb_scale = float(getattr(emb, "embed_scale", 1.0) or 1.0)  # Gemma scales the looked-up rows
 
@@ -90,7 +135,9 @@ def _fisher(run: CalibrationPass, batch_tokens: int, chunk_rows: int) -> dict[st
     finally:
         for h in hooks:
             h.remove()
-    return {k: (v / max(tokens, 1)).cpu().numpy().astype(np.float64) for k, v in sums.items()}
+    out = {k: (v / max(tokens, 1)).cpu().numpy().astype(np.float64) for k, v in sums.items()}
+    out.update({k: (v / max(noise_count[0], 1)).cpu().numpy().astype(np.float64) for k, v in noise_sums.items()})
+    return out
 
 
 def _head_grad(stream: Any, hidden: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor],
