@@ -53,6 +53,23 @@ def test_streamed_fisher_equals_in_memory(models, arch):
     _close(got, want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_streamed_activation_noise_equals_in_memory(models, arch):
+    """The activation-rounding term of the tuned mixes (ggml's Q8_K/Q8_0 roundings pushed through each linear,
+    weighted by the loss gradient) rides the streamed Fisher: the same tokens sampled per window, the head's
+    term computed in vocabulary chunks, the same numbers as the model in memory."""
+    from hubtool.gguf.mix import activation_noise
+
+    text = corpus_text()
+    kw = dict(arch_name=arch, context=128, max_tokens=300, input_noise=activation_noise(), noise_tokens=16)
+    got = output_fisher(models[arch], text, batch_tokens=256, chunk_rows=100, **kw)
+    want = output_fisher(models[arch], text, in_memory=True, **kw)
+    noise = [k for k in want if ":input_noise:" in k]
+    assert noise and any(k.startswith("blk.0.ffn_down.weight:") for k in noise)
+    assert any(k.startswith("output.weight:input_noise:") for k in noise) == (arch == "llama")  # Gemma-2's head is tied
+    _close(got, want, rtol=1e-4)
+
+
 def test_the_pass_streams_and_names_every_linear(tiny_llama):
     run = open_calibration_pass(tiny_llama, corpus_text(), arch_name="llama", context=64, max_tokens=200, what="test")
     assert run.stream is not None and run.head is not None and run.head[0] == "output.weight"

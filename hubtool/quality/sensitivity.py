@@ -39,8 +39,7 @@ def output_fisher(model_dir: Path, text: str, *, arch_name: str, context: int = 
     per-output-channel E_t[(dL/dy_ti)^2 (W (f(x_t) - x_t))_i^2] over NOISE_TOKENS evenly spaced tokens of
     each window: half its sum is the predicted KL of that perturbation. Weighted token by token, not
     Fisher-mean x noise-mean: the noise concentrates on a few tokens (the BOS attention sink's huge
-    activations) where the loss hardly reacts. A label 'L@256' applies to rows divisible by 256. Streamed,
-    the head (not a module there) gets no noise term: mix.py then counts none for it.
+    activations) where the loss hardly reacts. A label 'L@256' applies to rows divisible by 256.
     """
     return run_calibration(lambda run: _fisher(run, batch_tokens, chunk_rows, input_noise, noise_tokens), Path(model_dir), text,
                            in_memory=in_memory,
@@ -70,17 +69,10 @@ def _fisher(run: CalibrationPass, batch_tokens: int, chunk_rows: int, input_nois
         """(sampled token rows, {key: (W dx)^2 at those rows}) for each perturbation that applies:
         NOISE_TOKENS evenly spaced rows per window of the batch."""
         with torch.no_grad():
-            windows = x.shape[0] if x.dim() == 3 else 1
-            x = x.detach().reshape(-1, x.shape[-1]).float()
-            idx = torch.linspace(0, x.shape[0] - 1, min(noise_tokens * windows, x.shape[0])).round().long().unique()
-            x = x[idx]
+            idx = _noise_rows(x, noise_tokens)
+            x = x.detach().reshape(-1, x.shape[-1]).float()[idx]
             w = module.weight.detach().float()
-            out = {}
-            for label, fn in (input_noise or {}).items():
-                block = int(label.partition("@")[2] or 1)
-                if x.shape[1] % block == 0:
-                    dy = (fn(x) - x) @ w.T
-                    out[f"{name}:input_noise:{label.partition('@')[0]}"] = dy * dy
+            out = {key: dy * dy for key, dy in _input_noise(name, x, input_noise or {}, lambda dx: dx @ w.T)}
             if name == run.linears[0][0]:
                 noise_count[0] += len(idx)
             return idx, out
@@ -129,7 +121,9 @@ def _fisher(run: CalibrationPass, batch_tokens: int, chunk_rows: int, input_nois
             else:
                 hidden = run.stream.forward_hidden(ids)  # blocks keep their inputs only
                 head_hook = collect(run.head[0]) if run.head is not None else None
-                grad = torch.stack([_head_grad(run.stream, h.detach(), sample, head_hook, chunk_rows) for h in hidden])
+                head_noise = (lambda h, g: _head_noise(run.stream, run.head[0], h, g, input_noise, noise_tokens, chunk_rows, noise_sums)) \
+                    if input_noise and run.head is not None else None
+                grad = torch.stack([_head_grad(run.stream, h.detach(), sample, head_hook, chunk_rows, head_noise) for h in hidden])
                 hidden.backward(grad)  # block by block, in reverse
             tokens += sum(len(w) for w in batch)
     finally:
@@ -140,8 +134,44 @@ def _fisher(run: CalibrationPass, batch_tokens: int, chunk_rows: int, input_nois
     return out
 
 
+def _noise_rows(x: Any, noise_tokens: int) -> Any:
+    """Row indices of X ([windows, tokens, k] or [tokens, k]) flattened: NOISE_TOKENS evenly spaced tokens of
+    each window, so a batch of windows samples the tokens the windows one at a time would."""
+    import torch
+
+    windows, length = (x.shape[0], x.shape[1]) if x.dim() == 3 else (1, x.shape[0])
+    per = torch.linspace(0, length - 1, min(noise_tokens, length)).round().long().unique()
+    return (torch.arange(windows)[:, None] * length + per[None, :]).reshape(-1)
+
+
+def _input_noise(name: str, x: Any, input_noise: dict[str, Callable[[Any], Any]], apply: Callable[[Any], Any]) -> Any:
+    """('NAME:input_noise:LABEL', APPLY(perturbed X - X)) for each perturbation whose block divides X's rows."""
+    for label, fn in input_noise.items():
+        block = int(label.partition("@")[2] or 1)
+        if x.shape[1] % block == 0:
+            yield f"{name}:input_noise:{label.partition('@')[0]}", apply(fn(x) - x)
+
+
+def _head_noise(stream: Any, name: str, hidden: Any, g: Any, input_noise: dict[str, Callable[[Any], Any]], noise_tokens: int,
+                chunk_rows: int, noise_sums: dict[str, Any]) -> None:
+    """The head's input-noise term for one window (HIDDEN [len, hidden], G its logits' gradient), in vocabulary
+    chunks: what the in-memory head's hooks add, without the whole head in memory."""
+    import torch
+
+    idx = _noise_rows(hidden, noise_tokens)
+    g2 = g[idx].float() ** 2
+    with torch.no_grad():
+        for key, dx in _input_noise(name, hidden[idx].float(), input_noise, lambda dx: dx):
+            total = torch.zeros(g.shape[1], dtype=torch.float32, device=g.device)
+            for start, stop, w, _ in stream.head_chunks(chunk_rows):
+                dy = dx @ w.float().T
+                total[start:stop] = (g2[:, start:stop] * dy * dy).sum(0)
+            noise_sums[key] = noise_sums.get(key, 0) + total
+
+
 def _head_grad(stream: Any, hidden: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor],
-               head_hook: Callable[[torch.Tensor], None] | None, chunk_rows: int) -> torch.Tensor:
+               head_hook: Callable[[torch.Tensor], None] | None, chunk_rows: int,
+               head_noise: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """d loss / d HIDDEN [len, hidden] of one window, the loss the cross-entropy of labels SAMPLEd from its own
     logits; the head (and its logit transform: Gemma's soft-capping) in CHUNK_ROWS-row vocabulary chunks, its
     output gradient handed to HEAD_HOOK as the in-memory model's head hook would see it."""
@@ -161,6 +191,8 @@ def _head_grad(stream: Any, hidden: torch.Tensor, sample: Callable[[torch.Tensor
     assert g is not None
     if head_hook is not None:
         head_hook(g)
+    if head_noise is not None:
+        head_noise(hidden, g)
     out = torch.zeros_like(hidden)
     with torch.no_grad():
         for start, stop, w, _ in stream.head_chunks(chunk_rows):
