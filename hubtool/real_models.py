@@ -11,6 +11,7 @@ can use it as an ordinary model folder. The weights keep the grid of the shipped
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import tempfile
@@ -98,12 +99,16 @@ def gguf_visible_to_transformers() -> Iterator[None]:
         raise InputError("the gguf module is missing; run `pip install 'hubtool[gguf]'`") from None
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    original = gguf_utils.is_gguf_available
+    from hubtool.progress import library_output_discarded
+
+    original, bar = gguf_utils.is_gguf_available, gguf_utils.tqdm
     gguf_utils.is_gguf_available = lambda *a, **k: True
+    if library_output_discarded():  # its "Converting and de-quantizing GGUF tensors" bar is a tqdm imported
+        gguf_utils.tqdm = functools.partial(bar, disable=True)  # before TQDM_DISABLE could reach it
     try:
         yield
     finally:
-        gguf_utils.is_gguf_available = original
+        gguf_utils.is_gguf_available, gguf_utils.tqdm = original, bar
 
 
 def _card(model: RealModel) -> str:

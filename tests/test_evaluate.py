@@ -185,3 +185,15 @@ def test_compare_logits_in_float32_chunks_matches_float64(noise):
     # log-probs in (what the stored fp16 reference holds) give the same numbers as logits in
     shifted = compare_logits(ref - 7.5, test + 3.0, ids)
     assert shifted["kl_div"] == pytest.approx(got["kl_div"], rel=1e-4, abs=1e-8) and shifted["top1"] == got["top1"]
+
+
+def test_real_model_export_is_quiet_without_verbose(tmp_path, capfd):
+    """transformers' GGUF loader draws a tqdm bar of its own; outside --verbose it stays off the user's stderr."""
+    from hubtool.progress import quiet_libraries
+    from hubtool.smollm2 import export_smollm2_fp16
+
+    with quiet_libraries(False):
+        out = export_smollm2_fp16(tmp_path / "smol")
+    assert (out / "model.safetensors").is_file()
+    err = capfd.readouterr().err
+    assert "Converting and de-quantizing" not in err and "it/s" not in err
