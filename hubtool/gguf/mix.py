@@ -198,8 +198,9 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
         k = int(t.shape[0])  # ne[0]: the row length
         w = data.reshape(-1, k)
         n = w.shape[0]
-        row_f = fisher.get("output.weight" if name == "token_embd.weight" and tied else name)
-        idx, mult = _sample(n, sample_rows, row_f)
+        # a tied embedding is also the output head: its rows' Fisher and its activations' rounding are the head's
+        as_out = "output.weight" if name == "token_embd.weight" and tied else name
+        idx, mult = _sample(n, sample_rows, fisher.get(as_out))
         rows = w[idx].astype(np.float32)
         q_imat = _imatrix_for(imatrix, name, k)  # what llama.cpp will pass to ggml for this tensor
         # the cost weights: output-channel Fisher per row, importance (mean x^2) per column
@@ -211,8 +212,6 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
             f = fisher.get(name)
             parts = [(f[idx] if f is not None and f.size == n else np.full(len(idx), float(np.mean(f)) if f is not None else 0.0),
                       q_imat)]
-        # the activations' rounding at each vec_dot type, through this matrix (for the tied embedding: as the output)
-        act_of = "output.weight" if name == "token_embd.weight" else name
         options: dict[str, tuple[int, float]] = {}
         for cand in candidates:
             if not fits(cand, k) or (requires_imatrix(cand) and q_imat is None):
@@ -222,8 +221,9 @@ def measure_costs(base_gguf: Path, tensors: Iterable[str], candidates: Iterable[
             for row_w, col_w in parts:
                 col = np.ones(k) if col_w is None else col_w
                 kl += 0.5 * float((row_w * mult) @ (err2 @ col))
-            noise = fisher.get(f"{act_of}:input_noise:{vec_dot_type(cand)}")  # per channel E[g^2 (W dx)^2]
-            if noise is not None and (act_of == name or tied):
+            # per channel E[g^2 (W dx)^2] of this type's activation rounding (none for an untied embedding: no matmul)
+            noise = fisher.get(f"{as_out}:input_noise:{vec_dot_type(cand)}")
+            if noise is not None:
                 kl += 0.5 * float(noise.sum())
             options[cand] = (row_bytes(cand, k) * n, kl)
         if not options:

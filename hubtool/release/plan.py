@@ -105,14 +105,15 @@ def _tensor_shapes(folder: Path) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def gguf_estimates(folder: Path, types: list[str]) -> dict[str, int]:
-    """Each GGUF type's estimated file size, tensor by tensor as llama.cpp types them (hubtool/gguf/size_estimate.py)."""
+def gguf_estimates(folder: Path, types: list[str], tensors: list[tuple[str, tuple[int, ...]]] | None = None) -> dict[str, int]:
+    """Each GGUF type's estimated file size, tensor by tensor as llama.cpp types them (hubtool/gguf/size_estimate.py);
+    TENSORS: FOLDER's (name, shape) list when the caller has read it already."""
     from hubtool.gguf.size_estimate import estimate_gguf_bytes
     from hubtool.model_dir import read_json
 
     config = read_json(folder / "config.json")
     text = config.get("text_config") or config
-    tensors = _tensor_shapes(folder)
+    tensors = _tensor_shapes(folder) if tensors is None else tensors
     tied = not any(name.endswith("lm_head.weight") for name, _ in tensors)
     tok = folder / "tokenizer.json"
     bpe = tok.is_file() and '"merges"' in tok.read_text(encoding="utf-8", errors="replace")
@@ -205,8 +206,9 @@ def make_plan(cfg: ReleaseConfig, inputs: Inputs, *, hasher: Hasher) -> Plan:
             targets.append(Target(ArtifactKind.GPTQ, cfg.repo_id("gptq"), "main" if i == 0 else p.branch, p.label, files, preset=spec,
                                   stages=[f"gptq:{p.name}"]))
     if cfg.gguf_types:
-        sizes = gguf_estimates(weights_dir, list(dict.fromkeys([*cfg.gguf_types, *cfg.gguf_tuned])))
-        matrices = [shape for name, shape in _tensor_shapes(weights_dir) if len(shape) == 2 and "embed" not in name]
+        tensors = _tensor_shapes(weights_dir)  # the shards' headers, read once for the sizes below
+        sizes = gguf_estimates(weights_dir, list(dict.fromkeys([*cfg.gguf_types, *cfg.gguf_tuned])), tensors)
+        matrices = [shape for name, shape in tensors if len(shape) == 2 and "embed" not in name]
         n_matrices, in_columns = len(matrices), sum(shape[1] for shape in matrices)
         files = [PlannedFile(file_name(cfg.name, t), sizes[t], True) for t in cfg.gguf_types]
         for t in cfg.gguf_tuned:  # the same size as stock t, plus its recipe, summary and the imatrix it used
