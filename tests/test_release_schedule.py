@@ -178,3 +178,32 @@ def test_bad_jobs_or_budget_names_where(data, flags, needle):
 def test_jobs_and_budget_read():
     cfg = build_config({"namespace": "me", "quants": ["gguf"], "jobs": 3, "memory_budget": "12G"}, {"jobs": 2}, default_name="m")
     assert (cfg.jobs, cfg.memory_budget) == (2, 12 * GB)  # the flag wins over the file
+
+
+def test_a_stopped_worker_gets_one_sigterm():
+    """Stopping a concurrent release signals every stage first (terminate), then waits on each (stop): the
+    worker gets one SIGTERM, not a second one that would interrupt the clean-up the first started."""
+    import io
+    import signal
+
+    from hubtool.release.worker import StageWorker
+
+    class Proc:
+        def __init__(self) -> None:
+            self.sent: list[int] = []
+            self.stdin = io.BytesIO()
+
+        def poll(self):
+            return None  # still cleaning up
+
+        def send_signal(self, sig: int) -> None:
+            self.sent.append(sig)
+
+        def wait(self, timeout=None) -> int:
+            return 0
+
+    worker = object.__new__(StageWorker)
+    worker.proc, worker._terminated, worker._threads = Proc(), False, []
+    worker.terminate()
+    worker.stop()
+    assert worker.proc.sent == [signal.SIGTERM]

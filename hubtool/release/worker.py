@@ -49,6 +49,7 @@ class StageWorker:
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._emit = emit
         self.current = ""  # the stage it runs now: the prefix of its output lines
+        self._terminated = False  # SIGTERM sent (terminate)
         self.proc = subprocess.Popen([sys.executable, "-m", "hubtool.release.worker", str(os.getpid())], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                                      start_new_session=True)  # a terminal's Ctrl-C reaches the parent, which stops each worker once
@@ -93,8 +94,10 @@ class StageWorker:
             return ...
 
     def terminate(self) -> None:
-        """SIGTERM without waiting: stopping several workers, each cleans up at the same time as the others."""
-        if self.proc.poll() is None:
+        """SIGTERM without waiting: stopping several workers, each cleans up at the same time as the others.
+        Once only: a second SIGTERM would interrupt the clean-up the first one started."""
+        if not self._terminated and self.proc.poll() is None:
+            self._terminated = True
             with contextlib.suppress(OSError):
                 self.proc.send_signal(signal.SIGTERM)
 
